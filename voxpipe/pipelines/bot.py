@@ -1,0 +1,89 @@
+"""A loaded bot: its validated configuration, shared resources, and a pipeline per call."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxpipe.pipelines.call import Call
+from voxpipe.pipelines.config import BotConfig, LoadedConfig, ProcessorEntry, load_bot, parse_bot
+from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.pipelines.registry import Registry
+from voxpipe.pipelines.task import PipelineTask
+
+
+@dataclass(eq=False)
+class Bot:
+    """One bot file, validated and ready to build a pipeline for each call.
+
+    ``shared`` holds what every call of the bot uses (loaded models, clients, the session store),
+    filled by the processors' ``prepare`` hooks before the bot takes calls.
+    """
+
+    loaded: LoadedConfig
+    shared: dict[str, Any] = field(default_factory=dict)
+    prepared: bool = False
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], registry: Registry | None = None) -> Bot:
+        """Read and validate a bot file (raises ``ConfigError``)."""
+        return cls(load_bot(path, registry))
+
+    @classmethod
+    def from_yaml(cls, text: str, file: str = "<string>", registry: Registry | None = None) -> Bot:
+        """Validate a bot given as YAML text (raises ``ConfigError``)."""
+        return cls(parse_bot(text, file, registry))
+
+    @property
+    def config(self) -> BotConfig:
+        """The top-level settings."""
+        return self.loaded.config
+
+    @property
+    def name(self) -> str:
+        """The bot's name."""
+        return self.config.name
+
+    @property
+    def steps(self) -> list[ProcessorEntry]:
+        """The validated pipeline steps, in order."""
+        return self.loaded.steps
+
+    @property
+    def sample_rate(self) -> int:
+        """The audio rate inside the pipeline."""
+        return self.config.transport.audiosocket.sample_rate
+
+    async def prepare(self) -> None:
+        """Load shared resources once (models, clients); raises ``ProviderError`` on failure."""
+        if self.prepared:
+            return
+        for step in self.steps:
+            await step.settings.prepare(self)
+        self.prepared = True
+
+    def new_call(self, call_id: str | None = None) -> Call:
+        """A fresh call context for this bot."""
+        call = Call(bot=self.name, sample_rate=self.sample_rate)
+        if call_id:
+            call = Call(call_id=call_id, bot=self.name, sample_rate=self.sample_rate)
+        return call
+
+    def create_processors(self, call: Call) -> list[FrameProcessor]:
+        """Build the chain of processors for one call."""
+        return [step.settings.create(call, self) for step in self.steps]
+
+    def create_task(
+        self,
+        call: Call,
+        head: list[FrameProcessor] | None = None,
+        tail: list[FrameProcessor] | None = None,
+    ) -> PipelineTask:
+        """Build one call's pipeline task, with transport processors around the bot's chain."""
+        started = time.perf_counter()
+        processors = [*(head or ()), *self.create_processors(call), *(tail or ())]
+        task = PipelineTask(processors, call)
+        call.data["build_ms"] = (time.perf_counter() - started) * 1000
+        return task

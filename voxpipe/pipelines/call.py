@@ -1,0 +1,57 @@
+"""The per-call context every processor of a call shares: identity, logger, dialogue history."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class CallLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger that names the call (and the bot) on every line."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = kwargs.setdefault("extra", {})
+        extra.update(self.extra or {})
+        return f"[call {self.extra['call_id'] if self.extra else '-'}] {msg}", kwargs
+
+
+class CallController(Protocol):
+    """Carries out call control on the Asterisk side (ARI), when the call has one."""
+
+    async def transfer(self, context: str, extension: str, priority: int = 1) -> None:
+        """Blind-transfer the caller to ``context``/``extension``."""
+
+    async def hangup(self) -> None:
+        """Hang up the caller's channel."""
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One phone call: what every processor in that call's pipeline may read and update.
+
+    ``history`` is the dialogue in the form the LLM processors use: a list of
+    ``{"role": "user" | "assistant", "content": str}`` messages.
+    """
+
+    call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    bot: str = ""
+    sample_rate: int = 16000
+    started_at: float = field(default_factory=time.monotonic)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    controller: CallController | None = None
+    log: CallLogger = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = CallLogger(
+            logging.getLogger("voxpipe.call"),
+            {"call_id": self.call_id, "bot": self.bot},
+        )
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds since the call started."""
+        return time.monotonic() - self.started_at

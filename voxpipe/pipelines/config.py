@@ -1,0 +1,423 @@
+"""Loading a bot from YAML: parse with line numbers, interpolate ``${VAR}``, validate everything.
+
+Every problem in a file is reported at once, each with file, line, column and the path inside
+the document (``pipeline[3].tts.voice``), and a did-you-mean for unknown keys and types. Nothing
+runs on an invalid file: ``load_bot`` raises ``ConfigError`` holding all the problems.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+
+from voxpipe.pipelines.registry import Registry, default_registry
+from voxpipe.pipelines.settings import ProcessorSettings, Settings
+from voxpipe.tools.settings import ToolSettings
+from voxpipe.transports.audiosocket.settings import TransportSettings
+
+Path_ = tuple[str | int, ...]
+
+# --- the top-level document --------------------------------------------------------------------
+
+
+class RedisStoreSettings(Settings):
+    """Keep call state in Redis at ``call_session:<uuid>``."""
+
+    url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"), description="Redis URL (may hold a password)."
+    )
+    ttl_s: int = Field(1800, gt=0, description="Key lifetime, refreshed on activity, in seconds.")
+
+
+class MemoryStoreSettings(Settings):
+    """Keep call state in this process only."""
+
+
+class SessionStoreSettings(Settings):
+    """Where call state lives. Give exactly one of ``redis`` or ``memory`` (the default)."""
+
+    redis: RedisStoreSettings | None = Field(None, description="Store call state in Redis.")
+    memory: MemoryStoreSettings | None = Field(None, description="Store call state in memory.")
+
+
+class HttpSettings(Settings):
+    """The health and metrics API."""
+
+    listen: str = Field("127.0.0.1:8080", description="host:port of the HTTP API.")
+    token: SecretStr | None = Field(None, description="Bearer token required on every request.")
+
+
+class AriSettings(Settings):
+    """Asterisk REST Interface: answer calls in a Stasis app and bridge them to this bot."""
+
+    url: str = Field(description="Base URL of Asterisk's HTTP server, e.g. http://127.0.0.1:8088.")
+    username: str = Field(description="ARI user (ari.conf).")
+    password: SecretStr = Field(description="ARI password (ari.conf).")
+    app: str = Field("voxpipe", description="Stasis application name.")
+    external_host: str | None = Field(
+        None, description="host:port Asterisk should connect to for this bot's AudioSocket."
+    )
+    timeout_s: float = Field(5.0, gt=0, description="Timeout of every ARI REST request.")
+
+
+class LoggingSettings(Settings):
+    """Log format and level for this bot's calls."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["text", "json"] = Field("text", description="Human-readable or JSON lines.")
+
+
+class BotConfig(Settings):
+    """A voice bot: how calls arrive, the chain of processors each call gets, and its tools."""
+
+    name: str = Field(description="The bot's name, shown in logs and metrics.")
+    description: str = Field("", description="What the bot is for.")
+    greeting: str | None = Field(None, description="What the bot says when a call starts.")
+    transport: TransportSettings = Field(
+        default_factory=TransportSettings,
+        description="How calls reach the bot.",
+    )
+    pipeline: list[Any] = Field(
+        min_length=1,
+        description="The processors each call flows through, in order: a list of one-key "
+        "mappings, `- type: {settings}`.",
+    )
+    tools: dict[str, ToolSettings] = Field(
+        default_factory=dict, description="Tools the LLM may call, by name."
+    )
+    session_store: SessionStoreSettings = Field(
+        default_factory=SessionStoreSettings,  # type: ignore[arg-type]
+        description="Where call state is kept.",
+    )
+    http: HttpSettings | None = Field(None, description="Health and metrics HTTP API.")
+    ari: AriSettings | None = Field(None, description="ARI call control.")
+    logging: LoggingSettings = Field(
+        default_factory=LoggingSettings,  # type: ignore[arg-type]
+        description="Logging.",
+    )
+
+
+@dataclass(frozen=True)
+class ProcessorEntry:
+    """One validated step of the pipeline."""
+
+    type_name: str
+    settings: ProcessorSettings
+    index: int
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a bot file."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A bot file is invalid; ``problems`` lists everything wrong with it."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def format_path(path: Path_) -> str:
+    """``("pipeline", 2, "llm", "model")`` -> ``pipeline[2].llm.model``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or ``""``."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- YAML with positions ------------------------------------------------------------------------
+
+
+class _Document:
+    """The parsed file as plain data, with the position of every value and key."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.values: dict[Path_, tuple[int, int]] = {}
+        self.keys: dict[Path_, tuple[int, int]] = {}
+        self.problems: list[Problem] = []
+
+    def problem(self, path: Path_, message: str, *, at_key: bool = False) -> None:
+        pos = (self.keys.get(path) if at_key else None) or self._position(path)
+        self.problems.append(Problem(self.file, pos[0], pos[1], format_path(path), message))
+
+    def _position(self, path: Path_) -> tuple[int, int]:
+        while path:
+            if path in self.values:
+                return self.values[path]
+            path = path[:-1]
+        return self.values.get((), (1, 1))
+
+    def build(self, node: yaml.Node, path: Path_ = ()) -> Any:
+        self.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str):
+                    line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                    self.problems.append(
+                        Problem(self.file, line, col, format_path(path), "keys must be strings")
+                    )
+                    continue
+                child = (*path, key)
+                self.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                if key in out:
+                    self.problem(child, f"duplicate key {key!r}", at_key=True)
+                out[key] = self.build(value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        scalar = _construct_scalar(node)
+        if isinstance(scalar, str):
+            scalar = self._interpolate(scalar, path)
+        return scalar
+
+    def _interpolate(self, text: str, path: Path_) -> Any:
+        if "${" not in text:
+            return text
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(3)
+            value = os.environ.get(name)
+            if value is None or (value == "" and match.group(2) == ":-"):
+                if default is not None:
+                    return default
+                self.problem(path, f"environment variable {name} is not set")
+                return ""
+            return value
+
+        return _ENV.sub(replace, text)
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+
+
+def _construct_scalar(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def _report(doc: _Document, prefix: Path_, data: Any, error: ValidationError, model: Any) -> None:
+    for err in error.errors(include_url=False):
+        path, value = _walk(prefix, data, err["loc"])
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            key = str(path[-1])
+            fields = _field_names(model, path[len(prefix) : -1])
+            doc.problem(path, f"unknown key {key!r}{did_you_mean(key, fields)}", at_key=True)
+        elif kind == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            tag = str(ctx.get("tag", ""))
+            expected = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+            doc.problem(
+                (*path, ctx.get("discriminator", "provider").strip("'")),
+                f"unknown provider {tag!r}{did_you_mean(tag, expected)}; "
+                f"expected one of: {', '.join(expected)}",
+            )
+        elif kind == "union_tag_not_found":
+            ctx = err.get("ctx", {})
+            doc.problem(path, f"missing {ctx.get('discriminator', 'provider')!s}")
+        elif kind == "missing":
+            doc.problem(path, "required key is missing")
+        else:
+            doc.problem(path, err["msg"])
+        del value
+
+
+def _walk(prefix: Path_, data: Any, loc: tuple[Any, ...]) -> tuple[Path_, Any]:
+    """Map a pydantic error location onto the document, skipping union tags and the like."""
+    path: list[str | int] = list(prefix)
+    current = data
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if (isinstance(current, Mapping) and isinstance(part, str) and part in current) or (
+            isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        ):
+            path.append(part)
+            current = current[part]  # type: ignore[index]
+        elif last and isinstance(current, Mapping) and isinstance(part, str):
+            path.append(part)
+            current = None
+    return tuple(path), current
+
+
+def _field_names(model: Any, inner: Path_) -> list[str]:
+    """The keys a block at ``inner`` (relative to ``model``) allows, for did-you-mean."""
+    from voxpipe.pipelines.registry import _models_of
+
+    models = _models_of(model)
+    for part in inner:
+        nxt: list[Any] = []
+        for m in models:
+            field = m.model_fields.get(str(part))
+            if field is not None:
+                nxt.extend(_models_of(field.annotation))
+                for arg in getattr(field.annotation, "__args__", ()):
+                    nxt.extend(_models_of(arg))
+        if not nxt and isinstance(part, int):
+            continue
+        models = nxt
+    names: list[str] = []
+    for m in models:
+        names.extend(m.model_fields)
+    return names
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A valid bot file: the top-level settings and each validated pipeline step."""
+
+    path: str
+    config: BotConfig
+    steps: list[ProcessorEntry]
+
+
+def parse_bot(text: str, file: str = "<string>", registry: Registry | None = None) -> LoadedConfig:
+    """Parse and validate a bot document; raise ``ConfigError`` with every problem found."""
+    registry = registry or default_registry()
+    doc = _Document(file)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        raise ConfigError([Problem(file, line, col, "", f"invalid YAML: {message}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(file, 1, 1, "", f"invalid YAML: {exc}")]) from None
+    if node is None:
+        raise ConfigError(
+            [Problem(file, 1, 1, "", "the file is empty; a bot needs `name` and `pipeline`")]
+        )
+    data = doc.build(node)
+    if not isinstance(data, dict):
+        doc.problem((), "a bot file must be a mapping with `name`, `transport` and `pipeline`")
+        raise ConfigError(doc.problems)
+
+    config: BotConfig | None = None
+    try:
+        config = BotConfig.model_validate(data)
+    except ValidationError as exc:
+        _report(doc, (), data, exc, BotConfig)
+
+    steps: list[ProcessorEntry] = []
+    pipeline = data.get("pipeline")
+    if isinstance(pipeline, list):
+        for index, entry in enumerate(pipeline):
+            step = _validate_step(doc, registry, index, entry)
+            if step is not None:
+                steps.append(step)
+    if config is not None:
+        _check_references(doc, config, steps)
+    if doc.problems or config is None:
+        doc.problems.sort(key=lambda p: (p.line, p.column))
+        raise ConfigError(doc.problems)
+    return LoadedConfig(file, config, steps)
+
+
+def _validate_step(
+    doc: _Document, registry: Registry, index: int, entry: Any
+) -> ProcessorEntry | None:
+    path: Path_ = ("pipeline", index)
+    if not isinstance(entry, dict) or len(entry) != 1:
+        doc.problem(
+            path,
+            "each pipeline step is a mapping with exactly one key, the processor "
+            "type: `- vad: {aggressiveness: 2}`",
+        )
+        return None
+    ((type_name, raw),) = entry.items()
+    ptype = registry.get(type_name)
+    if ptype is None:
+        doc.problem(
+            (*path, type_name),
+            f"unknown processor type {type_name!r}{did_you_mean(type_name, registry.names())}; "
+            f"`run-pipeline list` shows them all",
+            at_key=True,
+        )
+        return None
+    try:
+        settings = ptype.adapter.validate_python({} if raw is None else raw)
+    except ValidationError as exc:
+        _report(doc, (*path, type_name), {} if raw is None else raw, exc, ptype.settings)
+        return None
+    return ProcessorEntry(type_name, settings, index)
+
+
+def _check_references(doc: _Document, config: BotConfig, steps: list[ProcessorEntry]) -> None:
+    """Cross-checks between blocks (tools named by an LLM exist, and so on)."""
+    builtin_tools = {"hangup", "transfer"}
+    for step in steps:
+        names = getattr(step.settings, "tools", None)
+        if not isinstance(names, list):
+            continue
+        known = sorted(builtin_tools | set(config.tools))
+        for i, name in enumerate(names):
+            if isinstance(name, str) and name not in known:
+                doc.problem(
+                    ("pipeline", step.index, step.type_name, "tools", i),
+                    f"unknown tool {name!r}{did_you_mean(name, known)}; declare it under `tools:`",
+                )
+    for name, tool in config.tools.items():
+        if name not in builtin_tools and tool.http is None and tool.python is None:
+            doc.problem(
+                ("tools", name), "a tool needs `http` or `python` (or is `hangup`/`transfer`)"
+            )
+
+
+def load_bot(path: str | os.PathLike[str], registry: Registry | None = None) -> LoadedConfig:
+    """Read, parse and validate a bot file."""
+    file = str(path)
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [Problem(file, 0, 0, "", f"cannot read the file: {exc.strerror}")]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(file, 0, 0, "", "the file is not UTF-8 text")]) from None
+    return parse_bot(text, file, registry)
+
+
+def dump_settings(model: BaseModel) -> dict[str, Any]:
+    """Settings as plain data, secrets masked (safe for logs and `run-pipeline` output)."""
+    return model.model_dump(mode="json")

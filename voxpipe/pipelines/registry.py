@@ -1,0 +1,139 @@
+"""The processor registry: built-in types plus plugins from the ``voxpipe.processors`` entry points.
+
+A plugin distribution registers a processor type with one line in its ``pyproject.toml``::
+
+    [project.entry-points."voxpipe.processors"]
+    shout = "my_package.shout:ShoutSettings"
+
+The entry point's name is the YAML key (``- shout: {...}``); its object is a ``ProcessorSettings``
+subclass (or an annotated union of them, discriminated by ``provider``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from importlib.metadata import entry_points
+from typing import Any, get_args
+
+from pydantic import BaseModel, TypeAdapter
+
+log = logging.getLogger("voxpipe.registry")
+
+ENTRY_POINT_GROUP = "voxpipe.processors"
+
+# YAML key -> "module:attribute" of its settings model. Imported only when first needed.
+BUILTIN: dict[str, str] = {
+    "echo": "voxpipe.processors.echo:EchoSettings",
+}
+
+
+@dataclass(frozen=True)
+class ProcessorType:
+    """One processor type as the YAML sees it: a key, a settings model and where it came from."""
+
+    name: str
+    settings: Any
+    origin: str = "built-in"
+
+    @cached_property
+    def adapter(self) -> TypeAdapter[Any]:
+        """Validates a settings block into the settings model."""
+        return TypeAdapter(self.settings)
+
+    @property
+    def models(self) -> list[type[BaseModel]]:
+        """The concrete settings models (one, or one per provider)."""
+        return _models_of(self.settings)
+
+    @property
+    def doc(self) -> str:
+        """The first line of the type's documentation."""
+        model = self.models[0] if len(self.models) == 1 else None
+        text = (model.__doc__ if model else None) or getattr(self.settings, "__doc__", "") or ""
+        if len(self.models) > 1:
+            text = _union_doc(self.settings) or text
+        return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _models_of(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in get_args(annotation):
+        found.extend(_models_of(arg))
+    return found
+
+
+def _union_doc(annotation: Any) -> str:
+    for meta in getattr(annotation, "__metadata__", ()):
+        if isinstance(meta, str):
+            return meta
+    return ""
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class Registry:
+    """Every processor type available to bots in this process."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, ProcessorType] = {}
+        self.problems: list[str] = []
+
+    @classmethod
+    def default(cls) -> Registry:
+        """Built-in types plus every installed plugin."""
+        registry = cls()
+        for name, ref in BUILTIN.items():
+            registry.add(ProcessorType(name, _load(ref)))
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                settings = ep.load()
+            except Exception as exc:
+                problem = f"plugin {ep.name!r} ({ep.value}) failed to load: {exc}"
+                registry.problems.append(problem)
+                log.warning(problem)
+                continue
+            origin = ep.dist.name if ep.dist is not None else ep.value
+            registry.add(ProcessorType(ep.name, settings, origin=f"plugin {origin}"))
+        return registry
+
+    def add(self, ptype: ProcessorType) -> None:
+        """Register a type; a plugin may not replace a built-in."""
+        if not _models_of(ptype.settings):
+            raise TypeError(f"processor type {ptype.name!r}: settings must be a pydantic model")
+        existing = self._types.get(ptype.name)
+        if existing is not None and existing.origin == "built-in" and ptype.origin != "built-in":
+            problem = f"{ptype.origin} tries to replace built-in processor type {ptype.name!r}"
+            self.problems.append(problem)
+            log.warning(problem)
+            return
+        self._types[ptype.name] = ptype
+
+    def get(self, name: str) -> ProcessorType | None:
+        """The type registered under ``name``."""
+        return self._types.get(name)
+
+    def names(self) -> list[str]:
+        """Every registered type name, sorted."""
+        return sorted(self._types)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._types[name] for name in self.names())
+
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry (built once)."""
+    global _default
+    if _default is None:
+        _default = Registry.default()
+    return _default

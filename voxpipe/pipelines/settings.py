@@ -1,0 +1,47 @@
+"""The base of every processor type's settings model.
+
+A processor type is its settings model: the model validates the YAML, documents every key
+(field descriptions), generates the JSON Schema, and builds the processor for each call.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.processor import FrameProcessor
+
+
+class Settings(BaseModel):
+    """Base for every settings block: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ProcessorSettings(Settings):
+    """Settings of one processor type (or one provider of it).
+
+    Subclasses set ``type_name`` (the YAML key, set by the registry for providers) and implement
+    ``create``. Heavy libraries are imported inside ``prepare``/``create``, never at module level,
+    so that loading and validating a bot stays fast.
+    """
+
+    type_name: ClassVar[str] = ""
+
+    async def prepare(self, bot: Bot) -> None:
+        """Load what every call shares (a model, a client) once, before the bot takes calls.
+
+        Raise ``ProviderError`` with a clear message when the provider cannot start.
+        """
+
+    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+        """Build this processor for one call. Must be cheap: it runs for every call."""
+        raise NotImplementedError(f"{type(self).__name__} does not build a processor")
+
+
+class ProviderError(Exception):
+    """A provider could not start (missing package, model or credentials)."""

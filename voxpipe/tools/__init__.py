@@ -1,0 +1,1 @@
+"""Tools an LLM may call: built-ins (hangup, transfer), HTTP requests and Python plugins."""

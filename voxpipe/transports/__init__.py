@@ -1,0 +1,1 @@
+"""Transports that carry calls in and out of a pipeline."""

@@ -1,0 +1,1 @@
+"""The AudioSocket transport: Asterisk calls in over TCP, one connection per call."""

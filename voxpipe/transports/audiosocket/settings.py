@@ -1,0 +1,101 @@
+"""Settings of the AudioSocket transport (``transport: {audiosocket: {...}}``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from voxpipe.pipelines.settings import Settings
+
+PIPELINE_RATES = (8000, 12000, 16000, 24000, 32000, 44100, 48000)
+
+DEFAULT_ALLOW_FROM = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+
+
+class AudioSocketSettings(Settings):
+    """Asterisk connects here over TCP, one connection per call (AudioSocket protocol)."""
+
+    listen: str = Field(
+        "0.0.0.0:9092", description="host:port to accept Asterisk's connections on."
+    )
+    sample_rate: Literal[8000, 12000, 16000, 24000, 32000, 44100, 48000] = Field(
+        16000,
+        description="Audio rate inside the pipeline; caller audio is resampled to it and back.",
+    )
+    output_rate: Literal[
+        "caller", 8000, 12000, 16000, 24000, 32000, 44100, 48000, 96000, 192000
+    ] = Field(
+        "caller",
+        description="Rate (and so message kind) of the audio sent to Asterisk; 'caller' "
+        "answers at the rate the caller sends (0x10 gets 0x10, 0x12 gets 0x12).",
+    )
+    max_calls: int = Field(
+        200, ge=1, description="Concurrent calls; excess connections are closed."
+    )
+    allow_from: list[str] = Field(
+        list(DEFAULT_ALLOW_FROM),
+        description="Client networks (CIDR) allowed to connect: loopback and private ranges "
+        "by default. Use ['0.0.0.0/0', '::/0'] to allow any address.",
+    )
+    max_call_s: float = Field(3600.0, gt=0, description="Longest a call may last, in seconds.")
+    uuid_timeout_s: float = Field(
+        2.0, gt=0, description="How long to wait for the UUID message after a connection opens."
+    )
+    read_timeout_s: float = Field(
+        2.0, gt=0, description="How long a started message may take to arrive in full."
+    )
+    keepalive_s: float = Field(
+        1.0,
+        gt=0,
+        description="While the bot is silent, send a frame of silence this often, so that "
+        "Asterisk's AudioSocket() application (2 s inactivity limit) keeps the call.",
+    )
+    drain_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long running calls may go on before hang-up."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port, for example '0.0.0.0:9092'")
+        return value
+
+    @field_validator("allow_from")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{net!r} is not a network in CIDR form: {exc}") from None
+        return value
+
+    @property
+    def host(self) -> str:
+        """The address to bind."""
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        """The TCP port to bind."""
+        return int(self.listen.rpartition(":")[2])
+
+
+class TransportSettings(Settings):
+    """How calls reach the bot. Today: AudioSocket."""
+
+    audiosocket: AudioSocketSettings = Field(
+        default_factory=AudioSocketSettings,  # type: ignore[arg-type]
+        description="Asterisk AudioSocket (dialplan application, channel driver or ARI).",
+    )
