@@ -66,10 +66,9 @@ class Bot:
 
     def new_call(self, call_id: str | None = None) -> Call:
         """A fresh call context for this bot."""
-        call = Call(bot=self.name, sample_rate=self.sample_rate)
         if call_id:
-            call = Call(call_id=call_id, bot=self.name, sample_rate=self.sample_rate)
-        return call
+            return Call(call_id=call_id, bot=self.name, sample_rate=self.sample_rate)
+        return Call(bot=self.name, sample_rate=self.sample_rate)
 
     def create_processors(self, call: Call) -> list[FrameProcessor]:
         """Build the chain of processors for one call."""

@@ -66,6 +66,13 @@ class AriSettings(Settings):
         None, description="host:port Asterisk should connect to for this bot's AudioSocket."
     )
     timeout_s: float = Field(5.0, gt=0, description="Timeout of every ARI REST request.")
+    reconnect_step_s: float = Field(
+        5.0, gt=0, description="Events WebSocket lost: wait this, then twice this, ... to retry."
+    )
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest wait between reconnections.")
+    ping_interval_s: float = Field(
+        20.0, gt=0, description="Keepalive ping on the events WebSocket, in seconds."
+    )
 
 
 class LoggingSettings(Settings):
@@ -219,10 +226,14 @@ class _Document:
                 return ""
             return value
 
-        return _ENV.sub(replace, text)
+        result = _ENV.sub(replace, text)
+        # An integer from the environment is read as a number (``sample_rate: ${RATE}``);
+        # text settings get the very same digits back (``Settings`` coerces numbers to str).
+        return int(result) if _INTEGER.fullmatch(result) else result
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
 
 
 def _construct_scalar(node: yaml.Node) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from importlib.metadata import entry_points
@@ -105,12 +106,15 @@ class Registry:
         return registry
 
     def add(self, ptype: ProcessorType) -> None:
-        """Register a type; a plugin may not replace a built-in."""
+        """Register a type; the first origin to claim a name keeps it (built-ins come first)."""
         if not _models_of(ptype.settings):
             raise TypeError(f"processor type {ptype.name!r}: settings must be a pydantic model")
         existing = self._types.get(ptype.name)
-        if existing is not None and existing.origin == "built-in" and ptype.origin != "built-in":
-            problem = f"{ptype.origin} tries to replace built-in processor type {ptype.name!r}"
+        if existing is not None and existing.origin != ptype.origin:
+            problem = (
+                f"{ptype.origin} tries to register processor type {ptype.name!r}, "
+                f"already registered by {existing.origin}; ignored"
+            )
             self.problems.append(problem)
             log.warning(problem)
             return
@@ -124,8 +128,8 @@ class Registry:
         """Every registered type name, sorted."""
         return sorted(self._types)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self._types[name] for name in self.names())
+    def __iter__(self) -> Iterator[ProcessorType]:
+        return iter([self._types[name] for name in self.names()])
 
 
 _default: Registry | None = None

@@ -17,9 +17,15 @@ if TYPE_CHECKING:
 
 
 class Settings(BaseModel):
-    """Base for every settings block: unknown keys are errors, values are immutable."""
+    """Base for every settings block: unknown keys are errors, values are immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    Numbers given for text settings are read as text (``extension: 100``, or a numeric
+    ``${VAR}``), as a user of YAML expects.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, coerce_numbers_to_str=True
+    )
 
 
 class ProcessorSettings(Settings):

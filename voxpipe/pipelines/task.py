@@ -131,13 +131,20 @@ class PipelineTask:
         return self._done.done()
 
     async def push_frame(self, frame: Frame, direction: Direction = DOWNSTREAM) -> None:
-        """Deliver a frame at once at the head (downstream) or the tail (upstream)."""
+        """Deliver a frame at once at the head (downstream) or the tail (upstream).
+
+        A processor that raises ends this call (as ``fail``), never the caller of this method:
+        a transport's reader goes on reading until the call is cancelled.
+        """
         if self.done:
             return
-        if direction is DOWNSTREAM:
-            await self._source.push_frame(frame, DOWNSTREAM)
-        else:
-            await self._sink.push_frame(frame, UPSTREAM)
+        try:
+            if direction is DOWNSTREAM:
+                await self._source.push_frame(frame, DOWNSTREAM)
+            else:
+                await self._sink.push_frame(frame, UPSTREAM)
+        except Exception as exc:
+            self.fail(exc)
 
     def queue_frame(self, frame: Frame) -> None:
         """Queue a frame at the head of the chain; system frames overtake the others."""
@@ -253,6 +260,10 @@ class PipelineTask:
                 self.call.log.warning("error from %s: %s", frame.source, frame.error)
         elif isinstance(frame, HangupFrame):
             self.queue_frame(HangupFrame(reason=frame.reason))
+        elif isinstance(frame, EndFrame):
+            self.end(frame.reason)
+        elif isinstance(frame, CancelFrame):
+            self.cancel(frame.reason)
 
     def _on_downstream(self, frame: Frame) -> None:
         if isinstance(frame, EndFrame | HangupFrame):
