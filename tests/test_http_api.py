@@ -1,0 +1,200 @@
+"""The operations API over real HTTP: health, Prometheus metrics, calls in progress, auth."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from voxpipe import events, logs
+from voxpipe.http import OperationsApi
+from voxpipe.http.metrics import label
+from voxpipe.http.state import CallList
+from voxpipe.pipelines.call import Call
+from voxpipe.pipelines.config import HttpSettings
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[OperationsApi]:
+    api = OperationsApi(HttpSettings(listen="127.0.0.1:0"), bots=["desk"])
+    await api.start()
+    yield api
+    await api.stop()
+
+
+def client(api: OperationsApi, **kwargs: object) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.port}", **kwargs)  # type: ignore[arg-type]
+
+
+def sample(text: str, name: str, labels: str = "") -> float:
+    """The value of one Prometheus sample in ``text`` (0 when absent)."""
+    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
+    found = re.search(r"^" + pattern + r"$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_health_reports_calls_store_and_uptime(api: OperationsApi) -> None:
+    async with client(api) as http:
+        response = await http.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["bots"] == ["desk"]
+    assert body["active_calls"] == 0
+    assert body["session_store"] == "memory"
+    assert body["uptime_s"] >= 0
+
+
+async def test_health_is_503_while_draining(api: OperationsApi) -> None:
+    async with client(api) as http:
+        api.state.draining = True
+        response = await http.get("/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "draining"
+
+
+async def test_health_is_503_while_a_required_provider_is_down(api: OperationsApi) -> None:
+    async with client(api) as http:
+        api.state.provider_down("stt", "google: UNAVAILABLE")
+        down = await http.get("/health")
+        api.state.provider_up("stt")
+        back = await http.get("/health")
+    assert down.status_code == 503
+    assert down.json()["providers_down"] == {"stt": "google: UNAVAILABLE"}
+    assert back.status_code == 200
+
+
+async def test_health_reports_a_session_store_outage_without_failing() -> None:
+    async def store_down() -> str:
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6390")
+
+    api = OperationsApi(HttpSettings(listen="127.0.0.1:0"), bots=["desk"], store_status=store_down)
+    await api.start()
+    try:
+        async with client(api) as http:
+            response = await http.get("/health")
+    finally:
+        await api.stop()
+    assert response.status_code == 200
+    assert response.json()["status"] == "degraded"
+    assert response.json()["session_store"].startswith("down: Error 111")
+
+
+async def test_metrics_follow_call_events(api: OperationsApi) -> None:
+    call = Call(bot="desk")
+    async with client(api) as http:
+        before = (await http.get("/metrics")).text
+        events.emit.call_started(call)
+        events.emit.turn_latency(call, 0.42)
+        events.emit.provider_ttfb(call, "tts", "piper", 0.05)
+        events.emit.barge_in(call)
+        events.emit.silence_hangup(call)
+        events.emit.error(call, "provider: timeout after 3 s")
+        events.emit.call_rejected("max_calls: 200 calls in progress")
+        during = await http.get("/metrics")
+        events.emit.call_ended(call, "caller hung up")
+        after = (await http.get("/metrics")).text
+    assert during.headers["content-type"].startswith("text/plain")
+    text = during.text
+    assert sample(before, "voxpipe_calls_total", 'bot="desk"') == 0
+    assert sample(text, "voxpipe_calls_total", 'bot="desk"') == 1
+    assert sample(text, "voxpipe_calls_active", 'bot="desk"') == 1
+    assert sample(text, "voxpipe_turn_latency_seconds_count", 'bot="desk"') == 1
+    assert sample(text, "voxpipe_turn_latency_seconds_sum", 'bot="desk"') == pytest.approx(0.42)
+    assert sample(text, "voxpipe_provider_ttfb_seconds_count", 'kind="tts",provider="piper"') == 1
+    assert sample(text, "voxpipe_barge_ins_total", 'bot="desk"') == 1
+    assert sample(text, "voxpipe_silence_hangups_total", 'bot="desk"') == 1
+    assert sample(text, "voxpipe_errors_total", 'kind="provider"') == 1
+    assert sample(text, "voxpipe_calls_rejected_total", 'reason="max_calls"') == 1
+    assert sample(after, "voxpipe_calls_active", 'bot="desk"') == 0
+    assert sample(after, "voxpipe_call_duration_seconds_count", 'bot="desk"') == 1
+
+
+async def test_each_api_has_its_own_metrics_registry() -> None:
+    first = OperationsApi(HttpSettings(listen="127.0.0.1:0"), bots=["a"])
+    second = OperationsApi(HttpSettings(listen="127.0.0.1:0"), bots=["b"])
+    assert first.metrics.registry is not second.metrics.registry
+
+
+async def test_calls_lists_calls_in_progress_with_their_state(api: OperationsApi) -> None:
+    call = Call(bot="desk")
+    async with client(api) as http:
+        events.emit.call_started(call)
+        events.emit.call_state(call, "listening")
+        during = (await http.get("/calls")).json()
+        events.emit.call_ended(call, "bot hung up")
+        after = (await http.get("/calls")).json()
+    assert during["count"] == 1
+    (entry,) = during["calls"]
+    assert entry["uuid"] == call.call_id
+    assert entry["bot"] == "desk"
+    assert entry["state"] == "listening"
+    assert entry["duration_s"] >= 0
+    assert after == {"count": 0, "calls": []}
+
+
+async def test_calls_come_from_the_shared_store_when_there_is_one() -> None:
+    other_worker = {"uuid": "c0ffee", "bot": "desk", "state": "speaking", "duration_s": 3.0}
+
+    async def shared() -> CallList:
+        return [other_worker]
+
+    api = OperationsApi(HttpSettings(listen="127.0.0.1:0"), bots=["desk"], shared_calls=shared)
+    await api.start()
+    try:
+        async with client(api) as http:
+            body = (await http.get("/calls")).json()
+    finally:
+        await api.stop()
+    assert body["calls"] == [other_worker]
+
+
+async def test_bearer_token_is_required_when_configured() -> None:
+    settings = HttpSettings(listen="127.0.0.1:0", token=SecretStr("s3cret-token"))
+    api = OperationsApi(settings, bots=["desk"])
+    await api.start()
+    try:
+        async with client(api) as http:
+            missing = await http.get("/health")
+            wrong = await http.get("/metrics", headers={"Authorization": "Bearer nope"})
+            right = await http.get("/calls", headers={"Authorization": "Bearer s3cret-token"})
+    finally:
+        await api.stop()
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert wrong.status_code == 401
+    assert right.status_code == 200
+
+
+async def test_log_level_of_one_call_can_be_raised_while_it_runs(api: OperationsApi) -> None:
+    call = Call(bot="desk")
+    async with client(api) as http:
+        events.emit.call_started(call)
+        unknown = await http.put("/calls/nope/log-level", json={"level": "DEBUG"})
+        raised = await http.put(f"/calls/{call.call_id}/log-level", json={"level": "DEBUG"})
+        level_during = logs.call_level(call.call_id)
+        restored = await http.put(f"/calls/{call.call_id}/log-level", json={"level": None})
+        events.emit.call_ended(call, "caller hung up")
+    assert unknown.status_code == 404
+    assert raised.json() == {"uuid": call.call_id, "level": "DEBUG"}
+    assert level_during == logging.DEBUG
+    assert restored.status_code == 200
+    assert logs.call_level(call.call_id) is None
+
+
+async def test_a_busy_port_fails_at_start(api: OperationsApi) -> None:
+    clash = OperationsApi(HttpSettings(listen=f"127.0.0.1:{api.port}"), bots=["desk"])
+    with pytest.raises(OSError):
+        await clash.start()
+    assert clash.metrics not in events.emit.observers  # type: ignore[attr-defined]
+
+
+def test_reasons_become_bounded_labels() -> None:
+    assert label("max_calls: 200 calls in progress") == "max_calls"
+    assert label("allow_from 203.0.113.9") == "allow_from"
+    assert label("Draining") == "draining"
+    assert label("") == "unknown"

@@ -1,0 +1,73 @@
+"""The HTTP API of a running bot: ``/health``, ``/metrics``, ``/calls``.
+
+Bound to 127.0.0.1 unless configured otherwise; with ``http.token`` set, every request must
+carry ``Authorization: Bearer <token>``. ``PUT /calls/{uuid}/log-level`` raises or lowers the
+log level of one call of this worker while it runs (for debugging a single live call).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from voxpipe import logs
+from voxpipe.http.metrics import CONTENT_TYPE, Metrics
+from voxpipe.http.state import ServiceState
+
+
+class LogLevel(BaseModel):
+    """Body of ``PUT /calls/{uuid}/log-level``; ``null`` removes the override."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None
+
+
+def create_app(state: ServiceState, metrics: Metrics, token: str | None = None) -> FastAPI:
+    """Build the API over ``state`` and ``metrics``; ``token`` turns on bearer authentication."""
+
+    def authorize(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(
+                401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"}
+            )
+
+    app = FastAPI(
+        title="voxpipe",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(authorize)],
+    )
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """200 while the bot takes calls; 503 while draining or when a required provider is down."""
+        status, body = await state.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        """Prometheus text exposition."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/calls")
+    async def calls() -> dict[str, Any]:
+        """The calls in progress (every worker's when the session store is shared)."""
+        listed = await state.calls()
+        return {"count": len(listed), "calls": listed}
+
+    @app.put("/calls/{call_id}/log-level")
+    def call_log_level(call_id: str, body: LogLevel) -> dict[str, Any]:
+        """Override the log level of one call in progress on this worker."""
+        if call_id not in state.tracker.calls:
+            raise HTTPException(404, f"no call {call_id} on this worker")
+        logs.set_call_level(call_id, body.level)
+        return {"uuid": call_id, "level": body.level}
+
+    return app

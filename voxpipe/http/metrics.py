@@ -1,0 +1,123 @@
+"""Prometheus metrics, fed by the process-wide call events (``voxpipe.events``).
+
+``Metrics`` is an ``Observer``: subscribe it and every call event updates a counter, gauge or
+histogram. Each instance owns its ``CollectorRegistry`` (not prometheus-client's global one), so
+tests, several bots and several workers never collide. With ``serve --workers N`` each worker
+exports its own figures on its own HTTP port; Prometheus sums them across scrape targets.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from voxpipe.events import Observer
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.call import Call
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+CALL_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+_LABEL = re.compile(r"[^a-z0-9_]+")
+
+
+def label(text: str) -> str:
+    """A short, low-cardinality label from a free-form reason: ``"max_calls: 200"`` -> max_calls.
+
+    Reasons may carry details (an address, a count); only the leading word becomes a label so the
+    number of time series stays bounded.
+    """
+    head = re.split(r"[:(\s]", text.strip().lower(), maxsplit=1)[0]
+    return _LABEL.sub("_", head).strip("_")[:40] or "unknown"
+
+
+class Metrics(Observer):
+    """Counts calls, turns, provider latency and failures for the ``/metrics`` endpoint."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.calls = Counter("voxpipe_calls", "Calls accepted.", ["bot"], registry=r)
+        self.active = Gauge("voxpipe_calls_active", "Calls in progress.", ["bot"], registry=r)
+        self.rejected = Counter(
+            "voxpipe_calls_rejected", "Connections refused, by reason.", ["reason"], registry=r
+        )
+        self.ended = Counter(
+            "voxpipe_calls_ended", "Calls ended, by reason.", ["bot", "reason"], registry=r
+        )
+        self.call_seconds = Histogram(
+            "voxpipe_call_duration_seconds",
+            "Call duration.",
+            ["bot"],
+            buckets=CALL_BUCKETS,
+            registry=r,
+        )
+        self.turn_seconds = Histogram(
+            "voxpipe_turn_latency_seconds",
+            "From the end of the caller's speech to the bot's first audio.",
+            ["bot"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            "voxpipe_provider_ttfb_seconds",
+            "Time to first byte of a speech-to-text, LLM or text-to-speech request.",
+            ["kind", "provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.barge_ins = Counter(
+            "voxpipe_barge_ins", "Times the caller interrupted the bot.", ["bot"], registry=r
+        )
+        self.silence_hangups = Counter(
+            "voxpipe_silence_hangups",
+            "Calls the bot ended on a silent caller.",
+            ["bot"],
+            registry=r,
+        )
+        self.errors = Counter("voxpipe_errors", "Failures, by kind.", ["kind"], registry=r)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    # --- events ------------------------------------------------------------------------------
+
+    def call_started(self, call: Call) -> None:
+        self.calls.labels(call.bot).inc()
+        self.active.labels(call.bot).inc()
+
+    def call_ended(self, call: Call, reason: str) -> None:
+        self.active.labels(call.bot).dec()
+        self.ended.labels(call.bot, label(reason)).inc()
+        self.call_seconds.labels(call.bot).observe(call.duration_s)
+
+    def call_rejected(self, reason: str) -> None:
+        self.rejected.labels(label(reason)).inc()
+
+    def turn_latency(self, call: Call, seconds: float) -> None:
+        self.turn_seconds.labels(call.bot).observe(seconds)
+
+    def provider_ttfb(self, call: Call, kind: str, provider: str, seconds: float) -> None:
+        self.ttfb.labels(kind, provider).observe(seconds)
+
+    def barge_in(self, call: Call) -> None:
+        self.barge_ins.labels(call.bot).inc()
+
+    def silence_hangup(self, call: Call) -> None:
+        self.silence_hangups.labels(call.bot).inc()
+
+    def error(self, call: Call | None, kind: str) -> None:
+        self.errors.labels(label(kind)).inc()
