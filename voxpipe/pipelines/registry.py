@@ -28,6 +28,9 @@ ENTRY_POINT_GROUP = "voxpipe.processors"
 # YAML key -> "module:attribute" of its settings model. Imported only when first needed.
 BUILTIN: dict[str, str] = {
     "echo": "voxpipe.processors.echo:EchoSettings",
+    "vad": "voxpipe.processors.vad:VADSettings",
+    "barge_in": "voxpipe.processors.barge_in:BargeInSettings",
+    "silence_timeout": "voxpipe.processors.silence_timeout:SilenceTimeoutSettings",
 }
 
 
@@ -88,12 +91,12 @@ class Registry:
         self.problems: list[str] = []
 
     @classmethod
-    def default(cls) -> Registry:
-        """Built-in types plus every installed plugin."""
+    def default(cls, *, plugins: bool = True) -> Registry:
+        """Built-in types plus (unless ``plugins`` is false) every installed plugin."""
         registry = cls()
         for name, ref in BUILTIN.items():
             registry.add(ProcessorType(name, _load(ref)))
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep in entry_points(group=ENTRY_POINT_GROUP) if plugins else ():
             try:
                 settings = ep.load()
             except Exception as exc:
