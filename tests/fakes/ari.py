@@ -1,0 +1,413 @@
+"""A local fake of Asterisk's ARI: REST over HTTP and the events WebSocket on one port.
+
+Resources and events have the JSON shapes of Asterisk's ``rest-api/api-docs`` (Channel, Bridge,
+StasisStart, StasisEnd, ChannelDestroyed; errors as ``{"message": ...}``) and the status codes it
+documents (404 unknown channel or bridge, 409/422 channel not in Stasis, 400 bad parameters).
+Every REST request is recorded; a request can be made to stall; the WebSocket can be dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+ASTERISK_ID = "02:42:ac:11:00:02"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One REST request the fake received."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+
+
+@dataclass
+class FakeChannel:
+    """A channel as the fake knows it; ``json()`` is ARI's Channel model."""
+
+    id: str
+    name: str
+    number: str = ""
+    state: str = "Ring"
+    in_stasis: bool = True
+    context: str = "voxpipe-ari"
+    exten: str = "200"
+    priority: int = 2
+    created: str = ""
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "state": self.state,
+            "protocol_id": "",
+            "caller": {"name": "", "number": self.number},
+            "connected": {"name": "", "number": ""},
+            "accountcode": "",
+            "dialplan": {
+                "context": self.context,
+                "exten": self.exten,
+                "priority": self.priority,
+                "app_name": "Stasis" if self.in_stasis else "",
+                "app_data": "voxpipe" if self.in_stasis else "",
+            },
+            "creationtime": self.created,
+            "language": "en",
+        }
+
+
+@dataclass
+class FakeBridge:
+    """A bridge; ``json()`` is ARI's Bridge model."""
+
+    id: str
+    name: str
+    bridge_type: str
+    channels: list[str] = field(default_factory=list)
+    created: str = ""
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "technology": "simple_bridge",
+            "bridge_type": self.bridge_type,
+            "bridge_class": "stasis",
+            "creator": "Stasis",
+            "name": self.name,
+            "channels": list(self.channels),
+            "creationtime": self.created,
+            "video_mode": "talker",
+        }
+
+
+def _now() -> str:
+    """ARI's timestamp format, e.g. ``2026-11-25T18:55:00.123+0000``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"message": message}, status_code=status)
+
+
+class FakeAri:
+    """The fake server. ``await start()``, use ``url``, then ``await stop()``."""
+
+    def __init__(self, username: str = "voxpipe", password: str = "secret") -> None:
+        self.username = username
+        self.password = password
+        self.requests: list[Recorded] = []
+        self.channels: dict[str, FakeChannel] = {}
+        self.bridges: dict[str, FakeBridge] = {}
+        self.sockets: list[WebSocket] = []
+        self.connections = 0
+        self.rejected = 0
+        self.stalls: list[tuple[str, str]] = []
+        self.on_external_media: Callable[[FakeChannel, dict[str, str]], Awaitable[None]] | None = (
+            None
+        )
+        self.on_hangup: Callable[[FakeChannel], Awaitable[None]] | None = None
+        self._ids = itertools.count(1)
+        self._release = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: uvicorn.Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self.port = 0
+
+    # --- running ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = Starlette(
+            routes=[
+                WebSocketRoute("/ari/events", self._events),
+                Route("/ari/{path:path}", self._rest, methods=["GET", "POST", "DELETE"]),
+            ]
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
+        )
+        self._server = uvicorn.Server(config)
+        self._serving = asyncio.create_task(self._server.serve(sockets=[sock]))
+        server = self._server
+        await wait_until(lambda: server.started)
+
+    async def stop(self) -> None:
+        self._release.set()
+        await self.drop_events()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None and self._serving is not None:
+            self._server.should_exit = True
+            await self._serving
+
+    # --- what tests drive ------------------------------------------------------------------
+
+    async def place_call(self, number: str = "1001", exten: str = "200") -> str:
+        """A caller reaches ``Stasis(voxpipe)``: a new channel and its StasisStart."""
+        n = next(self._ids)
+        channel = FakeChannel(
+            id=f"{int(time.time())}.{n}",
+            name=f"PJSIP/caller{number}-{n:08x}",
+            number=number,
+            exten=exten,
+            created=_now(),
+        )
+        self.channels[channel.id] = channel
+        await self.emit({"type": "StasisStart", "args": [], "channel": channel.json()})
+        return channel.id
+
+    async def caller_hangs_up(self, channel_id: str) -> None:
+        """The caller hangs up: StasisEnd, then ChannelDestroyed."""
+        await self._destroy(self.channels[channel_id], cause=16, cause_txt="Normal Clearing")
+
+    async def drop_events(self) -> None:
+        """Close every events WebSocket from the server side."""
+        for ws in list(self.sockets):
+            with contextlib.suppress(Exception):
+                await ws.close(code=1001)
+        self.sockets.clear()
+
+    def stall(self, method: str, path_suffix: str) -> None:
+        """Make matching requests hang until the fake stops."""
+        self.stalls.append((method, path_suffix))
+
+    async def emit(self, event: dict[str, Any]) -> None:
+        """Send an event (with ARI's common fields) to every connected WebSocket."""
+        message = json.dumps(
+            {**event, "timestamp": _now(), "application": "voxpipe", "asterisk_id": ASTERISK_ID}
+        )
+        for ws in list(self.sockets):
+            with contextlib.suppress(Exception):
+                await ws.send_text(message)
+
+    def made(self, method: str, path: str) -> list[Recorded]:
+        """The recorded requests with this method and path."""
+        return [r for r in self.requests if r.method == method and r.path == path]
+
+    def bridge_of(self, channel_id: str) -> FakeBridge | None:
+        return next((b for b in self.bridges.values() if channel_id in b.channels), None)
+
+    # --- the WebSocket ---------------------------------------------------------------------
+
+    def _authorized(self, headers: Any, query: Any) -> bool:
+        expected = f"{self.username}:{self.password}"
+        if query.get("api_key") == expected:
+            return True
+        header = headers.get("authorization", "")
+        if header.startswith("Basic "):
+            return base64.b64decode(header[6:]).decode() == expected
+        return False
+
+    async def _events(self, ws: WebSocket) -> None:
+        if not self._authorized(ws.headers, ws.query_params) or not ws.query_params.get("app"):
+            self.rejected += 1
+            await ws.close(code=1008)
+            return
+        await ws.accept()
+        self.connections += 1
+        self.sockets.append(ws)
+        try:
+            while True:
+                await ws.receive_text()
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            if ws in self.sockets:
+                self.sockets.remove(ws)
+
+    # --- REST ------------------------------------------------------------------------------
+
+    async def _rest(self, request: Request) -> Response:
+        if not self._authorized(request.headers, request.query_params):
+            return _error(401, "Authentication required")
+        path = "/" + request.path_params["path"]
+        params = dict(request.query_params)
+        self.requests.append(Recorded(request.method, path, params))
+        if any(request.method == m and path.endswith(s) for m, s in self.stalls):
+            await self._release.wait()
+            return _error(503, "stalled")
+        parts = path.strip("/").split("/")
+        route = (request.method, parts[0], len(parts), parts[-1] if len(parts) == 3 else "")
+        handlers: dict[tuple[str, str, int, str], Callable[..., Awaitable[Response]]] = {
+            ("POST", "channels", 2, ""): self._channel_create,
+            ("DELETE", "channels", 2, ""): self._channel_hangup,
+            ("POST", "channels", 3, "answer"): self._channel_answer,
+            ("POST", "channels", 3, "continue"): self._channel_continue,
+            ("POST", "bridges", 1, ""): self._bridge_create,
+            ("DELETE", "bridges", 2, ""): self._bridge_delete,
+            ("POST", "bridges", 3, "addChannel"): self._bridge_add,
+            ("POST", "bridges", 3, "removeChannel"): self._bridge_remove,
+        }
+        handler = handlers.get(route)
+        if handler is None:
+            return _error(404, "Resource not found")
+        return await handler(parts, params)
+
+    async def _channel_create(self, parts: list[str], params: dict[str, str]) -> Response:
+        if parts[1] != "externalMedia":
+            return _error(404, "Resource not found")
+        for name in ("app", "external_host", "format"):
+            if not params.get(name):
+                return _error(400, f"{name} is required")
+        if params.get("encapsulation") == "audiosocket":
+            if params.get("transport") != "tcp":
+                return _error(400, "AudioSocket requires transport tcp")
+            if not params.get("data"):
+                return _error(400, "AudioSocket requires a UUID in data")
+        channel_id = params.get("channelId") or f"{int(time.time())}.{next(self._ids)}"
+        if channel_id in self.channels:
+            return _error(409, "Channel with given unique ID already exists")
+        channel = FakeChannel(
+            id=channel_id,
+            name=f"AudioSocket/{params['external_host']}-{next(self._ids):08x}",
+            state="Up",
+            context="default",
+            exten="s",
+            priority=1,
+            created=_now(),
+        )
+        self.channels[channel_id] = channel
+        await self.emit({"type": "StasisStart", "args": [], "channel": channel.json()})
+        if self.on_external_media is not None:
+            self._spawn(self.on_external_media(channel, params))
+        return JSONResponse(channel.json())
+
+    async def _channel_hangup(self, parts: list[str], params: dict[str, str]) -> Response:
+        channel = self.channels.get(parts[1])
+        if channel is None:
+            return _error(404, "Channel not found")
+        await self._destroy(channel, cause=16, cause_txt="Normal Clearing")
+        return Response(status_code=204)
+
+    async def _channel_answer(self, parts: list[str], params: dict[str, str]) -> Response:
+        channel = self.channels.get(parts[1])
+        if channel is None:
+            return _error(404, "Channel not found")
+        if not channel.in_stasis:
+            return _error(409, "Channel not in Stasis application")
+        channel.state = "Up"
+        return Response(status_code=204)
+
+    async def _channel_continue(self, parts: list[str], params: dict[str, str]) -> Response:
+        channel = self.channels.get(parts[1])
+        if channel is None:
+            return _error(404, "Channel not found")
+        if not channel.in_stasis:
+            return _error(409, "Channel not in Stasis application")
+        channel.in_stasis = False
+        channel.context = params.get("context", channel.context)
+        channel.exten = params.get("extension", channel.exten)
+        channel.priority = int(params.get("priority", "1"))
+        self._leave_bridges(channel.id)
+        await self.emit({"type": "StasisEnd", "channel": channel.json()})
+        return Response(status_code=204)
+
+    async def _bridge_create(self, parts: list[str], params: dict[str, str]) -> Response:
+        bridge_id = params.get("bridgeId") or f"bridge-{next(self._ids)}"
+        if bridge_id in self.bridges:
+            return _error(409, "Bridge with given unique ID already exists")
+        bridge = FakeBridge(
+            id=bridge_id,
+            name=params.get("name", ""),
+            bridge_type=params.get("type", "mixing"),
+            created=_now(),
+        )
+        self.bridges[bridge_id] = bridge
+        return JSONResponse(bridge.json())
+
+    async def _bridge_delete(self, parts: list[str], params: dict[str, str]) -> Response:
+        if self.bridges.pop(parts[1], None) is None:
+            return _error(404, "Bridge not found")
+        return Response(status_code=204)
+
+    async def _bridge_add(self, parts: list[str], params: dict[str, str]) -> Response:
+        bridge = self.bridges.get(parts[1])
+        if bridge is None:
+            return _error(404, "Bridge not found")
+        for channel_id in params.get("channel", "").split(","):
+            channel = self.channels.get(channel_id)
+            if channel is None:
+                return _error(400, "Channel not found")
+            if not channel.in_stasis:
+                return _error(422, "Channel not in Stasis application")
+            self._leave_bridges(channel_id)
+            bridge.channels.append(channel_id)
+        return Response(status_code=204)
+
+    async def _bridge_remove(self, parts: list[str], params: dict[str, str]) -> Response:
+        bridge = self.bridges.get(parts[1])
+        if bridge is None:
+            return _error(404, "Bridge not found")
+        for channel_id in params.get("channel", "").split(","):
+            if channel_id not in self.channels:
+                return _error(400, "Channel not found")
+            if channel_id not in bridge.channels:
+                return _error(422, "Channel not in this bridge")
+            bridge.channels.remove(channel_id)
+        return Response(status_code=204)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def _destroy(self, channel: FakeChannel, cause: int, cause_txt: str) -> None:
+        self.channels.pop(channel.id, None)
+        self._leave_bridges(channel.id)
+        if channel.in_stasis:
+            await self.emit({"type": "StasisEnd", "channel": channel.json()})
+        await self.emit(
+            {
+                "type": "ChannelDestroyed",
+                "cause": cause,
+                "cause_txt": cause_txt,
+                "channel": channel.json(),
+            }
+        )
+        if self.on_hangup is not None:
+            self._spawn(self.on_hangup(channel))
+
+    def _leave_bridges(self, channel_id: str) -> None:
+        for bridge in self.bridges.values():
+            if channel_id in bridge.channels:
+                bridge.channels.remove(channel_id)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            await coro
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            if predicate():
+                return
+            await asyncio.sleep(0.01)

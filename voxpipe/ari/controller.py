@@ -1,0 +1,277 @@
+"""The ARI controller: takes callers that enter the Stasis app and bridges them to the bot.
+
+For each caller (``StasisStart``): answer, create a mixing bridge, add the caller, create an
+externalMedia channel (AudioSocket over TCP, slin16) whose ``data`` is a fresh UUID, and add it
+to the bridge. Asterisk then connects to the bot's AudioSocket server with that UUID; the
+server's ``on_call_start`` hook (``attach``) gives the call an ``AriCall`` as its controller, so
+the bot can transfer or hang up the caller. When either channel leaves (``StasisEnd``,
+``ChannelDestroyed``), whatever is left is hung up and the bridge destroyed, once.
+
+Channel and bridge ids are chosen here, before the requests are sent: Asterisk's events about a
+new channel may arrive before the response that creates it, and cleanup after a timeout still
+knows what to delete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from voxpipe.ari.client import AriClient, AriError
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.config import AriSettings
+
+log = logging.getLogger("voxpipe.ari")
+
+MEDIA_FORMAT = "slin16"
+"""The externalMedia format: 16 kHz signed linear, sent as AudioSocket kind 0x12."""
+
+_MEDIA_PREFIXES = ("AudioSocket/", "UnicastRTP/", "WebSocket/")
+
+
+@dataclass(eq=False)
+class AriCall:
+    """One caller in the Stasis app, its bridge and the bot's media channel.
+
+    It is the ``CallController`` of the bot's call: ``transfer`` and ``hangup`` act on the
+    caller's channel through ARI.
+    """
+
+    controller: AriController
+    uuid: str
+    caller_id: str
+    bridge_id: str
+    media_id: str
+    setup: asyncio.Task[None] | None = None
+    ended: bool = False
+    transferred: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def transfer(self, context: str, extension: str, priority: int = 1) -> None:
+        """Blind-transfer the caller to ``context``/``extension`` and drop the bot's leg."""
+        await self.controller.transfer(self, context, extension, priority)
+
+    async def hangup(self) -> None:
+        """Hang up the caller (and with it the bridge and the bot's leg)."""
+        await self.controller.hangup(self)
+
+
+class AriController:
+    """Keeps the events WebSocket open and runs the calls of one Stasis application.
+
+    ``external_host`` is the ``host:port`` Asterisk connects to for the bot's AudioSocket.
+    """
+
+    def __init__(self, settings: AriSettings, external_host: str) -> None:
+        self.settings = settings
+        self.app = settings.app
+        self.external_host = settings.external_host or external_host
+        self.client = AriClient(
+            settings.url,
+            settings.username,
+            settings.password.get_secret_value(),
+            settings.timeout_s,
+        )
+        self.calls: dict[str, AriCall] = {}
+        self._by_channel: dict[str, AriCall] = {}
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self._runner: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to the event stream in the background (reconnecting as needed)."""
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name=f"ari-{self.app}")
+
+    async def stop(self) -> None:
+        """Stop listening, tear down the calls still in the app, close the HTTP client."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        self.connected.clear()
+        await asyncio.gather(
+            *(self._teardown(c, "shutdown") for c in list(self.calls.values())),
+            return_exceptions=True,
+        )
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    async def attach(self, call: Call) -> None:
+        """``on_call_start`` hook of the AudioSocket server: give our calls their controller."""
+        try:
+            key = str(uuid.UUID(call.call_id))
+        except ValueError:
+            return
+        ari_call = self.calls.get(key)
+        if ari_call is not None:
+            call.controller = ari_call
+            call.data["ari_channel"] = ari_call.caller_id
+
+    # --- the events WebSocket ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Listen for events; after a drop, retry after step, 2 x step, ... up to the maximum."""
+        failures = 0
+        while True:
+            try:
+                await self._listen()
+                failures = 0
+                log.warning("ARI events connection closed by Asterisk")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("ARI events connection failed: %s", exc or type(exc).__name__)
+            self.connected.clear()
+            failures += 1
+            delay = min(self.settings.reconnect_step_s * failures, self.settings.reconnect_max_s)
+            log.info("reconnecting to ARI in %.1f s", delay)
+            await asyncio.sleep(delay)
+
+    async def _listen(self) -> None:
+        from websockets.asyncio.client import connect
+
+        interval = self.settings.ping_interval_s
+        async with connect(
+            self.client.events_url(self.app),
+            additional_headers=self.client.auth_header(),
+            open_timeout=self.settings.timeout_s,
+            ping_interval=interval,
+            ping_timeout=interval,
+            proxy=None,
+        ) as ws:
+            self.connections += 1
+            self.connected.set()
+            log.info("connected to ARI events of app %r", self.app)
+            async for message in ws:
+                try:
+                    event = json.loads(message)
+                except ValueError:
+                    log.warning("ARI sent a message that is not JSON")
+                    continue
+                if isinstance(event, dict):
+                    self._dispatch(event)
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        channel = event.get("channel")
+        if not isinstance(channel, dict) or not isinstance(channel.get("id"), str):
+            return
+        if kind == "StasisStart":
+            self._on_stasis_start(channel)
+        elif kind in ("StasisEnd", "ChannelDestroyed"):
+            ari_call = self._by_channel.get(channel["id"])
+            if ari_call is not None:
+                self._spawn(self._teardown(ari_call, f"{kind} of {channel.get('name', '?')}"))
+
+    def _on_stasis_start(self, channel: dict[str, Any]) -> None:
+        channel_id: str = channel["id"]
+        name = str(channel.get("name", ""))
+        if channel_id in self._by_channel or name.startswith(_MEDIA_PREFIXES):
+            return  # our own externalMedia channel, or a caller we already have
+        call_uuid = str(uuid.uuid4())
+        ari_call = AriCall(
+            controller=self,
+            uuid=call_uuid,
+            caller_id=channel_id,
+            bridge_id=f"voxpipe-{call_uuid}",
+            media_id=f"voxpipe-media-{call_uuid}",
+        )
+        self.calls[call_uuid] = ari_call
+        self._by_channel[channel_id] = ari_call
+        self._by_channel[ari_call.media_id] = ari_call
+        log.info("caller %s (%s) entered %r as call %s", name, channel_id, self.app, call_uuid)
+        ari_call.setup = self._spawn(self._setup(ari_call))
+
+    # --- one call --------------------------------------------------------------------------
+
+    async def _setup(self, ari_call: AriCall) -> None:
+        client = self.client
+        try:
+            await client.answer(ari_call.caller_id)
+            await client.create_bridge(ari_call.bridge_id, f"voxpipe {ari_call.uuid}")
+            await client.add_channel(ari_call.bridge_id, ari_call.caller_id)
+            await client.external_media(
+                ari_call.media_id, self.app, self.external_host, ari_call.uuid, MEDIA_FORMAT
+            )
+            await client.add_channel(ari_call.bridge_id, ari_call.media_id)
+        except AriError as exc:
+            log.error("setting up call %s failed: %s", ari_call.uuid, exc)
+            await self._teardown(ari_call, "setup failed")
+
+    async def _teardown(self, ari_call: AriCall, reason: str) -> None:
+        """Hang up what is left of a call and destroy its bridge; runs once per call."""
+        if ari_call.ended:
+            await ari_call.done.wait()
+            return
+        ari_call.ended = True
+        try:
+            setup = ari_call.setup
+            if setup is not None and setup is not asyncio.current_task() and not setup.done():
+                setup.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await setup
+            log.info("ending call %s: %s", ari_call.uuid, reason)
+            steps: list[Coroutine[Any, Any, None]] = [self.client.hangup(ari_call.media_id)]
+            if not ari_call.transferred:
+                steps.append(self.client.hangup(ari_call.caller_id))
+            for step in steps:
+                await self._quietly(step, ari_call)
+            await self._quietly(self.client.delete_bridge(ari_call.bridge_id), ari_call)
+        finally:
+            self.calls.pop(ari_call.uuid, None)
+            self._by_channel.pop(ari_call.caller_id, None)
+            self._by_channel.pop(ari_call.media_id, None)
+            ari_call.done.set()
+
+    async def _quietly(self, step: Coroutine[Any, Any, None], ari_call: AriCall) -> None:
+        try:
+            await step
+        except AriError as exc:
+            log.warning("cleanup of call %s: %s", ari_call.uuid, exc)
+
+    async def transfer(
+        self, ari_call: AriCall, context: str, extension: str, priority: int
+    ) -> None:
+        """Move the caller out of the bridge and Stasis to the dialplan, then drop the rest.
+
+        Raises ``AriError`` when Asterisk refused the move (the call is torn down anyway).
+        """
+        if ari_call.ended:
+            log.warning("call %s ended before its transfer to %s", ari_call.uuid, context)
+            return
+        ari_call.transferred = True
+        log.info("transferring call %s to %s,%s,%d", ari_call.uuid, context, extension, priority)
+        try:
+            await self.client.remove_channel(ari_call.bridge_id, ari_call.caller_id)
+            await self.client.continue_in_dialplan(ari_call.caller_id, context, extension, priority)
+        except AriError as exc:
+            log.error("transfer of call %s failed: %s", ari_call.uuid, exc)
+            ari_call.transferred = False
+            await self._teardown(ari_call, "transfer failed")
+            raise
+        await self._teardown(ari_call, f"transferred to {context},{extension},{priority}")
+
+    async def hangup(self, ari_call: AriCall) -> None:
+        """Hang up the caller, the bot's leg and the bridge."""
+        await self._teardown(ari_call, "bot hung up")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
