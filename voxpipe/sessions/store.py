@@ -1,0 +1,242 @@
+"""Session stores: each call's state (conversation state, history, bot, times) for every worker.
+
+``MemorySessionStore`` keeps records in this process. ``RedisSessionStore`` keeps the same records
+in memory and writes them as JSON at ``call_session:<uuid>`` with a TTL refreshed on every write,
+from one background writer per bot: a frame never waits on Redis. When Redis is down (at start or
+mid-call) calls go on with the in-memory records, the outage is logged once, the store reports
+``status() == "degraded"``, and the writer retries with backoff; when Redis answers again every
+live call's record is written anew.
+
+Writes happen on state and history changes (the conversation tracker calls ``save``), not per
+frame. One store is created per bot and kept in ``bot.shared["session_store"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from voxpipe.conversation.state import state_of
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.pipelines.call import Call
+
+log = logging.getLogger("voxpipe.sessions")
+
+KEY_PREFIX = "call_session:"
+SHARED_KEY = "session_store"
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+Status = Literal["ok", "degraded"]
+
+
+def snapshot(call: Call) -> dict[str, Any]:
+    """The record stored for a call: plain JSON-ready data."""
+    now = time.time()
+    return {
+        "call_id": call.call_id,
+        "bot": call.bot,
+        "state": state_of(call).value,
+        "history": [dict(message) for message in call.history],
+        "started": round(now - call.duration_s, 3),
+        "updated": round(now, 3),
+        "worker": WORKER,
+    }
+
+
+class MemorySessionStore:
+    """Call records in this process only (the default, and Redis's fallback)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, dict[str, Any]] = {}
+
+    async def start(self) -> None:
+        """Get ready before the bot takes calls."""
+
+    async def close(self) -> None:
+        """Release connections (the bot is shutting down)."""
+
+    def status(self) -> Status:
+        """``ok``, or ``degraded`` while the backing store is unreachable."""
+        return "ok"
+
+    def save(self, call: Call) -> None:
+        """Record the call's current state and history (never blocks)."""
+        self._calls[call.call_id] = snapshot(call)
+
+    def end(self, call: Call, *, keep: bool = False) -> None:
+        """The call is over: forget it, or with ``keep`` leave its last record to expire."""
+        self._calls.pop(call.call_id, None)
+
+    def get(self, call_id: str) -> dict[str, Any] | None:
+        """This process's record of a call."""
+        return self._calls.get(call_id)
+
+    async def list_calls(self) -> list[dict[str, Any]]:
+        """Records of every live call this store can see."""
+        return list(self._calls.values())
+
+
+class RedisSessionStore(MemorySessionStore):
+    """Call records in Redis (shared by every worker), with memory as the fallback."""
+
+    def __init__(
+        self,
+        url: str,
+        ttl_s: int,
+        *,
+        timeout_s: float = 1.0,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        super().__init__()
+        from redis.asyncio import Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # No client-side retries: the writer retries on its own schedule, never on a frame.
+        self._client = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self.max_backoff_s = max_backoff_s
+        self._pending: dict[str, str | None] = {}
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._degraded = False
+        self.writes = 0
+
+    async def start(self) -> None:
+        """Check Redis once; if it is down, the bot still starts (degraded)."""
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                await self._client.ping()
+        except Exception as exc:
+            self._degrade(exc)
+        self._ensure_writer()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        await self._client.aclose()
+
+    def status(self) -> Status:
+        return "degraded" if self._degraded else "ok"
+
+    def save(self, call: Call) -> None:
+        super().save(call)
+        self._queue(call.call_id, json.dumps(self._calls[call.call_id]))
+
+    def end(self, call: Call, *, keep: bool = False) -> None:
+        if keep:
+            super().save(call)
+            self._queue(call.call_id, json.dumps(self._calls[call.call_id]))
+        else:
+            self._queue(call.call_id, None)
+        super().end(call)
+
+    async def list_calls(self) -> list[dict[str, Any]]:
+        """Every call in Redis (all workers); this process's calls while Redis is down."""
+        if self._degraded:
+            return await super().list_calls()
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                keys = [key async for key in self._client.scan_iter(f"{KEY_PREFIX}*", 500)]
+                values = await self._client.mget(keys) if keys else []
+        except Exception as exc:
+            self._degrade(exc)
+            return await super().list_calls()
+        return [json.loads(value) for value in values if value is not None]
+
+    # --- the background writer ---------------------------------------------------------------
+
+    def _queue(self, call_id: str, payload: str | None) -> None:
+        self._pending[call_id] = payload
+        self._wake.set()
+        self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_loop(), name="session-store-writer"
+            )
+
+    async def _write_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            if not self._pending and not self._degraded:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, self._pending = self._pending, {}
+            try:
+                async with asyncio.timeout(self.timeout_s * 2):
+                    await self._write(batch)
+            except Exception as exc:
+                for call_id, payload in batch.items():
+                    self._pending.setdefault(call_id, payload)
+                self._degrade(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+                continue
+            backoff = 0.1
+            if self._degraded:
+                self._recover()
+
+    async def _write(self, batch: dict[str, str | None]) -> None:
+        """Write (or delete) each record; with nothing to write, just check Redis is back."""
+        if not batch:
+            await self._client.ping()
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            for call_id, payload in batch.items():
+                if payload is None:
+                    pipe.delete(KEY_PREFIX + call_id)
+                else:
+                    pipe.set(KEY_PREFIX + call_id, payload, ex=self.ttl_s)
+            await pipe.execute()
+        self.writes += len(batch)
+
+    def _degrade(self, exc: BaseException) -> None:
+        if not self._degraded:
+            self._degraded = True
+            log.warning(
+                "session store: Redis unavailable (%s); calls go on with in-memory state",
+                exc or type(exc).__name__,
+            )
+
+    def _recover(self) -> None:
+        self._degraded = False
+        log.warning("session store: Redis is back; writing %d live calls", len(self._calls))
+        for call_id, record in self._calls.items():
+            self._pending.setdefault(call_id, json.dumps(record))
+        if self._pending:
+            self._wake.set()
+
+
+SessionStore = MemorySessionStore
+
+
+def session_store(bot: Bot) -> SessionStore:
+    """The bot's session store, created on first use from ``session_store:`` in its file."""
+    store = bot.shared.get(SHARED_KEY)
+    if store is None:
+        settings = bot.config.session_store
+        if settings.redis is not None:
+            store = RedisSessionStore(settings.redis.url.get_secret_value(), settings.redis.ttl_s)
+        else:
+            store = MemorySessionStore()
+        bot.shared[SHARED_KEY] = store
+    assert isinstance(store, MemorySessionStore)
+    return store
