@@ -112,13 +112,17 @@ class ServiceState:
         return (503 if status in ("draining", "down") else 200), body
 
     async def calls(self) -> CallList:
-        """The calls in progress: every worker's from the shared store, else this process's."""
-        if self.shared_calls is not None:
-            try:
-                return await self.shared_calls()
-            except Exception:
-                return self.tracker.snapshot()
-        return self.tracker.snapshot()
+        """The calls in progress: the shared store's (every worker's), plus any local call the
+        store does not hold (a bot whose pipeline saves no state), else this process's."""
+        local = self.tracker.snapshot()
+        if self.shared_calls is None:
+            return local
+        try:
+            shared = await self.shared_calls()
+        except Exception:
+            return local
+        known = {entry["uuid"] for entry in shared}
+        return shared + [entry for entry in local if entry["uuid"] not in known]
 
     async def _store(self) -> str:
         if self.store_status is None:

@@ -1,0 +1,120 @@
+"""``serve --workers N``: N bot processes sharing one AudioSocket port, one per core.
+
+The supervisor starts N copies of ``run-pipeline serve`` (without ``--workers``), each told its
+index through ``VOXPIPE_WORKER`` (0..N-1) and the count through ``VOXPIPE_WORKERS``. Each worker
+binds the AudioSocket port with SO_REUSEPORT, so the kernel spreads incoming calls over them;
+worker ``i`` serves the HTTP API on the configured port plus ``i`` (Prometheus scrapes each).
+Call state shared through Redis lets ``/calls`` on any worker list every call.
+
+SIGTERM or SIGINT to the supervisor is passed to every worker, which drains its calls and exits;
+the supervisor exits 0 once all have exited cleanly. A worker that dies on its own is restarted;
+one that fails within its first seconds (a busy port, a provider that cannot start) stops them all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+log = logging.getLogger("voxpipe.workers")
+
+WORKER_ENV = "VOXPIPE_WORKER"
+WORKERS_ENV = "VOXPIPE_WORKERS"
+RESTART_DELAY_S = 1.0
+STARTUP_S = 5.0
+
+
+def worker_index() -> int:
+    """This process's worker index (0 when not started by the supervisor)."""
+    return int(os.environ.get(WORKER_ENV, "0") or 0)
+
+
+def shares_port() -> bool:
+    """Whether this process is one of several workers sharing the AudioSocket port."""
+    return int(os.environ.get(WORKERS_ENV, "1") or 1) > 1
+
+
+def worker_listen(listen: str) -> str:
+    """``host:port`` of this worker's own HTTP API: the configured port plus its index."""
+    host, _, port = listen.rpartition(":")
+    if int(port) == 0:
+        return listen
+    return f"{host}:{int(port) + worker_index()}"
+
+
+def without_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` with ``option`` (``--workers 4`` or ``--workers=4``) taken out."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+class Supervisor:
+    """Runs and restarts the worker processes; passes SIGTERM/SIGINT on to them."""
+
+    def __init__(self, count: int, argv: Sequence[str]) -> None:
+        self.count = count
+        self.argv = [sys.executable, "-m", "voxpipe.pipelines.cli", *argv]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.started: dict[int, float] = {}
+        self.stopping = False
+
+    def spawn(self, index: int) -> None:
+        """Start worker ``index``."""
+        env = {**os.environ, WORKER_ENV: str(index), WORKERS_ENV: str(self.count)}
+        self.procs[index] = subprocess.Popen(self.argv, env=env)
+        self.started[index] = time.monotonic()
+        log.info("worker %d started (pid %d)", index, self.procs[index].pid)
+
+    def stop(self, signum: int, frame: FrameType | None = None) -> None:
+        """Ask every worker to drain and exit."""
+        self.stopping = True
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        """Start the workers and wait for them; 0 when every worker ended cleanly."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        for index in range(self.count):
+            self.spawn(index)
+        failed = 0
+        while self.procs:
+            time.sleep(0.1)
+            for index, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del self.procs[index]
+                if self.stopping:
+                    failed += code != 0
+                    continue
+                if code != 0 and time.monotonic() - self.started[index] < STARTUP_S:
+                    log.error("worker %d failed at start (exit %d); stopping", index, code)
+                    failed += 1
+                    self.stop(signal.SIGTERM)
+                    continue
+                log.warning("worker %d (pid %d) exited with %d; restarting", index, proc.pid, code)
+                time.sleep(RESTART_DELAY_S)
+                if not self.stopping:
+                    self.spawn(index)
+        return 1 if failed else 0
+
+
+def supervise(count: int, argv: Sequence[str]) -> int:
+    """Run ``count`` workers of ``run-pipeline <argv>`` until SIGTERM; return the exit code."""
+    return Supervisor(count, without_option(argv, "--workers")).run()
