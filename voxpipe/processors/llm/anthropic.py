@@ -1,0 +1,136 @@
+"""``anthropic``: Claude through the official ``anthropic`` SDK, streaming, with tool use.
+
+The SDK's own retries are turned off: the LLM base retries with its backoff and knows whether
+the caller already heard part of the reply.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, SecretStr
+
+from voxpipe.pipelines.settings import ProviderError
+from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound
+from voxpipe.tools.toolbox import ToolCall, ToolSpec, parse_arguments
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.bot import Bot
+
+CALL_OPENING = "(The call is connected.)"
+
+
+class AnthropicSettings(LLMBaseSettings):
+    """Anthropic Claude (streaming messages with tool use)."""
+
+    provider: Literal["anthropic"] = Field(description="anthropic")
+    model: str = Field("claude-sonnet-4-5", description="Model name.")
+    system: str = Field("", description="System prompt.")
+    max_tokens: int = Field(512, gt=0, description="Longest reply, in tokens.")
+    temperature: float | None = Field(None, ge=0, le=1, description="Sampling temperature.")
+    api_key: SecretStr | None = Field(
+        None, description="API key; default: the ANTHROPIC_API_KEY environment variable."
+    )
+    base_url: str | None = Field(None, description="API base URL (a proxy, or a test server).")
+
+    def make_client(self, bot: Bot) -> LLMClient:
+        try:
+            import anthropic
+        except ImportError as exc:
+            raise ProviderError(
+                "llm anthropic: the anthropic package is missing; pip install 'voxpipe[anthropic]'"
+            ) from exc
+        key = (
+            self.api_key.get_secret_value()
+            if self.api_key
+            else os.environ.get("ANTHROPIC_API_KEY", "")
+        )
+        if not key:
+            raise ProviderError(
+                "llm anthropic: no API key; set ANTHROPIC_API_KEY "
+                "or `api_key: ${ANTHROPIC_API_KEY}`"
+            )
+        sdk = anthropic.AsyncAnthropic(
+            api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s
+        )
+        return AnthropicClient(self, sdk)
+
+
+def anthropic_messages(
+    history: list[dict[str, Any]], rounds: list[ToolRound]
+) -> list[dict[str, Any]]:
+    """The dialogue in the Messages API's shape: alternating roles, starting with the user."""
+    messages: list[dict[str, Any]] = []
+    for message in history:
+        if messages and messages[-1]["role"] == message["role"]:
+            messages[-1]["content"] += "\n" + message["content"]
+        else:
+            messages.append({"role": message["role"], "content": message["content"]})
+    if messages and messages[0]["role"] != "user":
+        messages.insert(0, {"role": "user", "content": CALL_OPENING})
+    for r in rounds:
+        content: list[dict[str, Any]] = [{"type": "text", "text": r.text}] if r.text else []
+        content += [
+            {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in r.calls
+        ]
+        messages.append({"role": "assistant", "content": content})
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": c.id, "content": result}
+                    for c, result in zip(r.calls, r.results, strict=True)
+                ],
+            }
+        )
+    return messages
+
+
+class AnthropicClient:
+    """Streams a Messages API response as text chunks and tool calls."""
+
+    provider = "anthropic"
+
+    def __init__(self, settings: AnthropicSettings, sdk: Any) -> None:
+        self.settings = settings
+        self.sdk = sdk
+
+    async def stream(
+        self, history: list[dict[str, Any]], rounds: list[ToolRound], tools: list[ToolSpec]
+    ) -> AsyncIterator[str | ToolCall]:
+        s = self.settings
+        options: dict[str, Any] = {}
+        if s.system:
+            options["system"] = s.system
+        if tools:
+            options["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in tools
+            ]
+        if s.temperature is not None:
+            options["extra_body"] = {"temperature": s.temperature}
+        response = await self.sdk.messages.create(
+            model=s.model,
+            max_tokens=s.max_tokens,
+            messages=anthropic_messages(history, rounds),
+            stream=True,
+            **options,
+        )
+        tool: dict[str, str] | None = None
+        try:
+            async for event in response:
+                if event.type == "content_block_start" and event.content_block.type == "tool_use":
+                    block = event.content_block
+                    tool = {"id": block.id, "name": block.name, "json": ""}
+                elif event.type == "content_block_delta":
+                    if event.delta.type == "text_delta":
+                        yield event.delta.text
+                    elif event.delta.type == "input_json_delta" and tool is not None:
+                        tool["json"] += event.delta.partial_json
+                elif event.type == "content_block_stop" and tool is not None:
+                    yield ToolCall(tool["id"], tool["name"], parse_arguments(tool["json"]))
+                    tool = None
+        finally:
+            await response.close()

@@ -1,0 +1,414 @@
+"""What every LLM provider shares: turn-taking, the greeting, streaming, tools and failures.
+
+A provider only implements ``LLMClient.stream``: given the dialogue and this reply's tool
+rounds, yield text chunks and complete ``ToolCall``s. ``LLMProcessor`` does the rest:
+
+* Turns: final transcripts are collected; a turn ends at the VAD's stop once a final transcript
+  arrived (a final arriving up to ``final_timeout_s`` after the stop still belongs to it; later
+  ones are dropped). Without a VAD in the chain, each final transcript is a turn.
+* The reply streams downstream as ``LLMResponseStartFrame``, ``LLMTextFrame``s and
+  ``LLMResponseEndFrame`` per round, in a call-owned task that an interruption cancels at once.
+* History: the user's text once per turn; the assistant's text as the caller heard it. Text-to-
+  speech appends each ``Utterance`` it creates to ``call.data["utterances"]``, the list of the
+  reply being spoken; on an interruption the reply's history entry becomes the words played.
+* Tools run between rounds (at most ``max_tool_rounds``); a hangup or transfer ends the reply.
+* Failures: each request has an idle timeout and is retried with exponential backoff while
+  nothing was spoken; then the bot speaks ``on_error.say`` and retries the turn once or says
+  goodbye and hangs up. A non-fatal ``ErrorFrame`` from speech-to-text or text-to-speech is
+  answered the same way (``retry`` then means: listen again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import Field
+
+from voxpipe import events
+from voxpipe.frames import (
+    CancelFrame,
+    Direction,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    HangupFrame,
+    InterruptionFrame,
+    LLMResponseEndFrame,
+    LLMResponseStartFrame,
+    LLMTextFrame,
+    StartFrame,
+    ToolCallFrame,
+    TranscriptionFrame,
+    TTSSpeakFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+    Utterance,
+)
+from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.pipelines.settings import ProcessorSettings, ProviderError, Settings
+from voxpipe.tools.toolbox import Toolbox, ToolCall, ToolSpec, build_toolbox
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.pipelines.call import Call
+
+log = logging.getLogger("voxpipe.llm")
+
+# Errors from other processors closer together than this get one filler, not one each.
+ERROR_QUIET_S = 3.0
+
+
+@dataclass(slots=True)
+class ToolRound:
+    """One finished round of a reply that called tools: its text, the calls and their results."""
+
+    text: str
+    calls: list[ToolCall]
+    results: list[str]
+
+
+class LLMClient(Protocol):
+    """A provider's connection, shared by every call of a bot."""
+
+    provider: str
+
+    def stream(
+        self, history: list[dict[str, Any]], rounds: list[ToolRound], tools: list[ToolSpec]
+    ) -> AsyncIterator[str | ToolCall]:
+        """Stream one model response: text chunks, then any complete tool calls."""
+        ...
+
+
+class OnErrorSettings(Settings):
+    """What the bot does when its LLM (or speech) provider fails during a call."""
+
+    say: str = Field(
+        "Sorry, I'm having a technical problem.", description="The filler the bot speaks."
+    )
+    then: Literal["retry", "hangup"] = Field(
+        "retry",
+        description="retry: try the turn once more (a second failure hangs up); "
+        "hangup: say `goodbye` and hang up.",
+    )
+    goodbye: str = Field(
+        "Please call again later. Goodbye.", description="Said before hanging up after a failure."
+    )
+
+
+class LLMBaseSettings(ProcessorSettings):
+    """Settings every LLM provider has."""
+
+    tools: list[str] = Field(
+        default_factory=list, description="Names of the tools the model may call (see `tools:`)."
+    )
+    timeout_s: float = Field(
+        10.0, gt=0, description="Give up on a request when the provider sends nothing this long."
+    )
+    retries: int = Field(2, ge=0, description="Retries of a failed request before `on_error`.")
+    backoff_s: float = Field(
+        0.5, ge=0, description="Wait before the first retry; doubled for each further one."
+    )
+    max_tool_rounds: int = Field(
+        4, ge=0, description="Model requests that may follow tool results within one reply."
+    )
+    tool_timeout_s: float = Field(10.0, gt=0, description="Timeout of one tool call.")
+    final_timeout_s: float = Field(
+        1.0,
+        ge=0,
+        description="How long after the caller stops speaking a final transcript still "
+        "belongs to that turn.",
+    )
+    on_error: OnErrorSettings = Field(
+        default_factory=OnErrorSettings,  # type: ignore[arg-type]
+        description="What to do when the provider fails mid-call.",
+    )
+
+    def make_client(self, bot: Bot) -> LLMClient:
+        """Build the provider's client (import its SDK here); raise ``ProviderError``."""
+        raise NotImplementedError
+
+    async def prepare(self, bot: Bot) -> None:
+        try:
+            toolbox = build_toolbox(self.tools, bot.config.tools, self.tool_timeout_s)
+        except Exception as exc:
+            raise ProviderError(f"llm tools: {exc}") from exc
+        bot.shared[f"llm:{id(self)}"] = (self.make_client(bot), toolbox)
+
+    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+        shared = bot.shared.get(f"llm:{id(self)}")
+        if shared is None:
+            raise ProviderError("the LLM was not prepared (call bot.prepare() first)")
+        client, toolbox = shared
+        return LLMProcessor(self, client, toolbox, greeting=bot.config.greeting)
+
+
+class ProviderFailed(Exception):
+    """A request failed after its retries."""
+
+
+@dataclass(slots=True, eq=False)
+class _Speech:
+    """One stretch of bot speech (the greeting or a reply) and its history entry."""
+
+    entry: dict[str, Any]
+    utterances: list[Utterance] = field(default_factory=list)
+
+    def add(self, text: str) -> None:
+        self.entry["content"] = (self.entry["content"] + text) if text else self.entry["content"]
+
+    def settle(self) -> None:
+        """After an interruption: keep only what the caller heard."""
+        if self.utterances:
+            heard = (u.spoken_text() for u in self.utterances)
+            self.entry["content"] = " ".join(t for t in heard if t)
+
+
+class LLMProcessor(FrameProcessor):
+    """Turns final transcripts into streamed replies, with tools and failure handling."""
+
+    def __init__(
+        self,
+        settings: LLMBaseSettings,
+        client: LLMClient,
+        toolbox: Toolbox,
+        *,
+        greeting: str | None = None,
+    ) -> None:
+        super().__init__(name=f"llm.{client.provider}")
+        self.settings = settings
+        self.client = client
+        self.toolbox = toolbox
+        self.greeting = greeting
+        self._texts: list[str] = []
+        self._user_speaking = False
+        self._vad_seen = False
+        self._stopped_at = 0.0
+        self._reply: asyncio.Task[Any] | None = None
+        self._again = False
+        self._speech: _Speech | None = None
+        self._tts_seen = False
+        self._last_error_at = float("-inf")
+
+    # --- frames ------------------------------------------------------------------------------
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        await self.push_frame(frame, direction)
+        if isinstance(frame, TranscriptionFrame):
+            self._on_final(frame.text)
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            self._vad_seen = True
+            self._user_speaking = True
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._vad_seen = True
+            self._user_speaking = False
+            self._stopped_at = time.monotonic()
+            if self._texts:
+                self._end_turn()
+        elif isinstance(frame, StartFrame) and self.greeting:
+            speech = self._begin_speech()
+            speech.add(self.greeting)
+            await self.push_frame(TTSSpeakFrame(self.greeting))
+        elif isinstance(frame, InterruptionFrame):
+            self._settle()
+        elif isinstance(frame, ErrorFrame):
+            self._on_error_frame(frame)
+        elif isinstance(frame, EndFrame | CancelFrame | HangupFrame):
+            self._cancel_reply()
+
+    def interrupt(self) -> None:
+        self._cancel_reply()
+        self._settle()
+
+    async def cancel(self) -> None:
+        self._cancel_reply()
+
+    # --- turns -------------------------------------------------------------------------------
+
+    def _on_final(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            return
+        late = time.monotonic() - self._stopped_at > self.settings.final_timeout_s
+        if self._vad_seen and not self._user_speaking and not self._texts and late:
+            self.call.log.info("dropping a final transcript that came too late: %r", text)
+            return
+        self._texts.append(text)
+        if not self._user_speaking:
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        text = " ".join(self._texts)
+        self._texts.clear()
+        self.call.history.append({"role": "user", "content": text})
+        if self._reply is not None and not self._reply.done():
+            self._again = True
+            return
+        self._reply = self.create_task(self._respond(), name=f"{self.name}.reply")
+
+    def _cancel_reply(self) -> None:
+        self._again = False
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+        self._reply = None
+
+    # --- speech and history ------------------------------------------------------------------
+
+    def _begin_speech(self, record: bool = True) -> _Speech:
+        """Start a stretch of bot speech; text-to-speech appends its utterances to our list."""
+        self._tts_seen = self._tts_seen or bool(self._speech and self._speech.utterances)
+        speech = _Speech({"role": "assistant", "content": ""})
+        self.call.data["utterances"] = speech.utterances
+        if record:
+            self.call.history.append(speech.entry)
+            self._speech = speech
+        return speech
+
+    def _settle(self) -> None:
+        speech = self._speech
+        if speech is None:
+            return
+        if speech.utterances or self._tts_seen:
+            speech.settle()
+        if not speech.entry["content"] and speech.entry in self.call.history:
+            self.call.history.remove(speech.entry)
+        self._speech = None
+
+    def _context(self, speech: _Speech) -> list[dict[str, Any]]:
+        """The dialogue for the model: every message but the reply being generated."""
+        return [m for m in self.call.history if m is not speech.entry and m["content"]]
+
+    # --- replies -----------------------------------------------------------------------------
+
+    async def _respond(self) -> None:
+        """Answer the latest turn, and any turn that ended while answering."""
+        while True:
+            self._again = False
+            await self._answer(retry_allowed=self.settings.on_error.then == "retry")
+            if not self._again:
+                return
+
+    async def _answer(self, *, retry_allowed: bool) -> None:
+        speech = self._begin_speech()
+        rounds: list[ToolRound] = []
+        try:
+            for _ in range(self.settings.max_tool_rounds + 1):
+                text, calls = await self._generate(speech, rounds)
+                if not calls:
+                    return
+                results: list[str] = []
+                for tool_call in calls:
+                    outcome = await self.toolbox.run(tool_call)
+                    results.append(outcome.result)
+                    await self.push_frame(
+                        ToolCallFrame(tool_call.name, tool_call.arguments, outcome.result)
+                    )
+                    if outcome.say:
+                        speech.add((" " if speech.entry["content"] else "") + outcome.say)
+                        await self.push_frame(TTSSpeakFrame(outcome.say))
+                    if outcome.frame is not None:
+                        await self.push_frame(outcome.frame)
+                        return
+                rounds.append(ToolRound(text, calls, results))
+            self.call.log.warning("the model kept calling tools; reply cut after the cap")
+        except ProviderFailed as exc:
+            self.call.log.warning("%s failed: %s", self.client.provider, exc)
+            events.emit.error(self.call, "provider")
+            if not speech.entry["content"] and speech.entry in self.call.history:
+                self.call.history.remove(speech.entry)
+            await self._speak_filler()
+            if retry_allowed:
+                await self._answer(retry_allowed=False)
+            else:
+                await self._goodbye()
+
+    async def _generate(
+        self, speech: _Speech, rounds: list[ToolRound]
+    ) -> tuple[str, list[ToolCall]]:
+        """One model request with retries; streams its text downstream as it arrives."""
+        attempt = 0
+        while True:
+            spoken: list[str] = []
+            try:
+                calls = await self._stream(speech, rounds, spoken)
+                return "".join(spoken), calls
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if spoken:
+                    await self.push_frame(LLMResponseEndFrame())
+                if spoken or attempt >= self.settings.retries:
+                    raise ProviderFailed(f"{type(exc).__name__}: {exc}") from exc
+                delay = self.settings.backoff_s * 2**attempt
+                attempt += 1
+                self.call.log.info("%s request failed (%r); retry %d", self.name, exc, attempt)
+                await asyncio.sleep(delay)
+
+    async def _stream(
+        self, speech: _Speech, rounds: list[ToolRound], spoken: list[str]
+    ) -> list[ToolCall]:
+        calls: list[ToolCall] = []
+        started = time.perf_counter()
+        first = True
+        stream = self.client.stream(self._context(speech), rounds, self.toolbox.specs)
+        timeout_s = self.settings.timeout_s
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout_s) as deadline:
+                async for item in stream:
+                    if first:
+                        first = False
+                        events.emit.provider_ttfb(
+                            self.call, "llm", self.client.provider, time.perf_counter() - started
+                        )
+                    deadline.reschedule(loop.time() + timeout_s)
+                    if isinstance(item, ToolCall):
+                        calls.append(item)
+                    elif item:
+                        if not spoken:
+                            await self.push_frame(LLMResponseStartFrame())
+                        spoken.append(item)
+                        speech.add(item)
+                        await self.push_frame(LLMTextFrame(item))
+        finally:
+            await _close(stream)
+        if spoken:
+            await self.push_frame(LLMResponseEndFrame())
+        return calls
+
+    # --- failures ----------------------------------------------------------------------------
+
+    def _on_error_frame(self, frame: ErrorFrame) -> None:
+        if frame.fatal or not frame.source or frame.source == self.name:
+            return
+        now = time.monotonic()
+        if now - self._last_error_at < ERROR_QUIET_S:
+            return
+        self._last_error_at = now
+        self.create_task(self._recover(frame), name=f"{self.name}.recover")
+
+    async def _recover(self, frame: ErrorFrame) -> None:
+        self.call.log.warning("recovering from an error in %s: %s", frame.source, frame.error)
+        await self._speak_filler()
+        if self.settings.on_error.then == "hangup":
+            await self._goodbye()
+
+    async def _speak_filler(self) -> None:
+        self._begin_speech(record=False)
+        await self.push_frame(TTSSpeakFrame(self.settings.on_error.say))
+
+    async def _goodbye(self) -> None:
+        goodbye = self.settings.on_error.goodbye
+        self._begin_speech().add(goodbye)
+        await self.push_frame(TTSSpeakFrame(goodbye))
+        await self.push_frame(HangupFrame(reason=f"{self.client.provider} failed"))
+
+
+async def _close(stream: AsyncIterator[Any]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -1,0 +1,138 @@
+"""``openai_compatible``: any chat completions endpoint through the official ``openai`` SDK.
+
+Ollama, vLLM and the llama.cpp server speak this API; point ``base_url`` at them. Tools are sent
+as functions; streamed ``tool_calls`` deltas are joined by their index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, SecretStr
+
+from voxpipe.pipelines.settings import ProviderError
+from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound
+from voxpipe.tools.toolbox import ToolCall, ToolSpec, parse_arguments
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.bot import Bot
+
+
+class OpenAICompatibleSettings(LLMBaseSettings):
+    """A chat completions endpoint (OpenAI, Ollama, vLLM, llama.cpp server) with tools."""
+
+    provider: Literal["openai_compatible"] = Field(description="openai_compatible")
+    model: str = Field(description="Model name as the server knows it, e.g. 'llama3.2'.")
+    base_url: str = Field(
+        "http://127.0.0.1:11434/v1", description="API base URL (default: a local Ollama)."
+    )
+    api_key: SecretStr = Field(
+        SecretStr("not-needed"), description="API key; local servers accept any value."
+    )
+    system: str = Field("", description="System prompt.")
+    max_tokens: int = Field(512, gt=0, description="Longest reply, in tokens.")
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
+
+    def make_client(self, bot: Bot) -> LLMClient:
+        try:
+            import openai
+        except ImportError as exc:
+            raise ProviderError(
+                "llm openai_compatible: the openai package is missing; "
+                "pip install 'voxpipe[openai]'"
+            ) from exc
+        key = self.api_key.get_secret_value()
+        if not key:
+            raise ProviderError("llm openai_compatible: api_key is empty")
+        sdk = openai.AsyncOpenAI(
+            api_key=key, base_url=self.base_url, max_retries=0, timeout=self.timeout_s
+        )
+        return OpenAICompatibleClient(self, sdk)
+
+
+def openai_messages(
+    system: str, history: list[dict[str, Any]], rounds: list[ToolRound]
+) -> list[dict[str, Any]]:
+    """The dialogue in the chat completions shape, tool rounds included."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    messages += [{"role": m["role"], "content": m["content"]} for m in history]
+    for r in rounds:
+        messages.append(
+            {
+                "role": "assistant",
+                "content": r.text or None,
+                "tool_calls": [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                    }
+                    for c in r.calls
+                ],
+            }
+        )
+        messages += [
+            {"role": "tool", "tool_call_id": c.id, "content": result}
+            for c, result in zip(r.calls, r.results, strict=True)
+        ]
+    return messages
+
+
+class OpenAICompatibleClient:
+    """Streams a chat completion as text chunks and tool calls."""
+
+    provider = "openai_compatible"
+
+    def __init__(self, settings: OpenAICompatibleSettings, sdk: Any) -> None:
+        self.settings = settings
+        self.sdk = sdk
+
+    async def stream(
+        self, history: list[dict[str, Any]], rounds: list[ToolRound], tools: list[ToolSpec]
+    ) -> AsyncIterator[str | ToolCall]:
+        s = self.settings
+        options: dict[str, Any] = {}
+        if tools:
+            options["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in tools
+            ]
+        if s.temperature is not None:
+            options["temperature"] = s.temperature
+        response = await self.sdk.chat.completions.create(
+            model=s.model,
+            messages=openai_messages(s.system, history, rounds),
+            max_tokens=s.max_tokens,
+            stream=True,
+            **options,
+        )
+        calls: dict[int, dict[str, str]] = {}
+        try:
+            async for chunk in response:
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                if delta.content:
+                    yield delta.content
+                for part in delta.tool_calls or ():
+                    slot = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                    slot["id"] = part.id or slot["id"]
+                    if part.function is not None:
+                        slot["name"] += part.function.name or ""
+                        slot["arguments"] += part.function.arguments or ""
+        finally:
+            await response.close()
+        for index in sorted(calls):
+            slot = calls[index]
+            yield ToolCall(
+                slot["id"] or f"call-{index}", slot["name"], parse_arguments(slot["arguments"])
+            )

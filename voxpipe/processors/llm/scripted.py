@@ -1,0 +1,144 @@
+"""``scripted``: a deterministic LLM whose intents are declared in YAML (the offline demo's brain).
+
+The caller's latest turn is matched against each intent in order: an intent matches when any
+of its ``keywords`` appears as a whole word (or phrase), or its ``regex`` matches (case-
+insensitive). The first match gives the reply and/or a tool call; ``{name}`` in the reply, the
+tool arguments and ``after_tool`` takes the regex group ``name`` (or ``{1}``, ``{2}``...), and
+``after_tool`` may use ``{result}``, the tool's result. No intent matching gives ``fallback``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from voxpipe.pipelines.settings import Settings
+from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound
+from voxpipe.tools.toolbox import ToolCall, ToolSpec
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.bot import Bot
+
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+class ScriptedToolCall(Settings):
+    """A tool the intent calls, with its arguments (templates)."""
+
+    name: str = Field(description="The tool's name; it must be listed in `tools`.")
+    arguments: dict[str, Any] = Field(
+        default_factory=dict, description="Arguments; `{group}` takes a regex group."
+    )
+
+
+class Intent(Settings):
+    """One thing the caller may say, and the bot's answer."""
+
+    name: str = Field("", description="A name for logs.")
+    keywords: list[str] = Field(
+        default_factory=list, description="Words or phrases; any one of them matches."
+    )
+    regex: str | None = Field(None, description="A regular expression (case-insensitive).")
+    reply: str | None = Field(None, description="What the bot says.")
+    tool: ScriptedToolCall | None = Field(None, description="A tool called after the reply.")
+    after_tool: str | None = Field(
+        None, description="What the bot says once the tool answered; `{result}` is its result."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Intent:
+        if not self.keywords and not self.regex:
+            raise ValueError("an intent needs `keywords` or `regex`")
+        if self.reply is None and self.tool is None:
+            raise ValueError("an intent needs a `reply`, a `tool`, or both")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc}") from None
+        return self
+
+
+class ScriptedSettings(LLMBaseSettings):
+    """Scripted replies: intents matched by keywords or regular expressions; no network."""
+
+    provider: Literal["scripted"] = Field(description="scripted")
+    intents: list[Intent] = Field(default_factory=list, description="Intents, tried in order.")
+    fallback: str = Field(
+        "Sorry, I did not understand. Could you say that again?",
+        description="The reply when no intent matches.",
+    )
+
+    @model_validator(mode="after")
+    def _tools_listed(self) -> ScriptedSettings:
+        for intent in self.intents:
+            if intent.tool is not None and intent.tool.name not in self.tools:
+                raise ValueError(
+                    f"intent {intent.name or intent.keywords or intent.regex!r} calls tool "
+                    f"{intent.tool.name!r}, which is not in `tools`"
+                )
+        return self
+
+    def make_client(self, bot: Bot) -> LLMClient:
+        return ScriptedClient(self.intents, self.fallback)
+
+
+def fill(template: str, values: dict[str, str]) -> str:
+    """Replace ``{name}`` by ``values[name]``; unknown fields stay as written."""
+    return _FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+class ScriptedClient:
+    """Answers from the intents; a tool's result may be read back with ``after_tool``."""
+
+    provider = "scripted"
+
+    def __init__(self, intents: list[Intent], fallback: str) -> None:
+        self.fallback = fallback
+        self.intents = [
+            (
+                intent,
+                [re.compile(r"\b" + re.escape(k.lower()) + r"\b") for k in intent.keywords],
+                re.compile(intent.regex, re.IGNORECASE) if intent.regex else None,
+            )
+            for intent in intents
+        ]
+
+    def match(self, text: str) -> tuple[Intent | None, dict[str, str]]:
+        """The first intent matching ``text`` and the values its templates may use."""
+        lowered = text.lower()
+        for intent, keywords, regex in self.intents:
+            if regex is not None and (found := regex.search(text)) is not None:
+                values = {str(i): g or "" for i, g in enumerate(found.groups(), start=1)}
+                values.update({k: v or "" for k, v in found.groupdict().items()})
+                values["0"] = found.group(0)
+                return intent, values
+            if any(k.search(lowered) for k in keywords):
+                return intent, {}
+        return None, {}
+
+    async def stream(
+        self, history: list[dict[str, Any]], rounds: list[ToolRound], tools: list[ToolSpec]
+    ) -> AsyncIterator[str | ToolCall]:
+        text = next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+        intent, values = self.match(text)
+        if intent is None:
+            if not rounds:
+                yield self.fallback
+            return
+        if rounds:
+            if intent.after_tool is not None:
+                result = rounds[-1].results[0] if rounds[-1].results else ""
+                yield fill(intent.after_tool, {**values, "result": result})
+            return
+        if intent.reply:
+            yield fill(intent.reply, values)
+        if intent.tool is not None:
+            arguments = {
+                k: fill(v, values) if isinstance(v, str) else v
+                for k, v in intent.tool.arguments.items()
+            }
+            yield ToolCall(f"scripted-{len(history)}", intent.tool.name, arguments)
