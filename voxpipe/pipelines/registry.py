@@ -31,6 +31,7 @@ BUILTIN: dict[str, str] = {
     "vad": "voxpipe.processors.vad:VADSettings",
     "barge_in": "voxpipe.processors.barge_in:BargeInSettings",
     "silence_timeout": "voxpipe.processors.silence_timeout:SilenceTimeoutSettings",
+    "llm": "voxpipe.processors.llm:LLMSettings",
 }
 
 
