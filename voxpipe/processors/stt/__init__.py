@@ -1,0 +1,19 @@
+"""``stt``: speech-to-text. One settings model per provider, chosen by the ``provider`` key.
+
+To add a provider, add its settings model (a ``provider: Literal["name"]`` field) to the union.
+"""
+
+from typing import Annotated
+
+from pydantic import Field
+
+from voxpipe.processors.stt.pocketsphinx import PocketsphinxSettings
+from voxpipe.processors.stt.whisper import WhisperSettings
+
+STTSettings = Annotated[
+    WhisperSettings | PocketsphinxSettings,
+    Field(discriminator="provider"),
+    "Speech-to-text: turns the caller's utterances into text.",
+]
+
+__all__ = ["PocketsphinxSettings", "STTSettings", "WhisperSettings"]

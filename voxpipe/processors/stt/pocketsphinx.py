@@ -1,0 +1,251 @@
+"""``stt: {provider: pocketsphinx}``: streaming offline speech-to-text with the packaged model.
+
+Partial transcripts stream while the caller speaks (``InterimTranscriptionFrame``) and the final
+one comes at the VAD's stop event. Free speech uses the US English model and language model
+that the ``pocketsphinx`` wheel ships; for menus and digits a JSGF ``grammar`` or a
+``keywords`` list constrains the search and is far more robust on phone audio.
+
+The acoustic model is 16 kHz: audio at another pipeline rate is resampled to 16 kHz (on the
+8 kHz phone band this beats decoding natively, which the packaged model's 6.8 kHz filterbank
+does not allow anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from voxpipe.pipelines.settings import ProviderError
+from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings, shared_executor
+
+if TYPE_CHECKING:
+    import concurrent.futures
+
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.processor import FrameProcessor
+
+MODEL_RATE = 16000
+SEARCH = "voxpipe"
+
+
+class DecoderPool:
+    """Pocketsphinx decoders for one configuration, lent to one utterance at a time.
+
+    A decoder holds per-utterance state and takes a few hundred milliseconds to build, so calls
+    borrow one for the length of an utterance; the pool grows to the number of utterances being
+    decoded at once.
+    """
+
+    def __init__(self, options: dict[str, Any], grammar: str | None, keywords: str | None) -> None:
+        self._options = options
+        self._grammar = grammar
+        self._keywords = keywords
+        self._free: list[Any] = []
+        self._lock = threading.Lock()
+
+    def build(self) -> Any:
+        """A new decoder with this pool's model and search."""
+        from pocketsphinx import Decoder
+
+        decoder = Decoder(**self._options)
+        if self._grammar is not None:
+            decoder.add_jsgf_string(SEARCH, self._grammar)
+            decoder.activate_search(SEARCH)
+        elif self._keywords is not None:
+            decoder.add_kws(SEARCH, self._keywords)
+            decoder.activate_search(SEARCH)
+        return decoder
+
+    def acquire(self) -> Any:
+        """A free decoder, or a new one."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return self.build()
+
+    def release(self, decoder: Any) -> None:
+        """Give a decoder back once its utterance has ended."""
+        with self._lock:
+            self._free.append(decoder)
+
+
+class PocketsphinxSettings(LocalSTTSettings):
+    """Offline streaming speech-to-text with pocketsphinx; grammars for menus and digits."""
+
+    provider: Literal["pocketsphinx"] = Field(description="Speech-to-text engine.")
+    model: str | None = Field(
+        None, description="Acoustic model directory (default: the packaged US English model)."
+    )
+    dictionary: str | None = Field(
+        None, description="Pronunciation dictionary file (default: the packaged CMUdict)."
+    )
+    language_model: str | None = Field(
+        None, description="N-gram language model file (default: the packaged US English one)."
+    )
+    grammar: str | None = Field(
+        None,
+        description="JSGF grammar limiting what the caller can say: a .gram file path, or the "
+        "grammar itself (text starting with '#JSGF').",
+    )
+    keywords: list[str] | None = Field(
+        None, description="Spot only these words or phrases (menus), instead of free speech."
+    )
+    keyword_threshold: float = Field(
+        1e-20, gt=0, lt=1, description="Detection threshold of each keyword (lower: more hits)."
+    )
+    chunk_ms: int = Field(
+        100, ge=20, le=1000, description="Audio fed to the decoder per step while streaming."
+    )
+
+    @model_validator(mode="after")
+    def _one_search(self) -> PocketsphinxSettings:
+        if self.grammar is not None and self.keywords is not None:
+            raise ValueError("give either grammar or keywords, not both")
+        if self.keywords is not None and not [k for k in self.keywords if k.strip()]:
+            raise ValueError("keywords must name at least one word")
+        return self
+
+    @property
+    def _key(self) -> str:
+        return f"pocketsphinx:{self.model_dump_json(exclude={'preroll_ms', 'chunk_ms'})}"
+
+    def _grammar_text(self) -> str | None:
+        if self.grammar is None:
+            return None
+        if self.grammar.lstrip().startswith("#JSGF"):
+            return self.grammar
+        path = Path(self.grammar).expanduser()
+        if not path.is_file():
+            raise ProviderError(f"pocketsphinx: grammar file {path} not found")
+        return path.read_text(encoding="utf-8")
+
+    def _keyword_file(self) -> str | None:
+        if self.keywords is None:
+            return None
+        import tempfile
+
+        lines = "".join(
+            f"{k.strip().lower()} /{self.keyword_threshold:g}/\n" for k in self.keywords
+        )
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="voxpipe-kws-", suffix=".txt", delete=False, encoding="utf-8"
+        ) as handle:
+            handle.write(lines)
+        return handle.name
+
+    async def prepare(self, bot: Bot) -> None:
+        if self._key not in bot.shared:
+            bot.shared[self._key] = await asyncio.to_thread(self._load)
+        shared_executor(bot, "stt", self.workers)
+
+    def _load(self) -> DecoderPool:
+        try:
+            import pocketsphinx  # noqa: F401
+        except ImportError as exc:
+            raise ProviderError(
+                "pocketsphinx: the package is not installed (pip install 'voxpipe[pocketsphinx]')"
+            ) from exc
+        options: dict[str, Any] = {"loglevel": "ERROR", "samprate": MODEL_RATE}
+        for name, value in (
+            ("hmm", self.model),
+            ("dict", self.dictionary),
+            ("lm", self.language_model),
+        ):
+            if value is not None:
+                path = Path(value).expanduser()
+                if not path.exists():
+                    raise ProviderError(f"pocketsphinx: {name} {path} not found")
+                options[name] = str(path)
+        pool = DecoderPool(options, self._grammar_text(), self._keyword_file())
+        try:
+            pool.release(pool.build())
+        except Exception as exc:
+            raise ProviderError(f"pocketsphinx: cannot load the model or search: {exc}") from exc
+        return pool
+
+    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+        return PocketsphinxSTT(
+            bot.shared[self._key],
+            self,
+            sample_rate=call.sample_rate,
+            executor=shared_executor(bot, "stt", self.workers),
+        )
+
+
+class PocketsphinxSTT(LocalSTTProcessor):
+    """Streams the caller's utterance through a pocketsphinx decoder borrowed from the pool."""
+
+    provider: ClassVar[str] = "pocketsphinx"
+    streaming: ClassVar[bool] = True
+
+    __slots__ = ("_decoder", "_last", "_pool", "_resampler")
+
+    def __init__(
+        self,
+        pool: DecoderPool,
+        settings: PocketsphinxSettings,
+        *,
+        sample_rate: int,
+        executor: concurrent.futures.Executor,
+    ) -> None:
+        super().__init__(
+            language=settings.language,
+            preroll_ms=settings.preroll_ms,
+            sample_rate=sample_rate,
+            executor=executor,
+            chunk_ms=settings.chunk_ms,
+        )
+        self._pool = pool
+        self._decoder: Any = None
+        self._resampler: Any = None
+        self._last = ""
+
+    def begin(self, sample_rate: int) -> None:
+        if self._decoder is None:
+            self._decoder = self._pool.acquire()
+        self._resampler = None
+        if sample_rate != MODEL_RATE:
+            import soxr
+
+            self._resampler = soxr.ResampleStream(sample_rate, MODEL_RATE, 1, dtype="int16")
+        self._last = ""
+        self._decoder.start_utt()
+
+    def _feed(self, audio: bytes, last: bool = False) -> None:
+        if self._resampler is not None:
+            import numpy as np
+
+            samples = np.frombuffer(audio, dtype=np.int16)
+            audio = self._resampler.resample_chunk(samples, last=last).tobytes()
+        if audio:
+            self._decoder.process_raw(audio, False, False)
+
+    def _hypothesis(self) -> str:
+        hyp = self._decoder.hyp()
+        return " ".join(hyp.hypstr.split()) if hyp is not None else ""
+
+    def accept(self, audio: bytes, sample_rate: int) -> str | None:
+        if self._decoder is None:
+            return None
+        self._feed(audio)
+        text = self._hypothesis()
+        if text == self._last:
+            return None
+        self._last = text
+        return text
+
+    def finish(self, utterance: bytes, sample_rate: int) -> str:
+        decoder = self._decoder
+        if decoder is None:
+            return ""
+        self._feed(b"", last=True)
+        decoder.end_utt()
+        text = self._hypothesis()
+        self._decoder = None
+        self._pool.release(decoder)
+        return text

@@ -1,0 +1,21 @@
+"""``tts``: text-to-speech. One settings model per provider, chosen by the ``provider`` key.
+
+To add a provider, add its settings model (a ``provider: Literal["name"]`` field) to the union.
+``offline_say`` speaks text with the packaged piper voice, for tools like the simulated caller.
+"""
+
+from typing import Annotated
+
+from pydantic import Field
+
+from voxpipe.processors.tts.espeak import EspeakSettings
+from voxpipe.processors.tts.piper import PiperSettings, offline_say
+from voxpipe.processors.tts.tone import ToneSettings
+
+TTSSettings = Annotated[
+    PiperSettings | EspeakSettings | ToneSettings,
+    Field(discriminator="provider"),
+    "Text-to-speech: speaks the bot's replies, sentence by sentence.",
+]
+
+__all__ = ["EspeakSettings", "PiperSettings", "TTSSettings", "ToneSettings", "offline_say"]
