@@ -1,8 +1,8 @@
 """The ARI controller: takes callers that enter the Stasis app and bridges them to the bot.
 
 For each caller (``StasisStart``): answer, create a mixing bridge, add the caller, create an
-externalMedia channel (AudioSocket over TCP, slin16) whose ``data`` is a fresh UUID, and add it
-to the bridge. Asterisk then connects to the bot's AudioSocket server with that UUID; the
+externalMedia channel (AudioSocket over TCP, slin16 by default) whose ``data`` is a fresh UUID,
+and add it to the bridge. Asterisk then connects to the bot's AudioSocket server with that UUID; the
 server's ``on_call_start`` hook (``attach``) gives the call an ``AriCall`` as its controller, so
 the bot can transfer or hang up the caller. When either channel leaves (``StasisEnd``,
 ``ChannelDestroyed``), whatever is left is hung up and the bridge destroyed, once.
@@ -30,9 +30,6 @@ if TYPE_CHECKING:
     from voxpipe.pipelines.config import AriSettings
 
 log = logging.getLogger("voxpipe.ari")
-
-MEDIA_FORMAT = "slin16"
-"""The externalMedia format: 16 kHz signed linear, sent as AudioSocket kind 0x12."""
 
 _MEDIA_PREFIXES = ("AudioSocket/", "UnicastRTP/", "WebSocket/")
 
@@ -206,7 +203,11 @@ class AriController:
             await client.create_bridge(ari_call.bridge_id, f"voxpipe {ari_call.uuid}")
             await client.add_channel(ari_call.bridge_id, ari_call.caller_id)
             await client.external_media(
-                ari_call.media_id, self.app, self.external_host, ari_call.uuid, MEDIA_FORMAT
+                ari_call.media_id,
+                self.app,
+                self.external_host,
+                ari_call.uuid,
+                self.settings.media_format,
             )
             await client.add_channel(ari_call.bridge_id, ari_call.media_id)
         except AriError as exc:

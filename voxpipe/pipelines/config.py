@@ -73,6 +73,11 @@ class AriSettings(Settings):
     ping_interval_s: float = Field(
         20.0, gt=0, description="Keepalive ping on the events WebSocket, in seconds."
     )
+    media_format: Literal["slin16", "slin"] = Field(
+        "slin16",
+        description="externalMedia audio format: slin16 (AudioSocket 0x12, Asterisk 20.17, "
+        "21.12, 22.7, 23.1 or later) or slin (8 kHz, 0x10, any Asterisk with AudioSocket).",
+    )
 
 
 class LoggingSettings(Settings):
