@@ -195,6 +195,7 @@ async def test_a_busy_port_fails_at_start(api: OperationsApi) -> None:
 
 def test_reasons_become_bounded_labels() -> None:
     assert label("max_calls: 200 calls in progress") == "max_calls"
-    assert label("allow_from 203.0.113.9") == "allow_from"
+    assert label("bad first message") == "bad_first_message"
+    assert label("error: tts: RuntimeError('boom')") == "error"
     assert label("Draining") == "draining"
     assert label("") == "unknown"

@@ -55,19 +55,26 @@ def capture() -> Iterator[Capture]:
 async def test_json_lines_carry_the_call_uuid_and_a_trace_id(capture: Capture) -> None:
     capture.setup("json")
     call = Call(bot="desk")
+    call.log.info("call from 127.0.0.1 started")
     events.emit.call_started(call)
     call.log.info("greeting played in %d ms", 812)
     call.log.warning("caller silent")
     events.emit.call_ended(call, "caller hung up")
+    call.log.info("call ended")
     lines = [json.loads(line) for line in capture.lines()]
-    assert [line["msg"] for line in lines] == ["greeting played in 812 ms", "caller silent"]
+    assert [line["msg"] for line in lines] == [
+        "call from 127.0.0.1 started",
+        "greeting played in 812 ms",
+        "caller silent",
+        "call ended",
+    ]
     for line in lines:
         assert line["call_id"] == call.call_id
         assert line["bot"] == "desk"
         assert re.fullmatch(r"[0-9a-f]{32}", line["trace_id"])
         assert line["trace_id"] == call.data["trace_id"]
         assert line["ts"].endswith("Z")
-    assert lines[1]["level"] == "WARNING"
+    assert lines[2]["level"] == "WARNING"
 
 
 async def test_text_lines_name_the_call_and_trace(capture: Capture) -> None:

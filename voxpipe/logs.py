@@ -40,6 +40,7 @@ _current: contextvars.ContextVar[tuple[str, str, str] | None] = contextvars.Cont
     "voxpipe_call", default=None
 )
 _traces: dict[str, str] = {}
+MAX_TRACES = 4096
 _call_levels: dict[str, int] = {}
 _base_level = logging.INFO
 
@@ -109,13 +110,26 @@ class CallContext(events.Observer):
     """
 
     def call_started(self, call: Call) -> None:
-        trace_id = call.data.setdefault("trace_id", secrets.token_hex(16))
+        trace_id = call.data.setdefault("trace_id", trace_of(call.call_id))
         _traces[call.call_id] = trace_id
         _current.set((call.call_id, call.bot, trace_id))
 
     def call_ended(self, call: Call, reason: str) -> None:
-        _traces.pop(call.call_id, None)
         set_call_level(call.call_id, None)
+
+
+def trace_of(call_id: str) -> str:
+    """The trace id of a call, made on first use (its first log line may precede its start).
+
+    The most recent ``MAX_TRACES`` calls are remembered, so lines logged just after a call has
+    ended keep its trace id.
+    """
+    trace = _traces.get(call_id)
+    if trace is None:
+        trace = _traces[call_id] = secrets.token_hex(16)
+        if len(_traces) > MAX_TRACES:
+            del _traces[next(iter(_traces))]
+    return trace
 
 
 _call_context = CallContext()
@@ -152,10 +166,7 @@ class _ContextFilter(logging.Filter):
             record.call_id = record.bot = record.trace_id = None
             return record.levelno >= _base_level or not record.name.startswith("voxpipe")
         if getattr(record, "trace_id", None) is None:
-            trace = _traces.get(call_id)
-            if trace is None and bound is not None and bound[0] == call_id:
-                trace = bound[2]
-            record.trace_id = trace
+            record.trace_id = trace_of(call_id)
         if not hasattr(record, "bot"):
             record.bot = None
         if record.name.startswith("voxpipe"):

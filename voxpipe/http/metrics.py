@@ -34,12 +34,12 @@ _LABEL = re.compile(r"[^a-z0-9_]+")
 
 
 def label(text: str) -> str:
-    """A short, low-cardinality label from a free-form reason: ``"max_calls: 200"`` -> max_calls.
+    """A bounded label from a free-form reason: ``"error: tts: timeout"`` -> ``error``.
 
-    Reasons may carry details (an address, a count); only the leading word becomes a label so the
-    number of time series stays bounded.
+    Reasons may carry details after a colon (the failing processor, a count); only the part
+    before it becomes a label, so the number of time series stays small.
     """
-    head = re.split(r"[:(\s]", text.strip().lower(), maxsplit=1)[0]
+    head = re.split(r"[:(]", text.strip().lower(), maxsplit=1)[0]
     return _LABEL.sub("_", head).strip("_")[:40] or "unknown"
 
 
