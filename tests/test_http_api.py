@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +18,8 @@ from voxpipe.http.metrics import label
 from voxpipe.http.state import CallList
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.config import HttpSettings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -199,3 +203,35 @@ def test_reasons_become_bounded_labels() -> None:
     assert label("error: tts: RuntimeError('boom')") == "error"
     assert label("Draining") == "draining"
     assert label("") == "unknown"
+
+
+async def test_metrics_and_calls_change_after_a_simulated_call(api: OperationsApi) -> None:
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.transports.audiosocket.caller import (
+        Hangup,
+        Say,
+        WaitForBot,
+        load_wav,
+        place_call,
+        running_bot,
+    )
+
+    speech = load_wav(ROOT / ".." / "shared" / "audio" / "caller_goodbye_8k.wav", 8000)
+    bot = Bot.load(ROOT / "configs" / "echo.yaml")
+    async with running_bot(bot) as server, client(api) as http:
+        before = (await http.get("/metrics")).text
+        result = await place_call(
+            "127.0.0.1", server.port, [Say(speech[:16000]), WaitForBot(5.0), Hangup()]
+        )
+        for _ in range(100):
+            after = (await http.get("/metrics")).text
+            if sample(after, "voxpipe_call_duration_seconds_count", 'bot="echo"') == 1:
+                break
+            await asyncio.sleep(0.05)
+        calls = (await http.get("/calls")).json()
+    assert result.bot_audio_s() > 0.5
+    assert sample(before, "voxpipe_calls_total", 'bot="echo"') == 0
+    assert sample(after, "voxpipe_calls_total", 'bot="echo"') == 1
+    assert sample(after, "voxpipe_calls_active", 'bot="echo"') == 0
+    assert sample(after, "voxpipe_call_duration_seconds_sum", 'bot="echo"') > 0.5
+    assert calls == {"count": 0, "calls": []}
