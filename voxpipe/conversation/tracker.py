@@ -51,7 +51,7 @@ class ConversationTracker(FrameProcessor):
             return
         target = self._next_state(frame)
         changed = target is not None and move(self.call, target)
-        if changed or self._history_changed():
+        if self._history_changed() or changed:
             self._store.save(self.call)
         await self.push_frame(frame, direction)
 

@@ -1,0 +1,217 @@
+"""The Redis session store against a real redis-server: keys, TTL, outages and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from voxpipe.conversation import CallState, move
+from voxpipe.conversation.tracker import ConversationTracker
+from voxpipe.frames import (
+    UPSTREAM,
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Direction,
+    Frame,
+    LLMResponseStartFrame,
+    StartFrame,
+)
+from voxpipe.pipelines.bot import Bot
+from voxpipe.pipelines.call import Call
+from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.pipelines.task import PipelineTask
+from voxpipe.sessions.store import KEY_PREFIX, RedisSessionStore, session_store
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A real redis-server on a loopback port, which a test can stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.command += ["--save", "", "--appendonly", "no"]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(5)
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2)
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    srv = RedisServer()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+async def store(server: RedisServer) -> AsyncIterator[RedisSessionStore]:
+    st = RedisSessionStore(server.url, ttl_s=60, timeout_s=0.5, max_backoff_s=0.2)
+    await st.start()
+    yield st
+    await st.close()
+
+
+async def until(condition: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def record(server: RedisServer, call: Call) -> dict[str, Any] | None:
+    raw = server.client().get(KEY_PREFIX + call.call_id)
+    return None if raw is None else json.loads(raw)  # type: ignore[arg-type]
+
+
+async def test_a_call_is_written_with_a_ttl_refreshed_and_deleted(
+    server: RedisServer, store: RedisSessionStore
+) -> None:
+    call = Call(bot="desk")
+    move(call, CallState.LISTENING)
+    call.history.append({"role": "user", "content": "Hello"})
+    store.save(call)
+    await until(lambda: record(server, call) is not None)
+    saved = record(server, call)
+    assert saved is not None
+    assert saved["state"] == "listening" and saved["bot"] == "desk"
+    assert saved["history"] == [{"role": "user", "content": "Hello"}]
+    assert saved["started"] <= saved["updated"]
+    key = KEY_PREFIX + call.call_id
+    assert 55 <= server.client().ttl(key) <= 60
+    server.client().expire(key, 5)
+    move(call, CallState.PROCESSING)
+    store.save(call)
+    await until(lambda: (record(server, call) or {}).get("state") == "processing")
+    assert server.client().ttl(key) > 50, "every write refreshes the TTL"
+    assert [c["call_id"] for c in await store.list_calls()] == [call.call_id]
+    store.end(call)
+    await until(lambda: record(server, call) is None)
+    assert store.status() == "ok"
+
+
+class Started(FrameProcessor):
+    def __init__(self) -> None:
+        super().__init__(name="started")
+        self.event = asyncio.Event()
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, StartFrame):
+            self.event.set()
+        await self.push_frame(frame, direction)
+
+
+async def test_redis_dies_mid_call_and_comes_back(
+    server: RedisServer, store: RedisSessionStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    started = Started()
+    task = PipelineTask([ConversationTracker(store, greeting=False), started])
+    call = task.call
+    runner = asyncio.create_task(task.run())
+    await started.event.wait()
+    await until(lambda: (record(server, call) or {}).get("state") == "listening")
+
+    server.stop()
+    with caplog.at_level(logging.WARNING, logger="voxpipe.sessions"):
+        for turn in range(5):
+            call.history.append({"role": "user", "content": f"turn {turn}"})
+            await task.push_frame(LLMResponseStartFrame())
+            await task.push_frame(BotStartedSpeakingFrame(), UPSTREAM)
+            await task.push_frame(BotStoppedSpeakingFrame(), UPSTREAM)
+            await asyncio.sleep(0.1)
+        await until(lambda: store.status() == "degraded")
+        assert store.get(call.call_id)["history"][-1]["content"] == "turn 4"  # type: ignore[index]
+        assert [c["call_id"] for c in await store.list_calls()] == [call.call_id]
+        outages = [r for r in caplog.records if "unavailable" in r.getMessage()]
+        assert len(outages) == 1, "the outage is logged once, not per write"
+
+        server.start()
+        await until(lambda: store.status() == "ok")
+        await until(lambda: record(server, call) is not None)
+    saved = record(server, call)
+    assert saved is not None and saved["history"][-1]["content"] == "turn 4"
+    assert not task.done, "the call went on through the outage"
+
+    task.end()
+    assert await asyncio.wait_for(runner, 5) == "end"
+    await until(lambda: record(server, call) is None)
+
+
+async def test_redis_down_at_start_the_bot_still_takes_calls(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    bot = Bot.from_yaml(
+        f"name: t\npipeline:\n  - echo: {{}}\nsession_store: {{redis: {{url: '{url}', ttl_s: 30}}}}\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="voxpipe.sessions"):
+        await bot.prepare()
+    store = session_store(bot)
+    assert isinstance(store, RedisSessionStore)
+    assert store.status() == "degraded"
+    call = bot.new_call()
+    started = Started()
+    task = bot.create_task(call, tail=[started])
+    runner = asyncio.create_task(task.run())
+    await started.event.wait()
+    assert store.get(call.call_id) is not None
+    task.end()
+    assert await asyncio.wait_for(runner, 5) == "end"
+    assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1
+    await store.close()
+
+
+async def test_a_redis_restart_on_the_same_port_gets_state_written_again(
+    server: RedisServer, store: RedisSessionStore
+) -> None:
+    call = Call(bot="desk")
+    move(call, CallState.LISTENING)
+    store.save(call)
+    await until(lambda: record(server, call) is not None)
+    server.stop()
+    server.start()  # an empty Redis, as after a restart without persistence
+    assert record(server, call) is None
+    move(call, CallState.PROCESSING)
+    store.save(call)
+    await until(lambda: (record(server, call) or {}).get("state") == "processing")
