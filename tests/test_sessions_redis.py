@@ -92,8 +92,8 @@ async def store(server: RedisServer) -> AsyncIterator[RedisSessionStore]:
     await st.close()
 
 
-async def until(condition: Any, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
+async def until(condition: Any, within_s: float = 10) -> None:
+    deadline = time.monotonic() + within_s
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
@@ -182,9 +182,8 @@ async def test_redis_down_at_start_the_bot_still_takes_calls(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    bot = Bot.from_yaml(
-        f"name: t\npipeline:\n  - echo: {{}}\nsession_store: {{redis: {{url: '{url}', ttl_s: 30}}}}\n"
-    )
+    store_yaml = f"session_store: {{redis: {{url: '{url}', ttl_s: 30}}}}\n"
+    bot = Bot.from_yaml("name: t\npipeline:\n  - echo: {}\n" + store_yaml)
     with caplog.at_level(logging.WARNING, logger="voxpipe.sessions"):
         await bot.prepare()
     store = session_store(bot)

@@ -72,9 +72,9 @@ class Rig:
     runner: asyncio.Task[str]
     hangups: Hangups = field(default_factory=Hangups)
 
-    async def next_said(self, timeout: float = 5) -> str:
+    async def next_said(self) -> str:
         self.speaker.spoke.clear()
-        await asyncio.wait_for(self.speaker.spoke.wait(), timeout)
+        await asyncio.wait_for(self.speaker.spoke.wait(), 5)
         return self.speaker.said[-1][1]
 
 
