@@ -2,7 +2,7 @@
 
 ``serve`` starts it when the bot file has an ``http:`` block::
 
-    api = OperationsApi(config.http, bots=[bot.name])
+    api = OperationsApi.for_bot(bot)   # None when the bot has no http: block
     await api.start()            # subscribes the metrics and call tracker to voxpipe.events
     api.state.draining = True    # on SIGTERM: /health answers 503 while calls drain
     await api.stop()
@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from voxpipe import events
 from voxpipe.http.app import create_app
@@ -18,6 +20,9 @@ from voxpipe.http.metrics import Metrics
 from voxpipe.http.server import HttpServer
 from voxpipe.http.state import CallList, CallTracker, ServiceState
 from voxpipe.pipelines.config import HttpSettings
+
+if TYPE_CHECKING:
+    from voxpipe.pipelines.bot import Bot
 
 __all__ = ["CallTracker", "HttpServer", "Metrics", "OperationsApi", "ServiceState", "create_app"]
 
@@ -41,6 +46,43 @@ class OperationsApi:
         token = settings.token.get_secret_value() if settings.token else None
         self.app = create_app(self.state, self.metrics, token)
         self.server = HttpServer(self.app, settings.listen)
+
+    @classmethod
+    def for_bot(cls, bot: Bot) -> OperationsApi | None:
+        """The API a ``serve`` of ``bot`` runs (``None`` without an ``http:`` block).
+
+        Call it after ``bot.prepare()``. With a Redis session store, ``/calls`` lists every
+        worker's calls and ``/health`` reports the store; worker ``i`` of ``serve --workers``
+        listens on the configured port plus ``i``.
+        """
+        settings = bot.config.http
+        if settings is None:
+            return None
+        from voxpipe.sessions.store import RedisSessionStore, session_store
+        from voxpipe.workers import worker_listen
+
+        store = session_store(bot)
+        settings = settings.model_copy(update={"listen": worker_listen(settings.listen)})
+        if not isinstance(store, RedisSessionStore):
+            return cls(settings, [bot.name])
+
+        async def shared_calls() -> CallList:
+            now = time.time()
+            return [
+                {
+                    "uuid": record["call_id"],
+                    "bot": record["bot"],
+                    "state": record["state"],
+                    "duration_s": round(now - record["started"], 3),
+                    "worker": record["worker"],
+                }
+                for record in await store.list_calls()
+            ]
+
+        async def store_status() -> str:
+            return store.status()
+
+        return cls(settings, [bot.name], shared_calls=shared_calls, store_status=store_status)
 
     @property
     def port(self) -> int:
