@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
@@ -180,6 +180,7 @@ class _Document:
         self.values: dict[Path_, tuple[int, int]] = {}
         self.keys: dict[Path_, tuple[int, int]] = {}
         self.problems: list[Problem] = []
+        self.unset: set[Path_] = set()  # values missing an environment variable
 
     def problem(self, path: Path_, message: str, *, at_key: bool = False) -> None:
         pos = (self.keys.get(path) if at_key else None) or self._position(path)
@@ -228,6 +229,7 @@ class _Document:
                 if default is not None:
                     return default
                 self.problem(path, f"environment variable {name} is not set")
+                self.unset.add(path)
                 return ""
             return value
 
@@ -255,6 +257,8 @@ def _construct_scalar(node: yaml.Node) -> Any:
 def _report(doc: _Document, prefix: Path_, data: Any, error: ValidationError, model: Any) -> None:
     for err in error.errors(include_url=False):
         path, value = _walk(prefix, data, err["loc"])
+        if path in doc.unset:
+            continue  # already reported: the variable it needs is not set
         kind = err["type"]
         if kind == "extra_forbidden":
             key = str(path[-1])
@@ -270,13 +274,40 @@ def _report(doc: _Document, prefix: Path_, data: Any, error: ValidationError, mo
                 f"expected one of: {', '.join(expected)}",
             )
         elif kind == "union_tag_not_found":
-            ctx = err.get("ctx", {})
-            doc.problem(path, f"missing {ctx.get('discriminator', 'provider')!s}")
+            key = str(err.get("ctx", {}).get("discriminator", "provider")).strip("'")
+            tags = ", ".join(_tags(model, key))
+            doc.problem(path, f"missing key {key!r}; expected one of: {tags}")
         elif kind == "missing":
             doc.problem(path, "required key is missing")
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            doc.problem(path, f"expected a mapping of settings, got {_yaml_kind(value)}")
+        elif kind == "value_error":
+            doc.problem(path, str(err.get("ctx", {}).get("error", err["msg"])))
         else:
             doc.problem(path, err["msg"])
-        del value
+
+
+def _tags(model: Any, key: str) -> list[str]:
+    """The values of the discriminator ``key`` across a union of settings models."""
+    from voxpipe.pipelines.registry import _models_of
+
+    tags: list[str] = []
+    for m in _models_of(model):
+        field = m.model_fields.get(key)
+        if field is not None:
+            tags.extend(str(arg) for arg in get_args(field.annotation))
+    return tags
+
+
+def _yaml_kind(value: Any) -> str:
+    """What a value is, in YAML's words."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    return f"{value!r}"
 
 
 def _walk(prefix: Path_, data: Any, loc: tuple[Any, ...]) -> tuple[Path_, Any]:
@@ -337,6 +368,9 @@ def parse_bot(text: str, file: str = "<string>", registry: Registry | None = Non
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        start, end = exc.context_mark, exc.problem_mark
+        if start is not None and end is not None and start.line != end.line:
+            message += f" (it began at line {start.line + 1}, column {start.column + 1})"
         raise ConfigError([Problem(file, line, col, "", f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(file, 1, 1, "", f"invalid YAML: {exc}")]) from None
