@@ -59,6 +59,12 @@ class AudioSocketSettings(Settings):
         description="While the bot is silent, send a frame of silence this often, so that "
         "Asterisk's AudioSocket() application (2 s inactivity limit) keeps the call.",
     )
+    resample_quality: Literal["QQ", "LQ", "MQ", "HQ", "VHQ"] = Field(
+        "LQ",
+        description="soxr recipe for resampling between the caller's rate and the pipeline's: "
+        "'LQ' filters properly and buffers about 50 ms; 'HQ'/'VHQ' buffer about 100 ms; "
+        "'QQ' (cubic) buffers nothing but aliases when going down in rate.",
+    )
     drain_s: float = Field(
         30.0, ge=0, description="On SIGTERM, how long running calls may go on before hang-up."
     )

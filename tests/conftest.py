@@ -1,0 +1,23 @@
+"""Shared fixtures: the recorded caller audio and the example bots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+AUDIO_DIR = REPO / ".." / "shared" / "audio"
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture
+def audio_dir() -> Path:
+    """Recorded caller utterances (8 and 16 kHz WAV files with .txt transcripts)."""
+    return AUDIO_DIR
+
+
+@pytest.fixture
+def echo_yaml() -> Path:
+    """The echo bot's file."""
+    return CONFIGS / "echo.yaml"

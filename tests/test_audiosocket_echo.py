@@ -1,0 +1,46 @@
+"""End to end over loopback: a simulated caller talks to the echo bot and hears itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from voxpipe.transports.audiosocket.caller import (
+    Hangup,
+    Say,
+    Silence,
+    WaitForBot,
+    load_wav,
+    place_call,
+    running_bot,
+)
+from voxpipe.transports.audiosocket.protocol import Kind
+
+
+def _correlation(a: bytes, b: bytes) -> float:
+    """Peak normalised cross-correlation of two PCM16 signals (1.0: the same sound)."""
+    x = np.frombuffer(a, dtype="<i2").astype(np.float64)
+    y = np.frombuffer(b, dtype="<i2").astype(np.float64)
+    size = len(x) + len(y)
+    corr = np.fft.irfft(np.fft.rfft(y, size) * np.conj(np.fft.rfft(x, size)), size)
+    return float(np.max(np.abs(corr)) / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-9))
+
+
+async def test_caller_hears_their_own_words_at_8k_and_16k(echo_yaml: Path, audio_dir: Path) -> None:
+    async with running_bot(echo_yaml) as server:
+        for rate, kind in ((8000, Kind.AUDIO_8K), (16000, Kind.AUDIO_16K)):
+            words = load_wav(audio_dir / "caller_goodbye_8k.wav", rate)
+            result = await place_call(
+                "127.0.0.1",
+                server.port,
+                [Silence(0.2), Say(words), WaitForBot(5.0, quiet_s=0.4), Hangup()],
+                rate=rate,
+            )
+            audio_kinds = {kind_ for _, kind_, _ in result.messages if kind_ != Kind.HANGUP}
+            assert audio_kinds == {kind}
+            assert result.hung_up_by == "caller"
+            assert result.bot_segments, "the bot never spoke"
+            spoken = result.bot_segments[-1][1] - result.bot_segments[0][0]
+            assert abs(spoken - len(words) / 2 / rate) < 0.5
+            assert _correlation(words, result.received) > 0.8

@@ -1,0 +1,89 @@
+"""One 20 ms clock for every call in the process.
+
+Asterisk plays what it receives as it arrives, so bot audio must leave at real time: one frame
+every 20 ms on a monotonic clock. A timer per call would cost 500 sleeping tasks and 500 wake-ups
+per slot at 500 calls; one ticker wakes once per slot and calls each paced output's ``tick``, a
+plain function that writes at most one message. That is what lets one process carry many calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+FRAME_S = 0.02
+# After a stall longer than this (a blocked loop), the schedule restarts from now rather than
+# sending the missed slots in a burst.
+MAX_CATCH_UP_S = 0.1
+
+log = logging.getLogger("voxpipe.audiosocket")
+
+
+class Paced(Protocol):
+    """Something that sends at most one frame per slot."""
+
+    def tick(self, now: float) -> None:
+        """The slot scheduled at ``now`` (loop time, monotonic) has come."""
+
+
+class Ticker:
+    """Calls ``tick`` on every subscriber once per slot, for as long as it has subscribers.
+
+    ``lateness``, when set to a list, receives for every slot how late (seconds) the last
+    subscriber was served: the worst lateness of any message sent in that slot. The benchmark
+    uses it; it is off by default.
+    """
+
+    def __init__(self, period_s: float = FRAME_S) -> None:
+        self.period_s = period_s
+        self._subscribers: dict[Paced, None] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.lateness: list[float] | None = None
+
+    def subscribe(self, paced: Paced) -> None:
+        """Start calling ``paced.tick`` every slot (starts the clock if it was idle)."""
+        self._subscribers[paced] = None
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="audio-ticker")
+
+    def unsubscribe(self, paced: Paced) -> None:
+        """Stop calling ``paced.tick``; the clock stops when nobody is left."""
+        self._subscribers.pop(paced, None)
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.period_s
+        slot = loop.time() + period
+        while self._subscribers:
+            delay = slot - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if loop.time() - slot > MAX_CATCH_UP_S:
+                slot = loop.time()
+            for paced in list(self._subscribers):
+                try:
+                    paced.tick(slot)
+                except Exception:
+                    log.exception("paced output failed; it is no longer served")
+                    self._subscribers.pop(paced, None)
+            if self.lateness is not None:
+                self.lateness.append(loop.time() - slot)
+            slot += period
+
+
+_tickers: dict[asyncio.AbstractEventLoop, Ticker] = {}
+
+
+def ticker() -> Ticker:
+    """The ticker of the running event loop (one per process in practice)."""
+    loop = asyncio.get_running_loop()
+    found = _tickers.get(loop)
+    if found is None:
+        for old in [old for old in _tickers if old.is_closed()]:
+            del _tickers[old]
+        found = _tickers[loop] = Ticker()
+    return found
