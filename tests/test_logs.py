@@ -32,7 +32,7 @@ class Capture:
         self.stream = io.StringIO()
         self.handler: logging.Handler | None = None
 
-    def setup(self, fmt: logs.Format, level: str = "INFO", secrets: set[str] | None = None) -> None:
+    def setup(self, fmt: str, level: str = "INFO", secrets: set[str] | None = None) -> None:
         self.handler = logs.setup_logging(level, fmt, secrets or set(), stream=self.stream)
 
     def lines(self) -> list[str]:

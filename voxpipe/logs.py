@@ -23,7 +23,7 @@ import secrets
 import sys
 import time
 from collections.abc import Iterable
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import BaseModel, SecretStr
 
@@ -32,7 +32,6 @@ from voxpipe import events
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call
 
-Format = Literal["text", "json"]
 MASK = "***"
 
 # (call_id, bot, trace_id) of the call the current asyncio task works for.
@@ -177,7 +176,7 @@ class _ContextFilter(logging.Filter):
 class LineFormatter(logging.Formatter):
     """One event per line, as JSON or as text, with secrets masked."""
 
-    def __init__(self, fmt: Format, redact: Redactor) -> None:
+    def __init__(self, fmt: str, redact: Redactor) -> None:
         super().__init__()
         self.json = fmt == "json"
         self.redact = redact
@@ -216,19 +215,21 @@ _handler: logging.Handler | None = None
 
 def setup_logging(
     level: str | int = "INFO",
-    fmt: Format = "text",
+    fmt: str = "text",
     secrets_: Iterable[str] = (),
     stream: IO[str] | None = None,
 ) -> logging.Handler:
-    """Send every log line to ``stream`` (stderr) as ``fmt``, masking ``secrets_``.
+    """Send every log line to ``stream`` (stderr) as ``fmt`` (text or json), masking ``secrets_``.
 
     Calling it again replaces the previous setup (the CLI calls it once the bot file is loaded,
     when the secrets are known). ``voxpipe`` loggers log at ``level``; other libraries at WARNING.
     """
     global _handler, _base_level
     root = logging.getLogger()
-    if _handler is not None:
-        root.removeHandler(_handler)
+    for existing in list(root.handlers):
+        # Ours from an earlier call, or a plain one from ``logging.basicConfig`` (``-v``).
+        if existing is _handler or type(existing) is logging.StreamHandler:
+            root.removeHandler(existing)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(LineFormatter(fmt, Redactor(secrets_)))
     handler.addFilter(_ContextFilter())

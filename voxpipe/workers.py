@@ -13,6 +13,7 @@ one that fails within its first seconds (a busy port, a provider that cannot sta
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -46,20 +47,6 @@ def worker_listen(listen: str) -> str:
     if int(port) == 0:
         return listen
     return f"{host}:{int(port) + worker_index()}"
-
-
-def without_option(argv: Sequence[str], option: str) -> list[str]:
-    """``argv`` with ``option`` (``--workers 4`` or ``--workers=4``) taken out."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
-            out.append(arg)
-    return out
 
 
 class Supervisor:
@@ -115,6 +102,20 @@ class Supervisor:
         return 1 if failed else 0
 
 
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The ``run-pipeline serve`` arguments of one worker: the supervisor's, minus ``--workers``."""
+    argv = ["serve", args.bot]
+    if args.host:
+        argv += ["--host", args.host]
+    if args.port is not None:
+        argv += ["--port", str(args.port)]
+    if args.log_format:
+        argv += ["--log-format", args.log_format]
+    if args.verbose:
+        argv.append("--verbose")
+    return argv
+
+
 def supervise(count: int, argv: Sequence[str]) -> int:
     """Run ``count`` workers of ``run-pipeline <argv>`` until SIGTERM; return the exit code."""
-    return Supervisor(count, without_option(argv, "--workers")).run()
+    return Supervisor(count, argv).run()

@@ -34,9 +34,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Load the bot, then serve calls on its transport until interrupted."""
     from voxpipe.pipelines.settings import ProviderError
 
-    bot = _load_or_report(args.bot, args.verbose)
+    bot = _load_or_report(args.bot, args.verbose, args.log_format)
     if bot is None:
         return 1
+    if args.workers > 1:
+        from voxpipe.workers import supervise, worker_argv
+
+        return supervise(args.workers, worker_argv(args))
     serve = importlib.import_module("voxpipe.pipelines.serve")
     try:
         result = asyncio.run(serve.serve(bot, host=args.host, port=args.port))
@@ -150,7 +154,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _load_or_report(file: str, verbose: bool) -> Bot | None:
+def _load_or_report(file: str, verbose: bool, log_format: str | None = None) -> Bot | None:
     """Load a bot, or print every problem with it and return ``None``."""
     from voxpipe.logs import secret_values, setup_logging
     from voxpipe.pipelines.bot import Bot
@@ -168,7 +172,7 @@ def _load_or_report(file: str, verbose: bool) -> Bot | None:
         return None
     secrets = secret_values(bot.config, *(step.settings for step in bot.steps))
     level = "DEBUG" if verbose else bot.config.logging.level
-    setup_logging(level, bot.config.logging.format, secrets)
+    setup_logging(level, log_format or bot.config.logging.format, secrets)
     return bot
 
 
@@ -231,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bot", metavar="BOT.yaml", help="the bot file")
     p.add_argument("--host", help="address to listen on (default: the bot's transport.listen)")
     p.add_argument("--port", type=_port, help="TCP port (default: the bot's transport.listen)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N processes sharing the port (SO_REUSEPORT); worker i's HTTP API on port+i",
+    )
+    p.add_argument(
+        "--log-format", choices=("text", "json"), help="log lines (default: the bot's logging:)"
+    )
 
     p = command("call", cmd_call, "Call a bot with a simulated caller over AudioSocket.")
     p.add_argument("bot", metavar="BOT.yaml", help="the bot file (served in-process)")
