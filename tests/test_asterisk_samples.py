@@ -1,0 +1,294 @@
+"""The Asterisk samples in asterisk/ hang together, and with the bots in configs/.
+
+Every context and extension the dialplan jumps to exists, every application is a real Asterisk
+application, the AudioSocket addresses are where a bot listens, the transfer targets of the
+bots exist, and ARI's user, port and app match the bots that use ARI.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from voxpipe.pipelines.config import BotConfig, LoadedConfig, load_bot
+
+ROOT = Path(__file__).resolve().parents[1]
+ASTERISK = ROOT / "asterisk"
+BOTS = sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "asterisk").glob("*.yaml")])
+
+# Dialplan applications of Asterisk 20-22, from docs.asterisk.org
+# (Asterisk_22_Documentation/API_Documentation/Dialplan_Applications).
+ASTERISK_APPLICATIONS = frozenset(
+    """
+    ADSIProg AELSub AGI AMD AddQueueMember AgentLogin AgentRequest AlarmReceiver Answer
+    AttendedTransfer AudioSocket Authenticate BackGround BackgroundDetect BlindTransfer Bridge
+    BridgeAdd BridgeWait Broadcast Busy CELGenUserEvent CallCompletionCancel
+    CallCompletionRequest ChanIsAvail ChanSpy ChannelRedirect ClearHash ConfBridge ConfKick
+    Congestion ContinueWhile ControlPlayback DBdeltree DISA DateTime DeadAGI Dial Dictate
+    Directory DumpChan EAGI Echo Else ElseIf EndIf EndWhile Exec ExecIf ExecIfTime ExitIf
+    ExitWhile ExtenSpy ExternalIVR Festival Flash FollowMe ForkCDR GetCPEID Gosub GosubIf Goto
+    GotoIf GotoIfTime Hangup HangupCauseClear IAX2Provision IVRDemo If Incomplete JACK Log
+    MP3Player MSet MeetMe MessageSend Milliwatt MixMonitor Morsecode MusicOnHold NoOp
+    Originate PJSIPHangup PJSIPNotify Page Park ParkAndAnnounce ParkedCall PauseQueueMember
+    Pickup PickupChan PlayTones Playback PrivacyManager Proceeding Progress Queue QueueLog
+    QueueUpdate RaiseException Read ReadExten ReceiveFAX Record Reload RemoveQueueMember
+    ResetCDR RetryDial Return Ringing SayAlpha SayAlphaCase SayDigits SayNumber SayPhonetic
+    SendDTMF SendFAX SendImage SendText SendURL Set SetAMAFlags SoftHangup Stasis
+    StopMixMonitor StopPlayTones System Transfer TryExec TrySystem UnpauseQueueMember
+    UserEvent Verbose VoiceMail VoiceMailMain Wait WaitExten WaitForNoise WaitForRing
+    WaitForSilence WaitUntil While Zapateller
+    """.split()  # noqa: SIM905 - the list as the docs print it
+)
+
+_CONTEXT = re.compile(r"^\[([^\]]+)\]")
+_EXTEN = re.compile(r"^exten\s*=>\s*([^,]+),\s*(\w+)\s*,\s*(\w+)\((.*)\)\s*$")
+_SAME = re.compile(r"^same\s*=>\s*(\w+)\s*,\s*(\w+)\((.*)\)\s*$")
+
+
+@dataclass
+class Step:
+    """One dialplan priority: where it is and what it runs."""
+
+    context: str
+    extension: str
+    app: str
+    args: str
+    line: int
+
+
+@dataclass
+class Dialplan:
+    """extensions.conf as contexts -> extensions, and every step in order."""
+
+    contexts: dict[str, set[str]] = field(default_factory=dict)
+    steps: list[Step] = field(default_factory=list)
+
+    def has(self, context: str, extension: str) -> bool:
+        return any(_matches(e, extension) for e in self.contexts.get(context, ()))
+
+
+def _matches(pattern: str, extension: str) -> bool:
+    if not pattern.startswith("_"):
+        return pattern == extension
+    regex = ""
+    for part in re.findall(r"\[[^\]]+\]|.", pattern[1:]):
+        regex += {"X": "[0-9]", "Z": "[1-9]", "N": "[2-9]", ".": ".+", "!": ".*"}.get(
+            part.upper(), part if part.startswith("[") else re.escape(part)
+        )
+    return re.fullmatch(regex, extension) is not None
+
+
+def parse_dialplan(text: str) -> Dialplan:
+    plan = Dialplan()
+    context = extension = ""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split(";", 1)[0].strip()
+        if not line:
+            continue
+        if m := _CONTEXT.match(line):
+            context = m.group(1)
+            plan.contexts.setdefault(context, set())
+        elif m := _EXTEN.match(line):
+            extension = m.group(1).strip()
+            plan.contexts[context].add(extension)
+            plan.steps.append(Step(context, extension, m.group(3), m.group(4), number))
+        elif m := _SAME.match(line):
+            plan.steps.append(Step(context, extension, m.group(2), m.group(3), number))
+        elif context != "general":
+            raise AssertionError(f"extensions.conf:{number}: cannot read {raw!r}")
+    return plan
+
+
+def parse_conf(text: str) -> dict[str, dict[str, str]]:
+    """An Asterisk .conf file: sections of ``key = value`` (later sections of a name merge)."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if m := _CONTEXT.match(line):
+            current = sections.setdefault(m.group(1), {})
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            current[key.strip()] = value.lstrip(">").strip()
+    return sections
+
+
+def goto_targets(step: Step) -> list[tuple[str, str]]:
+    """(context, extension) each Goto/GotoIf/Dial(Local/...) of a step may jump to."""
+    if step.app == "Goto":
+        labels = [step.args]
+    elif step.app == "GotoIf":
+        labels = [x for x in step.args.split("?", 1)[1].split(":") if x]
+    elif step.app == "Dial":
+        return [
+            (m.group(2), m.group(1)) for m in re.finditer(r"Local/([^@/&,]+)@([^/&,]+)", step.args)
+        ]
+    else:
+        return []
+    targets = []
+    for label in labels:
+        parts = [p.strip() for p in label.split(",")]
+        if len(parts) == 3:
+            targets.append((parts[0], parts[1]))
+        elif len(parts) == 2:
+            targets.append((step.context, parts[0]))
+    return targets
+
+
+def bot_port(config: BotConfig) -> int:
+    return config.transport.audiosocket.port
+
+
+@pytest.fixture(scope="module")
+def plan() -> Dialplan:
+    return parse_dialplan((ASTERISK / "extensions.conf").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def loaded_bots() -> dict[str, LoadedConfig]:
+    assert BOTS, "configs/ holds no bot"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ARI_PASSWORD", "change-me")
+        return {path.name: load_bot(path) for path in BOTS}
+
+
+@pytest.fixture(scope="module")
+def bots(loaded_bots: dict[str, LoadedConfig]) -> dict[str, BotConfig]:
+    return {name: loaded.config for name, loaded in loaded_bots.items()}
+
+
+def test_the_dialplan_has_the_three_ways_in_and_the_operator_context(plan: Dialplan) -> None:
+    apps = {s.app for s in plan.steps}
+    assert {"AudioSocket", "Dial", "Stasis"} <= apps
+    assert any(s.app == "Dial" and s.args.startswith("AudioSocket/") for s in plan.steps)
+    assert "transfer-to-operator" in plan.contexts
+    assert any(
+        s.app in ("Queue", "Dial") for s in plan.steps if s.context == "transfer-to-operator"
+    )
+
+
+def test_every_application_is_a_real_asterisk_application(plan: Dialplan) -> None:
+    unknown = [f"line {s.line}: {s.app}" for s in plan.steps if s.app not in ASTERISK_APPLICATIONS]
+    assert unknown == []
+
+
+def test_every_jump_lands_on_an_existing_extension(plan: Dialplan) -> None:
+    targets = [(s, t) for s in plan.steps for t in goto_targets(s)]
+    assert targets, "the samples jump to the transfer context"
+    missing = [f"line {s.line}: {c},{e}" for s, (c, e) in targets if not plan.has(c, e)]
+    assert missing == []
+
+
+def test_the_audiosocket_application_is_answered_first(plan: Dialplan) -> None:
+    for step in plan.steps:
+        if step.app == "AudioSocket":
+            before = [
+                s.app
+                for s in plan.steps
+                if (s.context, s.extension) == (step.context, step.extension) and s.line < step.line
+            ]
+            assert "Answer" in before, f"line {step.line}: AudioSocket() needs Answer() first"
+            after = [
+                s
+                for s in plan.steps
+                if (s.context, s.extension) == (step.context, step.extension) and s.line > step.line
+            ]
+            assert after and goto_targets(after[0]), "the step after AudioSocket() transfers"
+
+
+def test_audiosocket_addresses_are_where_a_bot_listens(
+    plan: Dialplan, bots: dict[str, BotConfig]
+) -> None:
+    addresses = []
+    for step in plan.steps:
+        if step.app == "AudioSocket":
+            uuid_arg, address = step.args.split(",")[:2]
+            assert uuid_arg == "${UUID()}"
+            addresses.append((step.line, address))
+        elif step.app == "Dial" and step.args.startswith("AudioSocket/"):
+            _tech, address, uuid_arg, *options = step.args.split(",")[0].split("/")
+            assert uuid_arg == "${UUID()}"
+            assert options == ["c(slin16)"]
+            addresses.append((step.line, address))
+    assert len(addresses) == 2
+    listening = {(c.transport.audiosocket.host, bot_port(c)) for c in bots.values()}
+    for line, address in addresses:
+        host, _, port = address.rpartition(":")
+        assert any(int(port) == p and h in (host, "0.0.0.0", "::") for h, p in listening), (
+            f"line {line}: no bot in configs/ listens on {address}"
+        )
+
+
+def transfer_targets(loaded: LoadedConfig) -> set[tuple[str, str]]:
+    """Where a bot's `transfer` tool sends callers (the tool's defaults: default, 0)."""
+    used = "transfer" in loaded.config.tools or any(
+        "transfer" in (getattr(step.settings, "tools", None) or []) for step in loaded.steps
+    )
+    if not used:
+        return set()
+    tool = loaded.config.tools.get("transfer")
+    context = (tool.context if tool else None) or "default"
+    extension = (tool.extension if tool else None) or "0"
+    return {(context, extension)}
+
+
+def test_bot_transfer_targets_exist_in_the_dialplan(
+    plan: Dialplan, loaded_bots: dict[str, LoadedConfig]
+) -> None:
+    targets = {(n, *t) for n, loaded in loaded_bots.items() for t in transfer_targets(loaded)}
+    targets |= {("design.md", "transfer-to-operator", "100"), ("tool defaults", "default", "0")}
+    missing = [f"{n}: {c},{e}" for n, c, e in targets if not plan.has(c, e)]
+    assert missing == []
+
+
+def test_ari_samples_match_the_bots_that_use_ari(
+    plan: Dialplan, bots: dict[str, BotConfig]
+) -> None:
+    http = parse_conf((ASTERISK / "http.conf").read_text(encoding="utf-8"))["general"]
+    ari = parse_conf((ASTERISK / "ari.conf").read_text(encoding="utf-8"))
+    assert http["enabled"] == "yes"
+    assert ari["general"]["enabled"] == "yes"
+    stasis_apps = {s.args.split(",")[0] for s in plan.steps if s.app == "Stasis"}
+    assert stasis_apps == {"voxpipe"}
+    users = {name for name, section in ari.items() if section.get("type") == "user"}
+    assert "voxpipe" in users
+    for name, config in bots.items():
+        if config.ari is None:
+            continue
+        assert config.ari.app in stasis_apps, name
+        assert config.ari.username in users, name
+        assert config.ari.url.endswith(f":{http['bindport']}"), name
+
+
+def test_the_operator_queue_and_phones_are_declared() -> None:
+    queues = parse_conf((ASTERISK / "queues.conf").read_text(encoding="utf-8"))
+    pjsip = parse_conf((ASTERISK / "pjsip.conf").read_text(encoding="utf-8"))
+    plan_text = (ASTERISK / "extensions.conf").read_text(encoding="utf-8")
+    queue_names = set(re.findall(r"Queue\(([^,)]+)", plan_text))
+    assert queue_names and queue_names <= set(queues)
+    for member in re.findall(
+        r"^member\s*=>\s*PJSIP/(\S+)",
+        (ASTERISK / "queues.conf").read_text(encoding="utf-8"),
+        re.MULTILINE,
+    ):
+        assert member in pjsip
+    contexts = parse_dialplan(plan_text).contexts
+    for name, section in pjsip.items():
+        if "context" in section:
+            assert section["context"] in contexts, name
+
+
+def test_docker_compose_wires_the_samples() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    assert {"asterisk", "bot", "redis"} <= set(services)
+    mounted = [v.split(":")[0] for v in services["asterisk"]["volumes"]]
+    for source in mounted:
+        assert (ROOT / source).exists(), source
+    assert {f"./asterisk/{n}" for n in ("extensions.conf", "http.conf", "ari.conf")} <= set(mounted)
+    bot_files = re.findall(r"(?:configs|asterisk)/[\w.-]+\.yaml", str(services["bot"]))
+    assert bot_files and all((ROOT / f).exists() for f in bot_files)
