@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.bot import Bot
@@ -41,23 +40,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from voxpipe.workers import supervise, worker_argv
 
         return supervise(args.workers, worker_argv(args))
-    serve = importlib.import_module("voxpipe.pipelines.serve")
+    from voxpipe.pipelines.serve import serve
+
     try:
-        result = asyncio.run(serve.serve(bot, host=args.host, port=args.port))
+        result = asyncio.run(serve(bot, host=args.host, port=args.port))
     except ProviderError as exc:
         raise UserError(f"{args.bot}: a provider cannot start: {exc}") from exc
     except OSError as exc:
         raise UserError(f"cannot serve {args.bot}: {exc}") from exc
-    return int(result or 0)
+    return result
 
 
 def cmd_call(args: argparse.Namespace) -> int:
     """Place a simulated call to a bot over AudioSocket (see ``caller.run_call_command``)."""
-    caller = importlib.import_module("voxpipe.transports.audiosocket.caller")
-    result: Any = caller.run_call_command(args)
-    if asyncio.iscoroutine(result):
-        result = asyncio.run(result)
-    return int(result or 0)
+    from voxpipe.transports.audiosocket.caller import run_call_command
+
+    return run_call_command(args)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -189,16 +187,22 @@ def _write(path: Path, text: str) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-def _host_port(value: str) -> tuple[str, int]:
+def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+    return value
 
 
 def _port(value: str) -> int:
     if not value.isdigit() or not 0 <= int(value) < 65536:
         raise argparse.ArgumentTypeError(f"expected a TCP port (0-65535), got {value!r}")
+    return int(value)
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
     return int(value)
 
 
@@ -237,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, help="TCP port (default: the bot's transport.listen)")
     p.add_argument(
         "--workers",
-        type=int,
+        type=_positive,
         default=1,
         metavar="N",
         help="run N processes sharing the port (SO_REUSEPORT); worker i's HTTP API on port+i",
