@@ -1,0 +1,174 @@
+"""The scripted LLM and the turn-taking, greeting, tools and history every LLM shares."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fakes.llm_chain import converse
+
+from voxpipe.frames import (
+    HangupFrame,
+    LLMResponseEndFrame,
+    LLMResponseStartFrame,
+    ToolCallFrame,
+    TranscriptionFrame,
+    TransferFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from voxpipe.pipelines.config import ConfigError
+from voxpipe.processors.llm.scripted import ScriptedClient
+
+DESK = """
+name: desk
+greeting: "Hello, ACME order desk."
+pipeline:
+  - llm:
+      provider: scripted
+      tools: [hangup, transfer]
+      final_timeout_s: 0.3
+      intents:
+        - name: order_number
+          regex: '(?P<number>[a-z][0-9]{5})'
+          reply: "Order {number} ships tomorrow."
+        - name: status
+          keywords: [order, status]
+          reply: "Sure. What is your order number?"
+        - name: operator
+          keywords: [operator, human]
+          reply: "Of course."
+          tool: {name: transfer}
+        - name: bye
+          keywords: [goodbye, "that's all"]
+          tool: {name: hangup}
+      fallback: "Sorry, could you repeat that?"
+tools:
+  transfer: {context: operators, extension: "100", say: "Transferring you now."}
+  hangup: {goodbye: "Thanks for calling ACME. Goodbye."}
+"""
+
+
+async def test_greets_then_answers_each_turn_once() -> None:
+    async with await converse(DESK) as c:
+        assert await c.replies(1) == ["Hello, ACME order desk."]
+        await c.say("I want to check my order status")
+        said = await c.replies(2)
+        assert said[1] == "Sure. What is your order number?"
+        await c.say("it is A12345")
+        said = await c.replies(3)
+        assert said[2] == "Order A12345 ships tomorrow."
+        await c.say("blue elephants")
+        assert (await c.replies(4))[3] == "Sorry, could you repeat that?"
+        assert c.call.history == [
+            {"role": "assistant", "content": "Hello, ACME order desk."},
+            {"role": "user", "content": "I want to check my order status"},
+            {"role": "assistant", "content": "Sure. What is your order number?"},
+            {"role": "user", "content": "it is A12345"},
+            {"role": "assistant", "content": "Order A12345 ships tomorrow."},
+            {"role": "user", "content": "blue elephants"},
+            {"role": "assistant", "content": "Sorry, could you repeat that?"},
+        ]
+        assert len(c.listener.of(LLMResponseStartFrame)) == 3
+        assert len(c.listener.of(LLMResponseEndFrame)) == 3
+
+
+async def test_transfer_says_its_line_then_asks_for_the_transfer() -> None:
+    async with await converse(DESK) as c:
+        await c.say("can I talk to an operator please")
+        said = await c.replies(3)
+        assert said[1:] == ["Of course.", "Transferring you now."]
+        await c.listener.wait_for(lambda: bool(c.listener.of(TransferFrame)))
+        frames = c.listener.frames
+        transfer = c.listener.of(TransferFrame)[0]
+        assert (transfer.context, transfer.extension) == ("operators", "100")
+        assert frames.index(transfer) > frames.index(c.listener.of(ToolCallFrame)[0])
+        assert c.listener.of(ToolCallFrame)[0].name == "transfer"
+        assert c.call.history[-1] == {
+            "role": "assistant",
+            "content": "Of course. Transferring you now.",
+        }
+
+
+async def test_hangup_says_goodbye_before_the_hangup() -> None:
+    async with await converse(DESK) as c:
+        await c.say("that's all, goodbye")
+        await c.listener.wait_for(lambda: bool(c.listener.of(HangupFrame)))
+        assert c.listener.spoken()[-1] == "Thanks for calling ACME. Goodbye."
+        await asyncio.wait_for(c.runner, 5)  # type: ignore[arg-type]
+        assert c.task.end_reason == "hangup tool"
+
+
+async def test_a_final_transcript_shortly_after_the_stop_still_makes_the_turn() -> None:
+    async with await converse(DESK) as c:
+        await c.replies(1)
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await asyncio.sleep(0.05)
+        await c.task.push_frame(TranscriptionFrame("order status please"))
+        assert (await c.replies(2))[1] == "Sure. What is your order number?"
+
+
+async def test_a_final_transcript_long_after_the_stop_is_dropped() -> None:
+    async with await converse(DESK) as c:
+        await c.replies(1)
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await asyncio.sleep(0.5)
+        await c.task.push_frame(TranscriptionFrame("order status please"))
+        await asyncio.sleep(0.3)
+        assert len(c.listener.spoken()) == 1
+        assert [m["role"] for m in c.call.history] == ["assistant"]
+
+
+async def test_finals_within_one_utterance_make_one_turn() -> None:
+    async with await converse(DESK) as c:
+        await c.replies(1)
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        await c.task.push_frame(TranscriptionFrame("I would like"))
+        await c.task.push_frame(TranscriptionFrame("my order status"))
+        await asyncio.sleep(0.05)
+        assert len(c.listener.spoken()) == 1
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await c.replies(2)
+        await asyncio.sleep(0.1)
+        assert len(c.listener.spoken()) == 2
+        assert c.call.history[1] == {"role": "user", "content": "I would like my order status"}
+
+
+async def test_without_a_vad_each_final_transcript_is_a_turn() -> None:
+    async with await converse(DESK) as c:
+        await c.task.push_frame(TranscriptionFrame("order status"))
+        assert (await c.replies(2))[1] == "Sure. What is your order number?"
+
+
+async def test_interrupted_reply_keeps_only_what_was_heard() -> None:
+    long_reply = DESK.replace(
+        'reply: "Sure. What is your order number?"',
+        'reply: "one two three four five six seven eight nine ten"',
+    )
+    async with await converse(long_reply, play_fraction=0.4) as c:
+        await c.replies(1)
+        await c.say("order status")
+        await c.replies(2)
+        c.task.interrupt()
+        await asyncio.sleep(0.05)
+        assert c.call.history[-1] == {"role": "assistant", "content": "one two three four"}
+
+
+def test_intent_tools_must_be_listed() -> None:
+    with pytest.raises(ConfigError, match="not in `tools`"):
+        from voxpipe.pipelines.bot import Bot
+
+        Bot.from_yaml(DESK.replace("tools: [hangup, transfer]", "tools: [hangup]"))
+
+
+def test_regex_groups_fill_tool_arguments() -> None:
+    from voxpipe.processors.llm.scripted import Intent
+
+    intent = Intent.model_validate(
+        {"regex": r"order (\w+)", "tool": {"name": "lookup", "arguments": {"id": "{1}"}}}
+    )
+    client = ScriptedClient([intent], "fallback")
+    found, values = client.match("Order XY12 please")
+    assert found is intent and values["1"] == "XY12"
