@@ -21,6 +21,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  echo "==> installing espeak-ng (the espeak TTS provider's tests run it)"
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq espeak-ng >/dev/null
+  else
+    echo "espeak-ng is required: install it with your package manager" >&2
+    exit 1
+  fi
+fi
 echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

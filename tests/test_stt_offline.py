@@ -62,8 +62,8 @@ class Recorder(FrameProcessor):
     def of(self, kind: type[Frame]) -> list[Any]:
         return [frame for frame in self.frames if isinstance(frame, kind)]
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, predicate: Callable[[], bool], limit_s: float = 30.0) -> None:
+        async with asyncio.timeout(limit_s):
             while not predicate():
                 self.arrived.clear()
                 await self.arrived.wait()
