@@ -7,13 +7,14 @@ from typing import Annotated
 
 from pydantic import Field
 
+from voxpipe.processors.stt.google import GoogleSTTSettings
 from voxpipe.processors.stt.pocketsphinx import PocketsphinxSettings
 from voxpipe.processors.stt.whisper import WhisperSettings
 
 STTSettings = Annotated[
-    WhisperSettings | PocketsphinxSettings,
+    WhisperSettings | PocketsphinxSettings | GoogleSTTSettings,
     Field(discriminator="provider"),
     "Speech-to-text: turns the caller's utterances into text.",
 ]
 
-__all__ = ["PocketsphinxSettings", "STTSettings", "WhisperSettings"]
+__all__ = ["GoogleSTTSettings", "PocketsphinxSettings", "STTSettings", "WhisperSettings"]

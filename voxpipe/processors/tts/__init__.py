@@ -9,13 +9,21 @@ from typing import Annotated
 from pydantic import Field
 
 from voxpipe.processors.tts.espeak import EspeakSettings
+from voxpipe.processors.tts.google import GoogleTTSSettings
 from voxpipe.processors.tts.piper import PiperSettings, offline_say
 from voxpipe.processors.tts.tone import ToneSettings
 
 TTSSettings = Annotated[
-    PiperSettings | EspeakSettings | ToneSettings,
+    PiperSettings | EspeakSettings | ToneSettings | GoogleTTSSettings,
     Field(discriminator="provider"),
     "Text-to-speech: speaks the bot's replies, sentence by sentence.",
 ]
 
-__all__ = ["EspeakSettings", "PiperSettings", "TTSSettings", "ToneSettings", "offline_say"]
+__all__ = [
+    "EspeakSettings",
+    "GoogleTTSSettings",
+    "PiperSettings",
+    "TTSSettings",
+    "ToneSettings",
+    "offline_say",
+]
