@@ -10,9 +10,14 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from voxpipe.pipelines.bot import Bot
 from voxpipe.transports.audiosocket.server import AudioSocketServer
+
+if TYPE_CHECKING:
+    from voxpipe.ari import AriController
+    from voxpipe.http import OperationsApi
 
 
 def _banner(bot: Bot, server: AudioSocketServer) -> str:
@@ -33,6 +38,34 @@ def _banner(bot: Bot, server: AudioSocketServer) -> str:
     )
 
 
+async def _start_api(bot: Bot) -> OperationsApi | None:
+    """The health/metrics API when the bot has an ``http:`` block (answers 503 while draining)."""
+    if bot.config.http is None:
+        return None
+    from voxpipe.http import OperationsApi
+
+    api = OperationsApi.for_bot(bot)
+    assert api is not None
+    await api.start()
+    print(
+        f"voxpipe: HTTP API on http://{api.server.listen.rpartition(':')[0]}:{api.port}", flush=True
+    )
+    return api
+
+
+async def _start_ari(bot: Bot, server: AudioSocketServer) -> AriController | None:
+    """The ARI controller when the bot has an ``ari:`` block: Stasis callers reach this server."""
+    if bot.config.ari is None:
+        return None
+    from voxpipe.ari import AriController
+
+    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+    controller = AriController(bot.config.ari, f"{host}:{server.port}")
+    server.on_call_start.append(controller.attach)
+    await controller.start()
+    return controller
+
+
 async def serve(
     bot: Bot,
     *,
@@ -49,6 +82,12 @@ async def serve(
         settings = settings.model_copy(update={"listen": listen})
     server = AudioSocketServer(bot, settings)
     await server.start()
+    try:
+        api = await _start_api(bot)
+    except BaseException:
+        await server.stop(0.0)
+        raise
+    ari = await _start_ari(bot, server)
     print(_banner(bot, server), flush=True)
     if ready is not None:
         ready(server)
@@ -69,6 +108,12 @@ async def serve(
             f"voxpipe: draining {len(server.calls)} call(s), up to {settings.drain_s:g} s",
             flush=True,
         )
+        if api is not None:
+            api.state.draining = True
         await server.stop(settings.drain_s)
+        if ari is not None:
+            await ari.stop()
+        if api is not None:
+            await api.stop()
         print("voxpipe: stopped", flush=True)
     return 0

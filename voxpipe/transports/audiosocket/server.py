@@ -86,8 +86,14 @@ class AudioSocketServer:
 
     async def start(self) -> None:
         """Bind and start accepting calls."""
+        from voxpipe.workers import shares_port
+
         self._server = await asyncio.start_server(
-            self._on_connection, self.settings.host, self.settings.port, backlog=512
+            self._on_connection,
+            self.settings.host,
+            self.settings.port,
+            backlog=512,
+            reuse_port=shares_port(),  # serve --workers: the kernel spreads calls over workers
         )
 
     async def stop(self, drain_s: float = 0.0) -> None:
@@ -162,8 +168,6 @@ class AudioSocketServer:
                 message = await read_message(reader, settings.read_timeout_s)
         except TimeoutError:
             raise ProtocolError(f"no UUID within {settings.uuid_timeout_s:g} s") from None
-        except EOFError:
-            raise ProtocolError("connection closed before the UUID") from None
         if message.kind is not Kind.UUID:
             raise ProtocolError(f"first message is 0x{message.kind:02x}, not the UUID")
         return message.call_id
@@ -173,6 +177,10 @@ class AudioSocketServer:
     ) -> None:
         try:
             call_id = await self._read_uuid(reader)
+        except EOFError:
+            # Connected and closed without sending a byte: a load balancer's health check.
+            log.debug("connection from %s closed without a message", peer)
+            return
         except (ProtocolError, ConnectionError) as exc:
             log.warning("connection from %s dropped: %s", peer, exc)
             events.emit.error(None, "protocol")
