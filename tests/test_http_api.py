@@ -72,6 +72,25 @@ async def test_health_is_503_while_a_required_provider_is_down(api: OperationsAp
     assert back.status_code == 200
 
 
+async def test_health_is_503_after_provider_errors_in_a_row_until_a_reply(
+    api: OperationsApi,
+) -> None:
+    call = Call(bot="desk")
+    async with client(api) as http:
+        events.emit.error(call, "provider")
+        events.emit.error(call, "protocol")
+        events.emit.error(call, "provider")
+        still_up = await http.get("/health")
+        events.emit.error(call, "provider")
+        down = await http.get("/health")
+        events.emit.provider_ttfb(call, "llm", "anthropic", 0.3)
+        back = await http.get("/health")
+    assert still_up.status_code == 200
+    assert down.status_code == 503
+    assert down.json()["status"] == "down"
+    assert back.status_code == 200
+
+
 async def test_health_reports_a_session_store_outage_without_failing() -> None:
     async def store_down() -> str:
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6390")

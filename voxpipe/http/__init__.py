@@ -18,13 +18,21 @@ from voxpipe import events
 from voxpipe.http.app import create_app
 from voxpipe.http.metrics import Metrics
 from voxpipe.http.server import HttpServer
-from voxpipe.http.state import CallList, CallTracker, ServiceState
+from voxpipe.http.state import CallList, CallTracker, ProviderWatch, ServiceState
 from voxpipe.pipelines.config import HttpSettings
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.bot import Bot
 
-__all__ = ["CallTracker", "HttpServer", "Metrics", "OperationsApi", "ServiceState", "create_app"]
+__all__ = [
+    "CallTracker",
+    "HttpServer",
+    "Metrics",
+    "OperationsApi",
+    "ProviderWatch",
+    "ServiceState",
+    "create_app",
+]
 
 
 class OperationsApi:
@@ -43,6 +51,7 @@ class OperationsApi:
         self.state = ServiceState(
             bots, self.tracker, shared_calls=shared_calls, store_status=store_status
         )
+        self.watch = ProviderWatch(self.state)
         token = settings.token.get_secret_value() if settings.token else None
         self.app = create_app(self.state, self.metrics, token)
         self.server = HttpServer(self.app, settings.listen)
@@ -91,8 +100,8 @@ class OperationsApi:
 
     async def start(self) -> None:
         """Subscribe to call events and start serving (raises ``OSError`` if the port is busy)."""
-        events.subscribe(self.metrics)
-        events.subscribe(self.tracker)
+        for observer in self._observers():
+            events.subscribe(observer)
         try:
             await self.server.start()
         except BaseException:
@@ -106,6 +115,9 @@ class OperationsApi:
         finally:
             self._unsubscribe()
 
+    def _observers(self) -> list[events.Observer]:
+        return [self.metrics, self.tracker, self.watch]
+
     def _unsubscribe(self) -> None:
-        events.unsubscribe(self.metrics)
-        events.unsubscribe(self.tracker)
+        for observer in self._observers():
+            events.unsubscribe(observer)

@@ -131,3 +131,31 @@ class ServiceState:
             return await self.store_status()
         except Exception as exc:
             return f"down: {exc}"
+
+
+class ProviderWatch(Observer):
+    """Marks the providers down after ``threshold`` provider errors in a row, up on a success.
+
+    Provider errors (``events.error(call, "provider")``) do not name the provider, so this
+    watches them together: a first byte from any provider (``provider_ttfb``) clears it.
+    """
+
+    NAME = "providers"
+
+    def __init__(self, state: ServiceState, threshold: int = 3) -> None:
+        self.state = state
+        self.threshold = threshold
+        self.failures = 0
+
+    def error(self, call: Call | None, kind: str) -> None:
+        if kind != "provider":
+            return
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.state.provider_down(
+                self.NAME, f"{self.failures} provider errors in a row, no reply since"
+            )
+
+    def provider_ttfb(self, call: Call, kind: str, provider: str, seconds: float) -> None:
+        self.failures = 0
+        self.state.provider_up(self.NAME)
