@@ -1,0 +1,242 @@
+"""``run-pipeline``: exit codes and messages, run as the installed console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from voxpipe.pipelines.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "tests" / "configs"
+SCRIPT = Path(sys.executable).with_name("run-pipeline")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the console script; never longer than two minutes."""
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["serve"], ["call"], ["validate"], ["list"], ["schema"], ["docs"], ["graph"]]
+)
+def test_help_everywhere(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: run-pipeline")
+
+
+def test_validate_a_valid_file() -> None:
+    result = run("validate", str(CONFIGS / "valid.yaml"))
+    assert result.returncode == 0
+    assert result.stdout == f"{CONFIGS / 'valid.yaml'}: valid ('front-desk', 2 steps)\n"
+
+
+def test_validate_prints_every_problem_of_every_file_and_exits_1() -> None:
+    valid, typos, wrong = (
+        CONFIGS / n for n in ("valid.yaml", "unknown_key.yaml", "wrong_types.yaml")
+    )
+    result = run("validate", str(valid), str(typos), str(wrong))
+    assert result.returncode == 1
+    no_traceback(result)
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("valid ('front-desk', 2 steps)")
+    assert f"{typos}:2:1: trasport: unknown key 'trasport' (did you mean 'transport'?)" in lines
+    assert sum(line.startswith(f"{typos}:") for line in lines) == 3
+    assert sum(line.startswith(f"{wrong}:") for line in lines) == 5
+    assert lines[-1] == "2 of 3 files are invalid"
+
+
+def test_validate_a_missing_file() -> None:
+    result = run("validate", "no/such/bot.yaml")
+    assert result.returncode == 1
+    assert (
+        result.stdout == "no/such/bot.yaml:0:0: cannot read the file: No such file or directory\n"
+    )
+
+
+@pytest.mark.parametrize("name", ["syntax_error.yaml", "missing_required.yaml"])
+def test_serve_refuses_an_invalid_file_and_starts_nothing(name: str) -> None:
+    result = run("serve", str(CONFIGS / name), "--port", "0")
+    assert result.returncode == 1
+    no_traceback(result)
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"{CONFIGS / name}:")
+    assert "; nothing started" in result.stderr
+
+
+def test_serve_reports_a_provider_that_cannot_start(tmp_path: Path) -> None:
+    (tmp_path / "voxpipe_broken_provider.py").write_text(
+        textwrap.dedent(
+            '''
+            from voxpipe.pipelines.settings import ProcessorSettings, ProviderError
+
+            class BrokenSettings(ProcessorSettings):
+                """Needs a model that is not installed."""
+
+                async def prepare(self, bot):
+                    raise ProviderError("model 'large-v9' is not installed (pip install ...)")
+            '''
+        )
+    )
+    dist = tmp_path / "voxpipe_broken_provider-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[voxpipe.processors]\nbroken = voxpipe_broken_provider:BrokenSettings\n"
+    )
+    bot = tmp_path / "bot.yaml"
+    bot.write_text(
+        "name: b\ntransport: {audiosocket: {listen: '127.0.0.1:0'}}\npipeline: [broken: ]\n"
+    )
+    result = run("serve", str(bot), env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1
+    no_traceback(result)
+    assert f"{bot}: a provider cannot start: model 'large-v9' is not installed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["call", "b.yaml"], "one of the arguments --say --wav is required"),
+        (["call", "b.yaml", "--say", "hi", "--wav", "x.wav"], "not allowed with argument"),
+        (["call", "b.yaml", "--say", "hi", "--connect", "nowhere"], "expected HOST:PORT"),
+        (["call", "b.yaml", "--say", "hi", "--rate", "44100"], "invalid choice: 44100"),
+        (["call", "b.yaml", "--say", "hi", "--dtmf", "12x"], "DTMF digits are 0-9 * # A-D"),
+        (["serve", "b.yaml", "--port", "http"], "expected a TCP port"),
+        (["serve", "b.yaml", "--workers", "0"], "at least 1"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_mistakes_exit_2_with_one_clear_line(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    no_traceback(result)
+    assert message in result.stderr.splitlines()[-1]
+
+
+def test_call_arguments_reach_the_simulated_caller_under_their_names() -> None:
+    args = build_parser().parse_args(
+        [
+            "call",
+            "bot.yaml",
+            "--say",
+            "where is my order",
+            "--rate",
+            "16000",
+            "--dtmf",
+            "12#",
+            "--record",
+            "out.wav",
+            "--connect",
+            "127.0.0.1:9092",
+            "--json",
+        ]
+    )
+    assert (args.bot, args.say, args.wav, args.rate, args.dtmf) == (
+        "bot.yaml",
+        "where is my order",
+        None,
+        16000,
+        "12#",
+    )
+    assert (args.record, args.connect, args.json) == ("out.wav", "127.0.0.1:9092", True)
+
+
+def test_graph_draws_the_chain_as_mermaid() -> None:
+    result = run("graph", str(CONFIGS / "valid.yaml"))
+    assert result.returncode == 0
+    assert result.stdout == textwrap.dedent(
+        """\
+        flowchart LR
+            in["audiosocket in<br/>127.0.0.1:9092, 8000 Hz"]
+            s0["echo<br/>passthrough=False"]
+            s1["echo"]
+            out["audiosocket out"]
+            in --> s0 --> s1 --> out
+        """
+    )
+
+
+def test_graph_of_an_invalid_file_exits_1() -> None:
+    result = run("graph", str(CONFIGS / "unknown_type.yaml"))
+    assert result.returncode == 1
+    assert "unknown processor type 'ecko'" in result.stderr
+
+
+def test_schema_to_stdout_and_to_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "schema.json"
+    to_file = run("schema", "--builtin-only", "-o", str(out))
+    to_stdout = run("schema", "--builtin-only")
+    assert to_file.returncode == 0 and to_stdout.returncode == 0
+    assert out.read_text() == to_stdout.stdout
+    assert '"title": "voxpipe bot"' in to_stdout.stdout
+
+
+def test_schema_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
+    result = run("schema", "-o", str(tmp_path / "no" / "such" / "dir" / "schema.json"))
+    assert result.returncode == 1
+    no_traceback(result)
+    assert result.stderr.startswith("run-pipeline: error: cannot write ")
+
+
+def test_docs_refreshes_the_reference_in_a_readme(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# bot\n\n<!-- yaml-reference:start -->\nSTALE\n<!-- yaml-reference:end -->\n"
+    )
+    first = run("docs", "--builtin-only", "--readme", str(readme))
+    second = run("docs", "--builtin-only", "--readme", str(readme))
+    assert first.stdout == f"{readme}: updated\n"
+    assert second.stdout == f"{readme}: already up to date\n"
+    text = readme.read_text()
+    assert "STALE" not in text
+    assert "### `transport.audiosocket`" in text
+    assert text.startswith("# bot\n\n<!-- yaml-reference:start -->\n### Top level")
+
+
+def test_secrets_stay_out_of_output_and_debug_logs() -> None:
+    env = {"VOXPIPE_TEST_ARI_PASSWORD": "hunter2-from-env"}
+    for args in (["-v", "validate"], ["graph"], ["validate", "-v"]):
+        result = run(*args, str(CONFIGS / "valid.yaml"), env=env)
+        assert result.returncode == 0
+        assert "hunter2-from-env" not in result.stdout + result.stderr
+    verbose = run("-v", "validate", str(CONFIGS / "valid.yaml"), env=env)
+    assert "pipeline[0] echo {'passthrough': False}" in verbose.stderr
+
+
+def test_importing_the_engine_is_fast() -> None:
+    """Measured in a fresh interpreter; the 150 ms target is tracked by bench/frames.py."""
+    code = (
+        "import time; t = time.perf_counter(); import voxpipe.pipelines.bot, voxpipe.pipelines.cli;"
+        " print(time.perf_counter() - t)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert float(result.stdout) < 1.0
+    heavy = (
+        "import sys, voxpipe.pipelines.bot;"
+        " print(sorted({'numpy', 'anthropic', 'grpc'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", heavy], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
