@@ -157,3 +157,17 @@ def test_settings_are_validated() -> None:
         VADSettings.model_validate({"aggressiveness": 4})
     with pytest.raises(ValidationError):
         VADSettings.model_validate({"engine": "magic"})
+
+
+@pytest.mark.parametrize("level", [60.0, 150.0])
+async def test_noise_starting_on_a_quiet_line_is_not_speech(level: float) -> None:
+    quiet_then_noise = np.concatenate([np.zeros(8000, np.int16), noise(8000, 3, level)])
+    line = soxr.resample(quiet_then_noise, 8000, 16000)  # as the transport hands it over
+    assert (await run_vad(line, 16000)).events() == []
+
+
+async def test_quiet_speech_above_the_floor_is_still_speech() -> None:
+    speech, rate = read_wav("caller_order_status_8k.wav")
+    quiet = (speech.astype(np.float32) * 10 ** (-15 / 20)).astype(np.int16)  # 15 dB down
+    kinds = [kind for kind, _ in (await run_vad(padded(quiet, rate), rate)).events()]
+    assert kinds[:1] == ["start"] and kinds[-1:] == ["stop"]

@@ -65,6 +65,23 @@ def silero_classifier(rate: int, threshold: float) -> Classifier:
     return classify
 
 
+def loudness_gate(min_volume_db: float, window_samples: int) -> Classifier:
+    """Whether a window of 16-bit PCM is louder than ``min_volume_db`` (dBFS, mean power).
+
+    webrtcvad adapts to the noise it hears; a quiet line that turns noisy (a fan, a street) is
+    taken for speech for seconds. Below this floor nothing is speech, whatever the engine says.
+    """
+    import numpy as np
+
+    floor = 10 ** (min_volume_db / 10) * 32768.0**2 * window_samples
+
+    def loud(window: bytes) -> bool:
+        samples = np.frombuffer(window, dtype=np.int16).astype(np.float32)
+        return float(np.dot(samples, samples)) >= floor
+
+    return loud
+
+
 class VoiceActivityDetector(FrameProcessor):
     """Watches caller audio and emits user started/stopped speaking frames downstream."""
 
@@ -74,6 +91,8 @@ class VoiceActivityDetector(FrameProcessor):
         "_factory",
         "_heavy",
         "_in_rate",
+        "_loud",
+        "_min_volume_db",
         "_rates",
         "_resampler",
         "_silent_windows",
@@ -94,9 +113,12 @@ class VoiceActivityDetector(FrameProcessor):
         window_ms: int,
         start_ms: int,
         stop_ms: int,
+        min_volume_db: float | None = None,
         heavy: bool = False,
     ) -> None:
         super().__init__(name="vad")
+        self._min_volume_db = min_volume_db
+        self._loud: Classifier | None = None
         self._factory = factory
         self._heavy = heavy
         self._rates = rates
@@ -135,6 +157,8 @@ class VoiceActivityDetector(FrameProcessor):
 
             self._resampler = soxr.ResampleStream(rate, self.vad_rate, 1, dtype="int16")
         self._window_bytes = self.vad_rate * self.window_ms // 1000 * 2
+        if self._min_volume_db is not None:
+            self._loud = loudness_gate(self._min_volume_db, self._window_bytes // 2)
         self._buffer.clear()
         self._classify = self._factory(self.vad_rate)
 
@@ -165,7 +189,8 @@ class VoiceActivityDetector(FrameProcessor):
     def _judge(self, window: bytes) -> Frame | None:
         """Classify one window; return the event it triggers, if any."""
         assert self._classify is not None
-        if self._classify(window):
+        loud = self._loud
+        if (loud is None or loud(window)) and self._classify(window):
             self._silent_windows = 0
             self._voiced_windows += 1
             if not self._speaking and self._voiced_windows >= self.start_windows:
@@ -197,6 +222,12 @@ class VADSettings(ProcessorSettings):
         lt=1,
         description="silero only: speech probability above which a window is voiced.",
     )
+    min_volume_db: float | None = Field(
+        -50.0,
+        le=0,
+        description="Windows quieter than this (dBFS, mean power) are never speech, so line "
+        "noise cannot start a turn; null turns the gate off.",
+    )
     start_ms: int = Field(
         200, ge=10, description="Speech needed before the caller counts as speaking, in ms."
     )
@@ -225,6 +256,7 @@ class VADSettings(ProcessorSettings):
                 window_ms=32,
                 start_ms=self.start_ms,
                 stop_ms=self.stop_ms,
+                min_volume_db=self.min_volume_db,
                 heavy=True,
             )
         aggressiveness = self.aggressiveness
@@ -234,4 +266,5 @@ class VADSettings(ProcessorSettings):
             window_ms=20,
             start_ms=self.start_ms,
             stop_ms=self.stop_ms,
+            min_volume_db=self.min_volume_db,
         )
