@@ -231,6 +231,25 @@ async def test_each_utterance_gets_its_own_stream(
     assert not fake.speech.streams[0].config.interim_results  # type: ignore[union-attr]
 
 
+async def test_an_utterance_longer_than_googles_stream_limit_moves_to_a_fresh_stream(
+    fake: FakeGoogleServer, start_call: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("voxpipe.processors.stt.google.STREAM_LIMIT_S", 0.5)
+    fake.speech.final = "part"
+    call = await start_call(8000, "stt", connection(fake))
+    audio = caller_audio(8000)[: 8000 * 2 * 6 // 5]  # 1.2 s
+    await speak(call, audio, 8000)
+    await call.down.wait_for(lambda: len(call.down.of(TranscriptionFrame)) == 3)
+    assert len(fake.speech.streams) == 3
+    pieces = sorted(
+        (audio.index(stream.audio), len(stream.audio)) for stream in fake.speech.streams
+    )
+    ends = [start + size for start, size in pieces]
+    assert [start for start, _ in pieces] == [0, *ends[:-1]]  # the streams split the audio
+    assert ends[-1] == len(audio)
+    assert all(stream.half_closed for stream in fake.speech.streams)
+
+
 async def test_transcript_in_flight_is_delivered_before_the_call_ends(
     fake: FakeGoogleServer, start_call: Callable[..., Any]
 ) -> None:
