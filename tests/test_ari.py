@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
-from fakes.ari import FakeAri, wait_until
+from fakes.ari import FakeAri, FakeChannel, wait_until
 from pydantic import SecretStr
 
 from voxpipe.ari import AriCall, AriController
+from voxpipe.frames import TransferFrame
+from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.config import AriSettings
+from voxpipe.transports.audiosocket.caller import (
+    CallResult,
+    Say,
+    WaitForHangup,
+    load_wav,
+    place_call,
+    running_bot,
+)
 
 BOT_ADDRESS = "127.0.0.1:9092"
+AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
 
 
 @pytest.fixture
@@ -262,3 +275,64 @@ async def test_attach_leaves_calls_that_are_not_ours_alone(
 
     assert stranger.controller is None
     assert ours.controller is ari_call
+
+
+ECHO_BOT = """
+name: echo-ari
+transport: {audiosocket: {listen: "127.0.0.1:0", sample_rate: 16000}}
+pipeline:
+  - echo: {passthrough: false}
+"""
+
+
+async def test_end_to_end_a_stasis_caller_talks_to_the_bot_and_is_transferred(
+    fake: FakeAri,
+) -> None:
+    """The fake Asterisk connects the externalMedia channel to the real AudioSocket server
+    with the UUID from ``data``; a TransferFrame in the bot's pipeline ends in /continue."""
+    results: list[CallResult] = []
+    voice = load_wav(AUDIO / "caller_operator_16k.wav", 16000)[: 16000 * 2]
+
+    async with running_bot(Bot.from_yaml(ECHO_BOT)) as server:
+
+        async def connect_media(channel: FakeChannel, params: dict[str, str]) -> None:
+            host, _, port = params["external_host"].rpartition(":")
+            script = [Say(voice), WaitForHangup(timeout_s=20.0)]
+            results.append(
+                await place_call(host, int(port), script, rate=16000, call_id=params["data"])
+            )
+            if channel.id in fake.channels:  # the socket closed: Asterisk hangs the leg up
+                await fake.caller_hangs_up(channel.id)
+
+        fake.on_external_media = connect_media
+        ctl = AriController(settings_for(fake), f"127.0.0.1:{server.port}")
+        server.on_call_start.append(ctl.attach)
+        await ctl.start()
+        try:
+            await wait_until(lambda: len(fake.sockets) == 1)
+            caller = await fake.place_call()
+            await wait_until(lambda: len(server.calls) == 1, timeout_s=10)
+            (active,) = server.calls.values()
+            ari_call = active.call.controller
+            assert isinstance(ari_call, AriCall)
+            assert ari_call.caller_id == caller
+            await wait_until(lambda: len(fake.bridges[ari_call.bridge_id].channels) == 2)
+            assert media_request(fake, caller)["data"] == active.call.call_id
+
+            await wait_until(lambda: active.rate is not None)
+            await asyncio.sleep(1.0)  # the caller talks for a while, and hears their echo
+            active.task.queue_frame(TransferFrame(context="transfer-to-operator", extension="100"))
+
+            await wait_until(lambda: bool(results), timeout_s=20)
+            await wait_until(lambda: not ctl.calls and not server.calls)
+        finally:
+            await ctl.stop()
+
+    (result,) = results
+    assert result.hung_up_by == "bot"
+    assert result.bot_segments  # the caller heard the bot (their own voice, echoed)
+    (moved,) = fake.made("POST", f"/channels/{caller}/continue")
+    assert moved.params == {"context": "transfer-to-operator", "extension": "100", "priority": "1"}
+    assert fake.made("DELETE", f"/channels/{caller}") == []
+    assert set(fake.channels) == {caller}
+    assert fake.bridges == {}
