@@ -200,6 +200,7 @@ async def test_caller_utterance_streams_to_google_and_comes_back_as_interims_the
     assert config.encoding == config.AudioEncoding.LINEAR16
     assert config.language_code == "en-GB"
     assert config.model == "telephony"
+    assert config.use_enhanced
     assert list(config.speech_contexts[0].phrases) == ["operator", "order number"]
     assert config.speech_contexts[0].boost == 8
     assert stream.config.interim_results

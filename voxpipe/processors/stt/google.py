@@ -159,9 +159,15 @@ class GoogleSTTSettings(STTProviderSettings, GoogleConnection):
 
     provider: Literal["google"] = Field(description="Speech-to-text engine.")
     model: str = Field(
-        "telephony_short",
-        description="Recognition model (telephony_short, telephony, phone_call, latest_short, "
-        "default...); empty lets Google choose for the language.",
+        "phone_call",
+        description="Recognition model: phone_call (8 kHz telephone audio), latest_short, "
+        "command_and_search, telephony or telephony_short where the language has them; "
+        "empty lets Google choose.",
+    )
+    enhanced: bool = Field(
+        True,
+        description="Use the enhanced version of the model when there is one (Google falls "
+        "back to the standard one otherwise).",
     )
     phrase_hints: list[str] = Field(
         default_factory=list,
@@ -391,6 +397,7 @@ class GoogleSTT(STTProcessor):
             audio_channel_count=1,
             language_code=settings.language,
             model=settings.model,
+            use_enhanced=settings.enhanced,
             speech_contexts=contexts,
             enable_automatic_punctuation=settings.punctuation,
             max_alternatives=1,
