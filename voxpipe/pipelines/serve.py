@@ -17,7 +17,6 @@ from voxpipe.transports.audiosocket.server import AudioSocketServer
 
 if TYPE_CHECKING:
     from voxpipe.ari import AriController
-    from voxpipe.ari import AriController
     from voxpipe.http import OperationsApi
 
 
@@ -67,19 +66,6 @@ async def _start_ari(bot: Bot, server: AudioSocketServer) -> AriController | Non
     return controller
 
 
-async def _start_ari(bot: Bot, server: AudioSocketServer) -> AriController | None:
-    """The ARI controller when the bot has an ``ari:`` block: Stasis callers reach this server."""
-    if bot.config.ari is None:
-        return None
-    from voxpipe.ari import AriController
-
-    host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-    controller = AriController(bot.config.ari, f"{host}:{server.port}")
-    server.on_call_start.append(controller.attach)
-    await controller.start()
-    return controller
-
-
 async def serve(
     bot: Bot,
     *,
@@ -101,7 +87,6 @@ async def serve(
     except BaseException:
         await server.stop(0.0)
         raise
-    ari = await _start_ari(bot, server)
     ari = await _start_ari(bot, server)
     print(_banner(bot, server), flush=True)
     if ready is not None:
@@ -126,8 +111,6 @@ async def serve(
         if api is not None:
             api.state.draining = True
         await server.stop(settings.drain_s)
-        if ari is not None:
-            await ari.stop()
         if ari is not None:
             await ari.stop()
         if api is not None:
