@@ -298,12 +298,17 @@ class LLMProcessor(FrameProcessor):
         try:
             for _ in range(self.settings.max_tool_rounds + 1):
                 text, calls = await self._generate(speech, rounds)
+                if text:
+                    self.call.log.info("bot replies: %s", text)
                 if not calls:
                     return
                 results: list[str] = []
                 for tool_call in calls:
                     outcome = await self.toolbox.run(tool_call)
                     results.append(outcome.result)
+                    self.call.log.info(
+                        "tool %s(%s) -> %.200s", tool_call.name, tool_call.arguments, outcome.result
+                    )
                     await self.push_frame(
                         ToolCallFrame(tool_call.name, tool_call.arguments, outcome.result)
                     )
