@@ -336,3 +336,21 @@ async def test_end_to_end_a_stasis_caller_talks_to_the_bot_and_is_transferred(
     assert fake.made("DELETE", f"/channels/{caller}") == []
     assert set(fake.channels) == {caller}
     assert fake.bridges == {}
+
+
+async def test_serve_starts_the_controller_for_a_bot_with_an_ari_block(fake: FakeAri) -> None:
+    from voxpipe.pipelines.serve import _start_ari
+
+    text = ECHO_BOT + (
+        f'ari: {{url: "{fake.url}", username: {fake.username}, password: {fake.password}}}\n'
+    )
+    async with running_bot(Bot.from_yaml(text)) as server:
+        ctl = await _start_ari(server.bot, server)
+        assert ctl is not None
+        try:
+            assert ctl.attach in server.on_call_start
+            assert ctl.external_host == f"127.0.0.1:{server.port}"
+            await wait_until(lambda: len(fake.sockets) == 1)
+        finally:
+            await ctl.stop()
+        assert await _start_ari(Bot.from_yaml(ECHO_BOT), server) is None
