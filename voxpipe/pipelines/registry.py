@@ -16,7 +16,6 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from importlib.metadata import entry_points
 from typing import Any, get_args
 
 from pydantic import BaseModel, TypeAdapter
