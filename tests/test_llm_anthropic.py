@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fakes.anthropic_sse import FakeHTTPServer, Reply, anthropic_error, anthropic_reply
 from fakes.llm_chain import converse
@@ -203,3 +205,28 @@ async def test_prepare_fails_fast_without_an_api_key(monkeypatch: pytest.MonkeyP
     bot = Bot.from_yaml(bot_yaml("http://127.0.0.1:9").replace("      api_key: test-key\n", ""))
     with pytest.raises(ProviderError, match="no API key"):
         await bot.prepare()
+
+
+async def test_an_interruption_cancels_the_reply_at_once() -> None:
+    greeting = 'greeting: "ACME, hello."\n'
+    async with FakeHTTPServer() as api:
+        api.add(anthropic_reply("Your order ", "ships", "tomorrow.", stall_after=5))
+        async with await converse(greeting + bot_yaml(api.url)) as c:
+            await c.replies(1)
+            await c.say("where is my order")
+            await c.listener.wait_for(lambda: len(c.listener.of(LLMTextFrame)) == 2)
+            c.task.interrupt()
+            await asyncio.sleep(0.05)
+            assert c.call.history == [
+                {"role": "assistant", "content": "ACME, hello."},
+                {"role": "user", "content": "where is my order"},
+            ]
+            api.add(anthropic_reply("Yes?"))
+            await c.say("sorry, go on")
+            said = await c.replies(2)
+    assert said[-1] == "Yes?"
+    assert api.requests[1].json["messages"] == [
+        {"role": "user", "content": "(The call is connected.)"},
+        {"role": "assistant", "content": "ACME, hello."},
+        {"role": "user", "content": "where is my order\nsorry, go on"},
+    ]

@@ -8,6 +8,8 @@ import pytest
 from fakes.llm_chain import converse
 
 from voxpipe.frames import (
+    UPSTREAM,
+    ErrorFrame,
     HangupFrame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
@@ -172,3 +174,42 @@ def test_regex_groups_fill_tool_arguments() -> None:
     client = ScriptedClient([intent], "fallback")
     found, values = client.match("Order XY12 please")
     assert found is intent and values["1"] == "XY12"
+
+
+async def test_a_speech_provider_error_gets_the_filler_once() -> None:
+    async with await converse(DESK) as c:
+        await c.replies(1)
+        for _ in range(3):
+            await c.task.push_frame(
+                ErrorFrame("google text-to-speech failed", source="tts.google"), UPSTREAM
+            )
+        said = await c.replies(2)
+        await asyncio.sleep(0.1)
+        assert said[1:] == ["Sorry, I'm having a technical problem."]
+        assert len(c.listener.spoken()) == 2
+        assert not c.listener.of(HangupFrame)
+        await c.say("order status")
+        assert (await c.replies(3))[2] == "Sure. What is your order number?"
+
+
+async def test_a_speech_provider_error_can_end_the_call() -> None:
+    bot = DESK.replace(
+        "final_timeout_s: 0.3", "final_timeout_s: 0.3\n      on_error: {then: hangup}"
+    )
+    async with await converse(bot) as c:
+        await c.replies(1)
+        await c.task.push_frame(ErrorFrame("recognition failed", source="stt.google"), UPSTREAM)
+        await c.listener.wait_for(lambda: bool(c.listener.of(HangupFrame)))
+        assert c.listener.spoken()[1:] == [
+            "Sorry, I'm having a technical problem.",
+            "Please call again later. Goodbye.",
+        ]
+
+
+async def test_fatal_errors_and_own_errors_are_not_answered() -> None:
+    async with await converse(DESK) as c:
+        await c.replies(1)
+        await c.task.push_frame(ErrorFrame("no source"), UPSTREAM)
+        await c.task.push_frame(ErrorFrame("mine", source="llm.scripted"), UPSTREAM)
+        await asyncio.sleep(0.1)
+        assert len(c.listener.spoken()) == 1

@@ -15,6 +15,7 @@ from typing import Any
 from voxpipe.frames import (
     Direction,
     Frame,
+    InterruptionFrame,
     LLMResponseEndFrame,
     LLMTextFrame,
     StartFrame,
@@ -49,6 +50,8 @@ class Listener(FrameProcessor):
         elif isinstance(frame, LLMResponseEndFrame):
             self._speak(self._pending)
             self._pending = ""
+        elif isinstance(frame, InterruptionFrame):
+            self._pending = ""
         await self.push_frame(frame, direction)
 
     def _speak(self, text: str) -> None:
@@ -71,6 +74,8 @@ class Listener(FrameProcessor):
                 pending += f.text
             elif isinstance(f, LLMResponseEndFrame):
                 out.append(pending)
+                pending = ""
+            elif isinstance(f, InterruptionFrame):
                 pending = ""
         return out
 

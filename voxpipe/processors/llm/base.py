@@ -163,9 +163,8 @@ class _Speech:
 
     def settle(self) -> None:
         """After an interruption: keep only what the caller heard."""
-        if self.utterances:
-            heard = (u.spoken_text() for u in self.utterances)
-            self.entry["content"] = " ".join(t for t in heard if t)
+        heard = (u.spoken_text() for u in self.utterances)
+        self.entry["content"] = " ".join(t for t in heard if t)
 
 
 class LLMProcessor(FrameProcessor):
