@@ -7,6 +7,7 @@ bots exist, and ARI's user, port and app match the bots that use ARI.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,12 +216,18 @@ def test_audiosocket_addresses_are_where_a_bot_listens(
             assert options == ["c(slin16)"]
             addresses.append((step.line, address))
     assert len(addresses) == 2
-    listening = {(c.transport.audiosocket.host, bot_port(c)) for c in bots.values()}
     for line, address in addresses:
         host, _, port = address.rpartition(":")
-        assert any(int(port) == p and h in (host, "0.0.0.0", "::") for h, p in listening), (
-            f"line {line}: no bot in configs/ listens on {address}"
-        )
+        serving = [
+            c.transport.audiosocket
+            for c in bots.values()
+            if bot_port(c) == int(port) and c.transport.audiosocket.host in (host, "0.0.0.0", "::")
+        ]
+        assert serving, f"line {line}: no bot in configs/ listens on {address}"
+        # Asterisk runs on the same host in the samples: it connects from the loopback address.
+        for settings in serving:
+            networks = [ipaddress.ip_network(n, strict=False) for n in settings.allow_from]
+            assert any(ipaddress.ip_address(host) in n for n in networks), address
 
 
 def transfer_targets(loaded: LoadedConfig) -> set[tuple[str, str]]:
