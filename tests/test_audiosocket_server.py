@@ -1,0 +1,373 @@
+"""The AudioSocket server and transport over real loopback sockets.
+
+A ``probe`` processor stands in for a bot: it speaks a tone when the call starts, obeys keys
+(``#`` hang up, ``*`` barge in, ``0`` transfer) and records every frame it sees both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+
+import numpy as np
+import pytest
+from pydantic import Field
+
+from voxpipe import events
+from voxpipe.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    Direction,
+    DTMFFrame,
+    Frame,
+    HangupFrame,
+    OutputAudioFrame,
+    StartFrame,
+    TransferFrame,
+    Utterance,
+)
+from voxpipe.pipelines.bot import Bot
+from voxpipe.pipelines.call import Call
+from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.pipelines.registry import ProcessorType, Registry
+from voxpipe.pipelines.settings import ProcessorSettings
+from voxpipe.transports.audiosocket.caller import (
+    Dtmf,
+    Hangup,
+    Say,
+    Silence,
+    WaitForHangup,
+    place_call,
+    running_bot,
+)
+from voxpipe.transports.audiosocket.protocol import Kind, encode
+from voxpipe.transports.audiosocket.server import AudioSocketServer
+
+SEEN: dict[str, list[tuple[Frame, Direction]]] = defaultdict(list)
+UTTERANCES: dict[str, Utterance] = {}
+
+
+def tone(seconds: float, rate: int, hz: float = 440.0) -> bytes:
+    """A sine tone at half scale, PCM16."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (np.sin(2 * math.pi * hz * t) * 16000).astype("<i2").tobytes()
+
+
+class Probe(FrameProcessor):
+    """A stand-in bot: a tone at start, actions on keys, and a record of every frame."""
+
+    def __init__(self, settings: ProbeSettings) -> None:
+        super().__init__(name="probe")
+        self.settings = settings
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        call_id = self.call.call_id
+        SEEN[call_id].append((frame, direction))
+        await self.push_frame(frame, direction)
+        if isinstance(frame, StartFrame) and self.settings.speak_s:
+            await self._speak(frame.sample_rate)
+        elif isinstance(frame, DTMFFrame):
+            if frame.digit == "#":
+                await self.push_frame(HangupFrame(reason="caller pressed #"))
+            elif frame.digit == "*":
+                self.task.interrupt()
+            elif frame.digit == "0":
+                await self.push_frame(TransferFrame(context="operators", extension="100"))
+
+    async def _speak(self, rate: int) -> None:
+        audio = tone(self.settings.speak_s, rate)
+        step = int(rate * self.settings.chunk_ms / 1000) * 2
+        chunks = [audio[i : i + step] for i in range(0, len(audio), step)]
+        utterance = Utterance("one two three four five six", frames_total=len(chunks))
+        UTTERANCES[self.call.call_id] = utterance
+        for chunk in chunks:
+            await self.push_frame(OutputAudioFrame(chunk, rate, utterance=utterance))
+
+
+class ProbeSettings(ProcessorSettings):
+    """Test bot."""
+
+    speak_s: float = Field(0.0, description="Seconds of tone to say at the start.")
+    chunk_ms: int = Field(20, description="Size of each audio frame it pushes.")
+
+    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+        return Probe(self)
+
+
+def probe_bot(pipeline: str = "  - probe: {}", transport: str = "", rate: int = 8000) -> Bot:
+    registry = Registry.default()
+    registry.add(ProcessorType("probe", ProbeSettings, origin="test"))
+    text = (
+        f"name: probe\ntransport:\n  audiosocket: {{sample_rate: {rate}{transport}}}\n"
+        f"pipeline:\n{pipeline}\n"
+    )
+    return Bot.from_yaml(text, registry=registry)
+
+
+class Recorder(events.Observer):
+    """Keeps the call events the server reports."""
+
+    def __init__(self) -> None:
+        self.rejected: list[str] = []
+        self.errors: list[str] = []
+        self.ended: dict[str, str] = {}
+        self.started: list[str] = []
+
+    def call_started(self, call: Call) -> None:
+        self.started.append(call.call_id)
+
+    def call_rejected(self, reason: str) -> None:
+        self.rejected.append(reason)
+
+    def error(self, call: Call | None, kind: str) -> None:
+        self.errors.append(kind)
+
+    def call_ended(self, call: Call, reason: str) -> None:
+        self.ended[call.call_id] = reason
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    observer = Recorder()
+    events.subscribe(observer)
+    yield observer
+    events.unsubscribe(observer)
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, within_s: float = 3.0) -> bool:
+    """Whether the server closes the connection (reading everything it still sends)."""
+    try:
+        async with asyncio.timeout(within_s):
+            while await reader.read(4096):
+                pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+@pytest.fixture
+async def echo_server() -> AsyncIterator[AudioSocketServer]:
+    bot = probe_bot("  - echo: {}", ", read_timeout_s: 0.3, uuid_timeout_s: 0.5")
+    async with running_bot(bot) as server:
+        yield server
+
+
+UUID_MSG = encode(Kind.UUID, uuid.uuid4().bytes)
+AUDIO_MSG = encode(Kind.AUDIO_8K, bytes(320))
+
+MALFORMED = {
+    "garbage": UUID_MSG + AUDIO_MSG + b"GET / HTTP/1.1\r\n\r\n",
+    "zero_length": UUID_MSG + AUDIO_MSG + b"\x10\x00\x00",
+    "truncated": UUID_MSG + AUDIO_MSG + b"\x10\x01\x40" + bytes(100),
+    "unknown_kind": UUID_MSG + b"\x20\x00\x02ab",
+    "error_0xff": UUID_MSG + AUDIO_MSG + b"\xff\x00\x01\x07",
+    "hangup_0x00": UUID_MSG + AUDIO_MSG + b"\x00\x00\x00",
+    "missing_uuid": AUDIO_MSG,
+    "short_uuid": b"\x01\x00\x08" + bytes(8),
+    "no_uuid_at_all": b"",
+    "truncated_uuid": b"\x01\x00\x10" + bytes(5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+async def test_a_malformed_stream_ends_only_its_own_call(
+    echo_server: AudioSocketServer, recorder: Recorder, name: str
+) -> None:
+    words = tone(1.2, 8000)
+    good = asyncio.create_task(
+        place_call("127.0.0.1", echo_server.port, [Silence(0.4), Say(words), Silence(0.3)])
+    )
+    await asyncio.sleep(0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
+    writer.write(MALFORMED[name])
+    assert await _closed_by_server(reader), f"{name}: the server kept the connection open"
+    writer.close()
+    result = await good
+    assert result.hung_up_by == "caller"
+    voice_s = sum(end - start for start, end in result.bot_segments)
+    assert voice_s > 1.0, f"the good call heard {voice_s:.2f} s of its 1.2 s echo"
+    await asyncio.sleep(0.1)
+    assert not echo_server.calls
+    if name in ("missing_uuid", "short_uuid", "no_uuid_at_all", "truncated_uuid"):
+        assert "bad first message" in recorder.rejected
+    elif name in ("garbage", "zero_length", "truncated", "unknown_kind"):
+        assert "protocol" in recorder.errors
+        assert any("protocol error" in reason for reason in recorder.ended.values())
+
+
+async def test_a_health_check_connection_is_not_an_error(
+    echo_server: AudioSocketServer, recorder: Recorder
+) -> None:
+    _reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
+    writer.close()
+    await asyncio.sleep(0.2)
+    assert recorder.rejected == [] and recorder.errors == []
+
+
+async def test_dtmf_reaches_the_bot_and_a_bot_hangup_plays_out_first() -> None:
+    bot = probe_bot("  - probe: {speak_s: 1.0}")
+    async with running_bot(bot) as server:
+        result = await place_call(
+            "127.0.0.1",
+            server.port,
+            [Silence(0.2), Dtmf("19#"), WaitForHangup(5.0)],
+            call_id=str(uuid.uuid4()),
+        )
+    digits = [f.digit for f, _ in SEEN[result.call_id] if isinstance(f, DTMFFrame)]
+    assert digits == ["1", "9", "#"]
+    assert result.hung_up_by == "bot"
+    assert result.messages[-1][1] == Kind.HANGUP
+    audio = [m for m in result.messages if m[1] == Kind.AUDIO_8K and m[2] == 320]
+    assert len(audio) >= 50, "the bot hung up before its queued second of audio was played"
+    assert UTTERANCES[result.call_id].finished
+
+
+async def test_caller_hangup_ends_the_pipeline(recorder: Recorder) -> None:
+    bot = probe_bot("  - probe: {speak_s: 5.0}")
+    async with running_bot(bot) as server:
+        result = await place_call("127.0.0.1", server.port, [Silence(0.5), Hangup()])
+        for _ in range(50):
+            if result.call_id in recorder.ended:
+                break
+            await asyncio.sleep(0.02)
+        assert not server.calls
+    assert recorder.ended[result.call_id] == "cancel: caller hung up"
+    utterance = UTTERANCES[result.call_id]
+    assert 0 < utterance.frames_played < utterance.frames_total
+
+
+async def test_caller_hangup_message_ends_the_call(
+    echo_server: AudioSocketServer, recorder: Recorder
+) -> None:
+    call_id = uuid.uuid4()
+    reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
+    writer.write(encode(Kind.UUID, call_id.bytes) + AUDIO_MSG + encode(Kind.HANGUP))
+    assert await _closed_by_server(reader)
+    await asyncio.sleep(0.1)
+    assert recorder.ended[str(call_id)] == "cancel: caller hung up"
+
+
+async def test_the_caller_gets_audio_at_its_own_rate_from_a_16k_pipeline() -> None:
+    bot = probe_bot("  - echo: {}", rate=16000)
+    async with running_bot(bot) as server:
+        for rate, kind in ((8000, Kind.AUDIO_8K), (16000, Kind.AUDIO_16K)):
+            result = await place_call(
+                "127.0.0.1", server.port, [Say(tone(1.0, rate)), Silence(0.4)], rate=rate
+            )
+            sizes = {size for _, k, size in result.messages if k == kind}
+            assert {k for _, k, _ in result.messages} == {kind}
+            assert int(rate * 0.02) * 2 in sizes
+            assert 0.8 < sum(end - start for start, end in result.bot_segments) < 1.3
+
+
+async def test_max_calls_closes_excess_connections_at_once(recorder: Recorder) -> None:
+    bot = probe_bot("  - echo: {}", ", max_calls: 1")
+    async with running_bot(bot) as server:
+        first = asyncio.create_task(place_call("127.0.0.1", server.port, [Silence(1.0)]))
+        await asyncio.sleep(0.3)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(UUID_MSG + AUDIO_MSG)
+        assert await _closed_by_server(reader, within_s=0.5)
+        writer.close()
+        assert recorder.rejected == ["max_calls"]
+        assert len(server.calls) == 1
+        await first
+        again = await place_call("127.0.0.1", server.port, [Say(tone(0.5, 8000)), Silence(0.3)])
+        assert again.bot_segments
+
+
+async def test_allow_from_refuses_other_networks(recorder: Recorder) -> None:
+    bot = probe_bot("  - echo: {}", ', allow_from: ["10.0.0.0/8"]')
+    async with running_bot(bot) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(UUID_MSG)
+        assert await _closed_by_server(reader, within_s=0.5)
+        writer.close()
+    assert recorder.rejected == ["allow_from"]
+    assert recorder.started == []
+
+
+async def test_barge_in_stops_the_bot_within_a_frame_or_two() -> None:
+    bot = probe_bot("  - probe: {speak_s: 4.0, chunk_ms: 200}")
+    async with running_bot(bot) as server:
+        result = await place_call("127.0.0.1", server.port, [Silence(1.0), Dtmf("*"), Silence(1.0)])
+    pressed = next(e.t for e in result.timeline if e.what == "presses *")
+    assert len(result.bot_segments) == 1
+    assert result.bot_segments[0][1] < pressed + 0.1, "the bot went on talking"
+    assert result.bot_segments[0][1] - result.bot_segments[0][0] > 0.7
+    frames = [type(f) for f, d in SEEN[result.call_id] if d is Direction.UPSTREAM]
+    assert frames[:2] == [BotStartedSpeakingFrame, BotStoppedSpeakingFrame]
+    utterance = UTTERANCES[result.call_id]
+    assert 0 < utterance.frames_played < utterance.frames_total
+    assert utterance.spoken_text() not in ("", utterance.text)
+
+
+async def test_a_silent_bot_keeps_the_line_alive() -> None:
+    bot = probe_bot(transport=", keepalive_s: 0.2")
+    async with running_bot(bot) as server:
+        result = await place_call("127.0.0.1", server.port, [Silence(1.3)])
+    assert result.bot_segments == []
+    keepalives = [m for m in result.messages if m[1] == Kind.AUDIO_8K and m[2] == 320]
+    assert 4 <= len(keepalives) <= 8
+    assert result.received == bytes(len(result.received))
+
+
+class FakeController:
+    """Records the transfer the bot asks Asterisk for."""
+
+    def __init__(self) -> None:
+        self.transfers: list[tuple[str, str, int]] = []
+
+    async def transfer(self, context: str, extension: str, priority: int = 1) -> None:
+        self.transfers.append((context, extension, priority))
+
+    async def hangup(self) -> None:
+        raise AssertionError("not expected")
+
+
+async def test_transfer_plays_out_calls_the_controller_then_hangs_up(recorder: Recorder) -> None:
+    controller = FakeController()
+
+    async def attach(call: Call) -> None:
+        call.controller = controller
+
+    bot = probe_bot("  - probe: {speak_s: 0.6}")
+    async with running_bot(bot) as server:
+        server.on_call_start.append(attach)
+        result = await place_call(
+            "127.0.0.1", server.port, [Silence(0.1), Dtmf("0"), WaitForHangup(5.0)]
+        )
+    assert controller.transfers == [("operators", "100", 1)]
+    assert result.hung_up_by == "bot"
+    assert result.messages[-1][1] == Kind.HANGUP
+    assert result.bot_segments[-1][1] - result.bot_segments[0][0] > 0.5
+    assert recorder.ended[result.call_id] == "transferred"
+
+
+async def test_a_call_is_hung_up_at_its_maximum_duration() -> None:
+    bot = probe_bot("  - echo: {}", ", max_call_s: 0.5")
+    async with running_bot(bot) as server:
+        result = await place_call("127.0.0.1", server.port, [WaitForHangup(5.0)])
+    assert result.hung_up_by == "bot"
+    assert 0.4 < result.timeline[-1].t < 2.0
+
+
+async def test_outbound_audio_is_paced_at_one_message_per_20ms() -> None:
+    bot = probe_bot("  - probe: {speak_s: 5.0, chunk_ms: 5000}")
+    async with running_bot(bot) as server:
+        result = await place_call("127.0.0.1", server.port, [Silence(5.6)])
+    arrivals = [t for t, kind, size in result.messages if kind == Kind.AUDIO_8K and size == 320]
+    voiced = arrivals[: int(5.0 / 0.02)]
+    gaps = np.diff(voiced)
+    assert 18e-3 <= statistics.median(gaps) <= 22e-3
+    assert voiced[-1] - voiced[0] > 4.5, "the prompt was sent faster than real time"
+    window_counts = [
+        int(np.searchsorted(voiced, t + 0.01) - np.searchsorted(voiced, t)) for t in voiced
+    ]
+    assert max(window_counts) <= 3, "a burst of messages left within 10 ms"
