@@ -308,3 +308,15 @@ async def test_each_call_gets_its_own_pipeline_built_from_the_parsed_bot() -> No
     for t in tasks:
         t.end()
     assert await asyncio.gather(*runners) == ["end", "end", "end"]
+
+
+async def test_cancelling_the_runner_still_cancels_every_processor() -> None:
+    log: list[str] = []
+    first, tail = Recorder("first", log), Recorder("tail", log)
+    task, runner = await started([first, tail])
+    runner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await runner
+    assert log == ["cancel first", "cancel tail"]
+    assert task.end_reason == "cancel: pipeline task cancelled"
+    assert CancelFrame in tail.kinds()

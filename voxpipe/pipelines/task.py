@@ -122,6 +122,13 @@ class PipelineTask:
             self.fail(exc)
         try:
             return await self._done
+        except asyncio.CancelledError:
+            # The runner itself was cancelled (a server shutting down): processors still get
+            # their ``cancel()`` so that sockets, streams and executors are released.
+            if not self._finishing:
+                self._finishing = True
+                await self._cancel("pipeline task cancelled")
+            raise
         finally:
             await self._cleanup()
 
@@ -229,7 +236,9 @@ class PipelineTask:
         self._finish(reason)
 
     def _finish(self, reason: str) -> None:
-        if not self._done.done():
+        if self._done.cancelled():  # the runner was cancelled: record why all the same
+            self.end_reason = self.end_reason or reason
+        elif not self._done.done():
             self.end_reason = reason
             self._done.set_result(reason)
 
