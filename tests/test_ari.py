@@ -160,6 +160,26 @@ async def test_reconnects_after_the_events_websocket_drops(
     assert ari_call.uuid in controller.calls
 
 
+async def test_calls_that_ended_while_disconnected_are_cleaned_up_on_reconnection(
+    fake: FakeAri, controller: AriController
+) -> None:
+    caller, ari_call = await connected_call(fake, controller)
+    _other_caller, other = await connected_call(fake, controller)
+    fake.password = "changed"  # Asterisk restarts its HTTP server, say: no events for a while
+    await fake.drop_events()
+    await wait_until(lambda: fake.rejected >= 1)
+    await fake.caller_hangs_up(caller)  # nobody hears of it
+
+    fake.password = "secret"
+    await wait_until(lambda: ari_call.done.is_set())
+
+    assert fake.made("GET", f"/channels/{caller}")
+    assert fake.made("DELETE", f"/bridges/{ari_call.bridge_id}")
+    assert ari_call.media_id not in fake.channels
+    assert list(controller.calls) == [other.uuid]
+    assert other.bridge_id in fake.bridges
+
+
 async def test_keeps_retrying_until_asterisk_lets_it_in(fake: FakeAri) -> None:
     ctl = AriController(settings_for(fake), BOT_ADDRESS)
     fake.password = "changed"  # Asterisk refuses the controller's credentials for a while
@@ -354,3 +374,11 @@ async def test_serve_starts_the_controller_for_a_bot_with_an_ari_block(fake: Fak
         finally:
             await ctl.stop()
         assert await _start_ari(Bot.from_yaml(ECHO_BOT), server) is None
+
+
+async def test_another_client_taking_over_the_app_is_reported(
+    fake: FakeAri, controller: AriController, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="voxpipe.ari"):
+        await fake.emit({"type": "ApplicationReplaced"})
+        await wait_until(lambda: any("took over" in r.getMessage() for r in caplog.records))

@@ -256,6 +256,7 @@ class FakeAri:
         parts = path.strip("/").split("/")
         route = (request.method, parts[0], len(parts), parts[-1] if len(parts) == 3 else "")
         handlers: dict[tuple[str, str, int, str], Callable[..., Awaitable[Response]]] = {
+            ("GET", "channels", 2, ""): self._channel_get,
             ("POST", "channels", 2, ""): self._channel_create,
             ("DELETE", "channels", 2, ""): self._channel_hangup,
             ("POST", "channels", 3, "answer"): self._channel_answer,
@@ -297,6 +298,12 @@ class FakeAri:
         await self.emit({"type": "StasisStart", "args": [], "channel": channel.json()})
         if self.on_external_media is not None:
             self._spawn(self.on_external_media(channel, params))
+        return JSONResponse(channel.json())
+
+    async def _channel_get(self, parts: list[str], params: dict[str, str]) -> Response:
+        channel = self.channels.get(parts[1])
+        if channel is None:
+            return _error(404, "Channel not found")
         return JSONResponse(channel.json())
 
     async def _channel_hangup(self, parts: list[str], params: dict[str, str]) -> Response:

@@ -81,6 +81,11 @@ class AriClient:
             return None
         return response.json()
 
+    async def get_channel(self, channel_id: str) -> dict[str, Any] | None:
+        """The channel's snapshot, or ``None`` when it no longer exists."""
+        channel = await self.request("GET", f"/channels/{channel_id}", missing_ok=True)
+        return channel if isinstance(channel, dict) else None
+
     async def answer(self, channel_id: str) -> None:
         """Answer a channel waiting in Stasis."""
         await self.request("POST", f"/channels/{channel_id}/answer")

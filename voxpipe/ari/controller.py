@@ -154,6 +154,8 @@ class AriController:
             self.connections += 1
             self.connected.set()
             log.info("connected to ARI events of app %r", self.app)
+            if self.calls:
+                self._spawn(self._reconcile())
             async for message in ws:
                 try:
                     event = json.loads(message)
@@ -165,6 +167,9 @@ class AriController:
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
+        if kind == "ApplicationReplaced":
+            log.error("another ARI client took over app %r: this bot gets no more calls", self.app)
+            return
         channel = event.get("channel")
         if not isinstance(channel, dict) or not isinstance(channel.get("id"), str):
             return
@@ -193,6 +198,17 @@ class AriController:
         self._by_channel[ari_call.media_id] = ari_call
         log.info("caller %s (%s) entered %r as call %s", name, channel_id, self.app, call_uuid)
         ari_call.setup = self._spawn(self._setup(ari_call))
+
+    async def _reconcile(self) -> None:
+        """After a reconnection: end the calls whose caller left while no events could arrive."""
+        for ari_call in list(self.calls.values()):
+            try:
+                channel = await self.client.get_channel(ari_call.caller_id)
+            except AriError as exc:
+                log.warning("checking call %s after reconnecting: %s", ari_call.uuid, exc)
+                continue
+            if channel is None:
+                await self._teardown(ari_call, "caller gone while disconnected")
 
     # --- one call --------------------------------------------------------------------------
 
