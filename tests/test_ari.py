@@ -180,18 +180,23 @@ async def test_calls_that_ended_while_disconnected_are_cleaned_up_on_reconnectio
     assert other.bridge_id in fake.bridges
 
 
-async def test_keeps_retrying_until_asterisk_lets_it_in(fake: FakeAri) -> None:
-    ctl = AriController(settings_for(fake), BOT_ADDRESS)
+async def test_keeps_retrying_with_a_growing_backoff_until_asterisk_lets_it_in(
+    fake: FakeAri, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctl = AriController(settings_for(fake), BOT_ADDRESS)  # steps of 0.05 s, at most 0.2 s
     fake.password = "changed"  # Asterisk refuses the controller's credentials for a while
-    await ctl.start()
-    try:
-        await wait_until(lambda: fake.rejected >= 3)
-        assert not ctl.connected.is_set()
-        fake.password = "secret"
-        await wait_until(lambda: len(fake.sockets) == 1)
-        assert ctl.connected.is_set()
-    finally:
-        await ctl.stop()
+    with caplog.at_level(logging.INFO, logger="voxpipe.ari"):
+        await ctl.start()
+        try:
+            await wait_until(lambda: fake.rejected >= 6)
+            assert not ctl.connected.is_set()
+            fake.password = "secret"
+            await wait_until(lambda: len(fake.sockets) == 1)
+            assert ctl.connected.is_set()
+        finally:
+            await ctl.stop()
+    delays = [r.args[0] for r in caplog.records if r.msg.startswith("reconnecting")]
+    assert delays[:6] == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2, 0.2])
 
 
 async def test_a_stalled_request_is_given_up_after_the_timeout(

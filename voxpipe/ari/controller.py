@@ -125,15 +125,17 @@ class AriController:
         """Listen for events; after a drop, retry after step, 2 x step, ... up to the maximum."""
         failures = 0
         while True:
+            connections = self.connections
             try:
                 await self._listen()
-                failures = 0
                 log.warning("ARI events connection closed by Asterisk")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("ARI events connection failed: %s", exc or type(exc).__name__)
             self.connected.clear()
+            if self.connections > connections:
+                failures = 0  # it was up: start the backoff over
             failures += 1
             delay = min(self.settings.reconnect_step_s * failures, self.settings.reconnect_max_s)
             log.info("reconnecting to ARI in %.1f s", delay)
