@@ -55,28 +55,38 @@ frontend audiosocket
   default_backend bots
 backend bots
   balance roundrobin
-  server bot1 127.0.0.1:{first} check inter 200ms fall 1 rise 2
-  server bot2 127.0.0.1:{second} check inter 200ms fall 1 rise 2
+  option httpchk GET /health
+  http-check expect status 200
+  server bot1 127.0.0.1:{first} check port {first_http} inter 200ms fall 1 rise 2
+  server bot2 127.0.0.1:{second} check port {second_http} inter 200ms fall 1 rise 2
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+_given: set[int] = set()
 
 
-def free_port_pair() -> int:
-    """A port ``p`` such that ``p`` and ``p + 1`` are both free (worker 1 adds one)."""
-    for _ in range(50):
-        port = free_port()
+def free_port(span: int = 1) -> int:
+    """A free loopback port ``p`` (with ``p+1 .. p+span-1`` free too) never handed out before
+    in this run, so that the processes of one test cannot be given the same port."""
+    for _ in range(100):
         with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 1))
-            except OSError:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            wanted = set(range(port, port + span))
+            if wanted & _given or not all(_bindable(p) for p in wanted - {port}):
                 continue
+        _given.update(wanted)
         return port
-    raise RuntimeError("no two consecutive free ports")
+    raise RuntimeError("no free loopback port")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def haproxy_binary() -> str:
@@ -135,7 +145,7 @@ def serve(
     drain_s: float = 20.0,
 ) -> tuple[Process, int, int]:
     """Start ``run-pipeline serve`` on the echo bot; returns it, its AudioSocket and HTTP ports."""
-    port, http_port = free_port(), free_port_pair()
+    port, http_port = free_port(), free_port(span=2)
     bot = tmp_path / f"{name}.yaml"
     bot.write_text(
         BOT.format(port=port, http_port=http_port, redis_port=redis_port, drain_s=drain_s)
@@ -182,7 +192,15 @@ async def balanced(
     bots = [serve(processes, tmp_path, f"bot{i}", redis_port) for i in (1, 2)]
     front = free_port()
     config = tmp_path / "haproxy.cfg"
-    config.write_text(HAPROXY.format(port=front, first=bots[0][1], second=bots[1][1]))
+    config.write_text(
+        HAPROXY.format(
+            port=front,
+            first=bots[0][1],
+            second=bots[1][1],
+            first_http=bots[0][2],
+            second_http=bots[1][2],
+        )
+    )
     proxy = Process([haproxy_binary(), "-f", str(config), "-db"], tmp_path / "haproxy.log")
     processes.append(proxy)
     for process, _, http_port in bots:
