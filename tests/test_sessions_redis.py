@@ -214,3 +214,15 @@ async def test_a_redis_restart_on_the_same_port_gets_state_written_again(
     move(call, CallState.PROCESSING)
     store.save(call)
     await until(lambda: (record(server, call) or {}).get("state") == "processing")
+
+
+async def test_closing_the_store_writes_what_is_pending(server: RedisServer) -> None:
+    store = RedisSessionStore(server.url, ttl_s=60)
+    calls = [Call(bot="desk") for _ in range(3)]
+    for call in calls:
+        move(call, CallState.LISTENING)
+        store.save(call)
+    store.end(calls[0])
+    await store.close()
+    assert record(server, calls[0]) is None
+    assert [record(server, c)["state"] for c in calls[1:]] == ["listening", "listening"]  # type: ignore[index]

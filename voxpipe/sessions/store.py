@@ -125,6 +125,14 @@ class RedisSessionStore(MemorySessionStore):
         self._ensure_writer()
 
     async def close(self) -> None:
+        """Write what is still pending (briefly, if Redis is up), then stop the writer."""
+        if self._pending and not self._degraded:
+            batch, self._pending = self._pending, {}
+            try:
+                async with asyncio.timeout(self.timeout_s * 2):
+                    await self._write(batch)
+            except Exception as exc:
+                log.warning("session store: %d writes lost at shutdown (%s)", len(batch), exc)
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
