@@ -31,6 +31,7 @@ class Capture:
     def __init__(self) -> None:
         self.stream = io.StringIO()
         self.handler: logging.Handler | None = None
+        self.levels = {name: logging.getLogger(name).level for name in ("", "voxpipe")}
 
     def setup(self, fmt: str, level: str = "INFO", secrets: set[str] | None = None) -> None:
         self.handler = logs.setup_logging(level, fmt, secrets or set(), stream=self.stream)
@@ -43,6 +44,8 @@ class Capture:
             logging.getLogger().removeHandler(self.handler)
         logs.set_call_level("-", None)
         events.unsubscribe(logs._call_context)
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture
