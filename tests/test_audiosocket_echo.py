@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import wave
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from voxpipe.transports.audiosocket.caller import (
     Hangup,
@@ -13,6 +17,7 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForBot,
     load_wav,
     place_call,
+    run_call_command,
     running_bot,
 )
 from voxpipe.transports.audiosocket.protocol import Kind
@@ -44,3 +49,29 @@ async def test_caller_hears_their_own_words_at_8k_and_16k(echo_yaml: Path, audio
             spoken = result.bot_segments[-1][1] - result.bot_segments[0][0]
             assert abs(spoken - len(words) / 2 / rate) < 0.5
             assert _correlation(words, result.received) > 0.8
+
+
+def test_run_pipeline_call_prints_the_timeline_and_records_the_bot(
+    echo_yaml: Path, audio_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = tmp_path / "heard.wav"
+    args = argparse.Namespace(
+        bot=str(echo_yaml),
+        say=None,
+        wav=str(audio_dir / "caller_yes_16k.wav"),
+        rate=16000,
+        dtmf="5",
+        record=str(record),
+        connect=None,
+        json=True,
+    )
+    assert run_call_command(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["hung_up_by"] == "caller"
+    assert summary["bot_segments"]
+    assert {"who": "caller", "what": "presses 5"} in [
+        {"who": e["who"], "what": e["what"]} for e in summary["timeline"]
+    ]
+    with wave.open(str(record)) as wav:
+        assert wav.getframerate() == 16000
+        assert wav.getnframes() / 16000 > 0.5

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 HEADER = struct.Struct(">BH")
+_LENGTH = struct.Struct(">H")
 MAX_PAYLOAD = 0xFFFF
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
@@ -107,6 +108,25 @@ def _check(kind: Kind, payload: bytes) -> None:
         raise ProtocolError(f"audio message of odd length {size}")
 
 
+def _buffered(reader: asyncio.StreamReader) -> int:
+    """Bytes received but not yet read (0 when the reader does not expose its buffer)."""
+    buffer = getattr(reader, "_buffer", None)
+    return len(buffer) if buffer is not None else 0
+
+
+async def _read(reader: asyncio.StreamReader, size: int, timeout_s: float) -> bytes:
+    """Read ``size`` bytes, waiting at most ``timeout_s`` for them.
+
+    A message nearly always arrives whole (Asterisk writes it in one write), so the timer is
+    armed only when the bytes are not there yet: arming one costs about 8 µs, which at 500
+    calls and 50 messages a second each would be a fifth of a core.
+    """
+    if _buffered(reader) >= size:
+        return await reader.readexactly(size)
+    async with asyncio.timeout(timeout_s):
+        return await reader.readexactly(size)
+
+
 async def read_message(reader: asyncio.StreamReader, read_timeout_s: float) -> Message:
     """Read one message.
 
@@ -116,16 +136,17 @@ async def read_message(reader: asyncio.StreamReader, read_timeout_s: float) -> M
     inside a message, an unknown kind, or a payload that does not fit its kind.
     """
     try:
-        first = await reader.readexactly(1)
+        header = await reader.readexactly(3 if _buffered(reader) >= 3 else 1)
     except asyncio.IncompleteReadError:
         raise EOFError("peer closed the connection") from None
-    kind = _KINDS.get(first[0])
+    kind = _KINDS.get(header[0])
     if kind is None:
-        raise ProtocolError(f"unknown message kind 0x{first[0]:02x}")
+        raise ProtocolError(f"unknown message kind 0x{header[0]:02x}")
     try:
-        async with asyncio.timeout(read_timeout_s):
-            (size,) = struct.unpack(">H", await reader.readexactly(2))
-            payload = await reader.readexactly(size) if size else b""
+        if len(header) == 1:
+            header += await _read(reader, 2, read_timeout_s)
+        (size,) = _LENGTH.unpack_from(header, 1)
+        payload = await _read(reader, size, read_timeout_s) if size else b""
     except TimeoutError:
         raise ProtocolError(
             f"message of kind 0x{kind:02x} incomplete after {read_timeout_s:g} s"

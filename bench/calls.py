@@ -1,0 +1,229 @@
+"""How many real-time calls one bot process carries: N simulated callers against an echo bot.
+
+    .venv/bin/python bench/calls.py [--calls 50 200 500] [--seconds 15] [--bot configs/echo.yaml]
+
+For each N the bot runs in its own process (``--serve``, one AudioSocket server as ``serve``
+runs it). A light load generator in this process connects N callers, each streaming a recorded
+utterance in a loop at real time (one 20 ms message per call per slot) and counting what comes
+back. Over a measuring window it reports the bot process's CPU (% of one core) and RSS, and the
+lateness of its outbound messages: for every message sent, how long after its 20 ms slot it left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+AUDIO = REPO / ".." / "shared" / "audio" / "caller_order_status_8k.wav"
+FRAME_S = 0.02
+
+
+# --- the bot process ---------------------------------------------------------------------------
+
+
+async def _serve(bot_path: str, out: str) -> None:
+    """Serve the bot, recording each outbound message's lateness until SIGTERM."""
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.transports.audiosocket.server import AudioSocketServer
+    from voxpipe.transports.audiosocket.transport import AudioSocketOutput
+
+    times: list[float] = []
+    late: list[float] = []
+    clock = time.monotonic
+    tick = AudioSocketOutput.tick
+
+    def timed_tick(self: AudioSocketOutput, now: float) -> None:
+        sent = self._conn.messages_sent
+        tick(self, now)
+        if self._conn.messages_sent != sent:
+            times.append(now)
+            late.append(clock() - now)
+
+    AudioSocketOutput.tick = timed_tick  # type: ignore[method-assign]
+    bot = Bot.load(bot_path)
+    await bot.prepare()
+    settings = bot.config.transport.audiosocket.model_copy(
+        update={"listen": "127.0.0.1:0", "max_calls": 10_000}
+    )
+    server = AudioSocketServer(bot, settings)
+    await server.start()
+    print(server.port, flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    np.savez(out, times=np.array(times), late=np.array(late))
+    await server.stop(0.0)
+
+
+# --- the callers -------------------------------------------------------------------------------
+
+
+class LoadCall(asyncio.Protocol):
+    """One caller: sends its UUID, then whatever the sender gives it; counts what comes back."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.received = 0
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.write(b"\x01\x00\x10" + uuid.uuid4().bytes)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+def _frames() -> list[bytes]:
+    from voxpipe.transports.audiosocket.caller import load_wav
+    from voxpipe.transports.audiosocket.protocol import Kind, encode
+
+    pcm = load_wav(AUDIO, 8000) + bytes(8000)  # the utterance, then half a second of quiet
+    size = 320
+    return [
+        encode(Kind.AUDIO_8K, pcm[i : i + size].ljust(size, b"\0"))
+        for i in range(0, len(pcm), size)
+    ]
+
+
+async def _send(calls: list[LoadCall], frames: list[bytes], stop: asyncio.Event) -> None:
+    """Every 20 ms, one message to every connected caller (each at its own place in the loop)."""
+    loop = asyncio.get_running_loop()
+    slot, n = loop.time(), 0
+    while not stop.is_set():
+        for index, call in enumerate(calls):
+            if call.transport is not None and not call.lost:
+                call.transport.write(frames[(n + 7 * index) % len(frames)])
+        n += 1
+        slot += FRAME_S
+        await asyncio.sleep(max(0.0, slot - loop.time()))
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run(n_calls: int, seconds: float, bot: str) -> dict[str, float]:
+    """One measurement with ``n_calls`` concurrent callers."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "late.npz")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--serve", bot, "--out", out, stdout=subprocess.PIPE
+        )
+        assert proc.stdout is not None
+        port = int(await proc.stdout.readline())
+        base_rss = _rss_mb(proc.pid)
+        loop = asyncio.get_running_loop()
+        calls: list[LoadCall] = []
+        stop = asyncio.Event()
+        sender = asyncio.create_task(_send(calls, _frames(), stop))
+        for _ in range(n_calls):  # connect at about 250 calls/s, as a busy PBX might
+            _, call = await loop.create_connection(LoadCall, "127.0.0.1", port)
+            calls.append(call)
+            await asyncio.sleep(0.004)
+        await asyncio.sleep(2.0)
+        start, cpu0 = time.monotonic(), _cpu_s(proc.pid)
+        received0 = sum(c.received for c in calls)
+        await asyncio.sleep(seconds)
+        end, cpu1 = time.monotonic(), _cpu_s(proc.pid)
+        received = sum(c.received for c in calls) - received0
+        rss = _rss_mb(proc.pid)
+        alive = sum(not c.lost for c in calls)
+        stop.set()
+        await sender
+        for call in calls:
+            if call.transport is not None:
+                call.transport.close()
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+        data = np.load(out)
+    in_window = (data["times"] >= start) & (data["times"] <= end)
+    late_ms = data["late"][in_window] * 1000
+    expected = n_calls * (end - start) / FRAME_S * 323
+    return {
+        "calls": n_calls,
+        "alive": alive,
+        "cpu_pct": 100 * (cpu1 - cpu0) / (end - start),
+        "rss_mb": rss,
+        "kb_per_call": (rss - base_rss) * 1024 / n_calls,
+        "p50_ms": float(np.percentile(late_ms, 50)),
+        "p99_ms": float(np.percentile(late_ms, 99)),
+        "max_ms": float(late_ms.max()),
+        "messages": float(late_ms.size),
+        "delivered_pct": 100 * received / expected,
+    }
+
+
+def _machine() -> str:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
+        f"load average before the run {load}"
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(f"machine: {_machine()}")
+    print(
+        f"bot: {args.bot}; callers at 8 kHz streaming {AUDIO.name} in a loop; "
+        f"measured over {args.seconds:g} s after a 2 s settle"
+    )
+    print(
+        f"{'calls':>6} {'alive':>6} {'CPU %':>7} {'RSS MB':>7} {'KB/call':>8} "
+        f"{'late p50':>9} {'p99':>7} {'max':>7} {'delivered':>10}"
+    )
+    for n in args.calls:
+        r = await run(n, args.seconds, args.bot)
+        print(
+            f"{r['calls']:>6} {r['alive']:>6} {r['cpu_pct']:>7.1f} {r['rss_mb']:>7.1f} "
+            f"{r['kb_per_call']:>8.1f} {r['p50_ms']:>7.2f}ms {r['p99_ms']:>5.2f}ms "
+            f"{r['max_ms']:>5.1f}ms {r['delivered_pct']:>9.1f}%",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, nargs="+", default=[50, 200, 500])
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--bot", default=str(REPO / "configs" / "echo.yaml"))
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    cli = parser.parse_args()
+    if cli.serve:
+        asyncio.run(_serve(cli.serve, cli.out))
+    else:
+        asyncio.run(main(cli))
