@@ -43,13 +43,15 @@ MAX_TRACES = 4096
 _call_levels: dict[str, int] = {}
 _base_level = logging.INFO
 
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"sk-ant-[A-Za-z0-9_\-]{6,}"), "sk-ant-" + MASK),
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{16,}"), "sk-" + MASK),
-    (re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"), "AIza" + MASK),
-    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=\-]{4,}"), r"\1" + MASK),
-    (re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1" + MASK + "@"),
+# (hints, pattern, replacement): a pattern runs only on lines holding one of its hints
+# (lowercased), which keeps masking cheap for the lines that have nothing to mask.
+_PATTERNS: list[tuple[tuple[str, ...], re.Pattern[str], str]] = [
+    (("sk-",), re.compile(r"\bsk-(?:ant-)?[A-Za-z0-9_\-]{16,}"), "sk-" + MASK),
+    (("aiza",), re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"), "AIza" + MASK),
+    (("bearer",), re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=\-]{4,}"), r"\1" + MASK),
+    (("@",), re.compile(r"([a-zA-Z][a-zA-Z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1" + MASK + "@"),
     (
+        ("key", "pass", "secret", "token"),
         re.compile(
             r"(?i)\b((?:api[_\-]?key|password|passwd|secret|token)[\"']?\s*[:=]\s*[\"']?)"
             r"[^\s\"',;&]+"
@@ -70,8 +72,10 @@ class Redactor:
     def __call__(self, text: str) -> str:
         if self._values is not None:
             text = self._values.sub(MASK, text)
-        for pattern, replacement in _PATTERNS:
-            text = pattern.sub(replacement, text)
+        lowered = text.lower()
+        for hints, pattern, replacement in _PATTERNS:
+            if any(hint in lowered for hint in hints):
+                text = pattern.sub(replacement, text)
         return text
 
 
