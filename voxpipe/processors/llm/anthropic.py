@@ -26,7 +26,7 @@ class AnthropicSettings(LLMBaseSettings):
     """Anthropic Claude (streaming messages with tool use)."""
 
     provider: Literal["anthropic"] = Field(description="anthropic")
-    model: str = Field("claude-sonnet-4-5", description="Model name.")
+    model: str = Field("claude-sonnet-4-6", description="Model name.")
     system: str = Field("", description="System prompt.")
     max_tokens: int = Field(512, gt=0, description="Longest reply, in tokens.")
     temperature: float | None = Field(None, ge=0, le=1, description="Sampling temperature.")

@@ -4,8 +4,9 @@ A provider only implements ``LLMClient.stream``: given the dialogue and this rep
 rounds, yield text chunks and complete ``ToolCall``s. ``LLMProcessor`` does the rest:
 
 * Turns: final transcripts are collected; a turn ends at the VAD's stop once a final transcript
-  arrived (a final arriving up to ``final_timeout_s`` after the stop still belongs to it; later
-  ones are dropped). Without a VAD in the chain, each final transcript is a turn.
+  arrived. Speech-to-text that decodes at the stop (whisper, pocketsphinx) sends its final
+  after it, late on a busy machine: a final up to ``final_timeout_s`` after the stop still makes
+  the turn at once; a later one is stale and dropped. Without a VAD, each final is a turn.
 * The reply streams downstream as ``LLMResponseStartFrame``, ``LLMTextFrame``s and
   ``LLMResponseEndFrame`` per round, in a call-owned task that an interruption cancels at once.
 * History: the user's text once per turn; the assistant's text as the caller heard it. Text-to-
@@ -118,10 +119,10 @@ class LLMBaseSettings(ProcessorSettings):
     )
     tool_timeout_s: float = Field(10.0, gt=0, description="Timeout of one tool call.")
     final_timeout_s: float = Field(
-        1.0,
+        5.0,
         ge=0,
-        description="How long after the caller stops speaking a final transcript still "
-        "belongs to that turn.",
+        description="How long after the caller stops speaking the final transcript may "
+        "arrive (speech-to-text decoding at the stop); a later one is dropped as stale.",
     )
     on_error: OnErrorSettings = Field(
         default_factory=OnErrorSettings,  # type: ignore[arg-type]
