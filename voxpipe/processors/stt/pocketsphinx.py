@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings, shared_executor
+from voxpipe.processors.tts.base import resample_pcm16
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -100,6 +101,11 @@ class PocketsphinxSettings(LocalSTTSettings):
     )
     chunk_ms: int = Field(
         100, ge=20, le=1000, description="Audio fed to the decoder per step while streaming."
+    )
+    final_pass: bool = Field(
+        True,
+        description="Decode the whole utterance again when the caller stops, normalised over "
+        "itself: far fewer errors (on 8 kHz phone audio above all), for about twice the CPU.",
     )
 
     @model_validator(mode="after")
@@ -183,7 +189,7 @@ class PocketsphinxSTT(LocalSTTProcessor):
     provider: ClassVar[str] = "pocketsphinx"
     streaming: ClassVar[bool] = True
 
-    __slots__ = ("_decoder", "_last", "_pool", "_resampler")
+    __slots__ = ("_cmn", "_decoder", "_final_pass", "_last", "_pool", "_resampler")
 
     def __init__(
         self,
@@ -200,6 +206,8 @@ class PocketsphinxSTT(LocalSTTProcessor):
             executor=executor,
             chunk_ms=settings.chunk_ms,
         )
+        self._final_pass = settings.final_pass
+        self._cmn = ""
         self._pool = pool
         self._decoder: Any = None
         self._resampler: Any = None
@@ -214,6 +222,11 @@ class PocketsphinxSTT(LocalSTTProcessor):
 
             self._resampler = soxr.ResampleStream(sample_rate, MODEL_RATE, 1, dtype="int16")
         self._last = ""
+        # Each utterance starts from this caller's channel normalisation, never from whatever
+        # call used the pooled decoder before.
+        self._decoder.reinit_feat()
+        if self._cmn:
+            self._decoder.set_cmn(self._cmn)
         self._decoder.start_utt()
 
     def _feed(self, audio: bytes, last: bool = False) -> None:
@@ -245,6 +258,14 @@ class PocketsphinxSTT(LocalSTTProcessor):
             return ""
         self._feed(b"", last=True)
         decoder.end_utt()
+        if self._final_pass and utterance:
+            if sample_rate != MODEL_RATE:
+                utterance = resample_pcm16(utterance, sample_rate, MODEL_RATE)
+            decoder.reinit_feat()
+            decoder.start_utt()
+            decoder.process_raw(utterance, False, True)
+            decoder.end_utt()
+        self._cmn = decoder.get_cmn()
         text = self._hypothesis()
         self._decoder = None
         self._pool.release(decoder)

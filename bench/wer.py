@@ -1,0 +1,125 @@
+"""Word error rate and real-time factor of the offline STT providers on ../shared/audio.
+
+Runs each provider's own decoding code (the processor's engine hooks, as a call would) over every
+recorded caller utterance at 8 and 16 kHz, scores it against the .txt transcript, and prints the
+figures with the machine they were measured on.
+
+    .venv/bin/python bench/wer.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import re
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+from voxpipe.pipelines.bot import Bot
+from voxpipe.processors.stt.base import LocalSTTProcessor
+
+AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+PROVIDERS: dict[str, dict[str, Any]] = {
+    "whisper (tiny.en, int8, 1 thread)": {"provider": "whisper"},
+    "pocketsphinx (en-us, final pass)": {"provider": "pocketsphinx"},
+    "pocketsphinx (en-us, streaming only)": {"provider": "pocketsphinx", "final_pass": False},
+}
+
+
+def normalise(text: str) -> list[str]:
+    """Lower-case words without punctuation, digits spelled out (Whisper writes "1-2-3")."""
+    text = re.sub(r"\d", lambda m: f" {DIGITS[int(m.group())]} ", text.lower())
+    return re.sub(r"[^a-z' ]+", " ", text).split()
+
+
+def edit_distance(reference: list[str], hypothesis: list[str]) -> int:
+    """Word-level Levenshtein distance (substitutions, insertions, deletions)."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref_word in enumerate(reference, start=1):
+        current = [i]
+        for j, hyp_word in enumerate(hypothesis, start=1):
+            current.append(
+                min(
+                    previous[j] + 1,
+                    current[j - 1] + 1,
+                    previous[j - 1] + (ref_word != hyp_word),
+                )
+            )
+        previous = current
+    return previous[-1]
+
+
+def machine() -> str:
+    """CPU model, core count, OS and Python version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, " + (
+        f"Python {platform.python_version()}"
+    )
+
+
+def decode(engine: LocalSTTProcessor, audio: bytes, rate: int) -> str:
+    """Decode one utterance the way a call does: begin, stream 100 ms chunks, finish."""
+    engine.begin(rate)
+    if engine.streaming:
+        step = rate * 2 // 10
+        for i in range(0, len(audio), step):
+            engine.accept(audio[i : i + step], rate)
+    return engine.finish(audio, rate)
+
+
+async def run(name: str, settings: dict[str, Any], rate: int) -> tuple[int, int, float, float]:
+    """Errors, reference words, decoding seconds and audio seconds over every recording."""
+    import json
+
+    bot = Bot.from_yaml(
+        f"name: wer\ntransport: {{audiosocket: {{sample_rate: {rate}}}}}\n"
+        f"pipeline:\n  - stt: {json.dumps(settings)}\n"
+    )
+    await bot.prepare()
+    engine = bot.steps[0].settings.create(bot.new_call(), bot)
+    assert isinstance(engine, LocalSTTProcessor)
+    suffix = "8k" if rate == 8000 else "16k"
+    errors = words = 0
+    busy = duration = 0.0
+    for text_file in sorted(AUDIO.glob("caller_*.txt")):
+        with wave.open(str(text_file.with_name(f"{text_file.stem}_{suffix}.wav"))) as wav:
+            audio = wav.readframes(wav.getnframes())
+        reference = normalise(text_file.read_text())
+        started = time.perf_counter()
+        hypothesis = normalise(decode(engine, audio, rate))
+        busy += time.perf_counter() - started
+        duration += len(audio) / 2 / rate
+        errors += edit_distance(reference, hypothesis)
+        words += len(reference)
+        print(f"  {suffix:>3} {text_file.stem:<20} {' '.join(hypothesis)}")
+    return errors, words, busy, duration
+
+
+async def main() -> None:
+    print(f"machine: {machine()}")
+    print(f"audio: {AUDIO.resolve()}")
+    rows = []
+    for name, settings in PROVIDERS.items():
+        print(name)
+        for rate in (8000, 16000):
+            errors, words, busy, duration = await run(name, settings, rate)
+            rows.append((name, rate, errors / words, busy / duration))
+    print()
+    print(f"{'provider':<36} {'rate':>6} {'WER':>6} {'RTF':>6}")
+    for name, rate, wer, rtf in rows:
+        print(f"{name:<36} {rate:>6} {wer:>6.1%} {rtf:>6.3f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
