@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
-from collections.abc import AsyncIterator
+import shutil
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -254,3 +258,57 @@ async def test_metrics_and_calls_change_after_a_simulated_call(api: OperationsAp
     assert sample(after, "voxpipe_calls_active", 'bot="echo"') == 0
     assert sample(after, "voxpipe_call_duration_seconds_sum", 'bot="echo"') > 0.5
     assert calls == {"count": 0, "calls": []}
+
+
+@pytest.fixture
+def redis_port() -> Iterator[int]:
+    """A real redis-server on a free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    server = subprocess.Popen([*command, "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    yield port
+    server.kill()
+    server.wait(10)
+
+
+async def test_calls_of_every_worker_come_from_redis_without_ended_ones(redis_port: int) -> None:
+    import redis.asyncio as redis
+
+    from voxpipe.pipelines.bot import Bot
+
+    store = redis.Redis(port=redis_port)
+    try:
+        for _ in range(200):
+            try:
+                await store.ping()
+                break
+            except redis.ConnectionError:
+                await asyncio.sleep(0.05)
+        record = {"bot": "desk", "history": [], "started": 0.0, "updated": 0.0}
+        live = {**record, "call_id": "live-1", "state": "speaking", "worker": "hostb:42"}
+        ended = {**record, "call_id": "failed-1", "state": "ended", "worker": "hostb:42"}
+        for entry in (live, ended):
+            await store.set(f"call_session:{entry['call_id']}", json.dumps(entry))
+        bot = Bot.from_yaml(
+            "name: desk\npipeline: [{echo: {}}]\nhttp: {listen: '127.0.0.1:0'}\n"
+            f"session_store: {{redis: {{url: 'redis://127.0.0.1:{redis_port}/0'}}}}\n"
+        )
+        await bot.prepare()
+        api = OperationsApi.for_bot(bot)
+        assert api is not None
+        await api.start()
+        try:
+            async with client(api) as http:
+                calls = (await http.get("/calls")).json()
+                health = (await http.get("/health")).json()
+        finally:
+            await api.stop()
+    finally:
+        await store.aclose()
+    assert [(c["uuid"], c["state"], c["worker"]) for c in calls["calls"]] == [
+        ("live-1", "speaking", "hostb:42")
+    ]
+    assert health["session_store"] == "ok"

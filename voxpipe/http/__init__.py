@@ -86,6 +86,7 @@ class OperationsApi:
                     "worker": record["worker"],
                 }
                 for record in await store.list_calls()
+                if record.get("state") != "ended"  # a failed call's record, kept for inspection
             ]
 
         async def store_status() -> str:
