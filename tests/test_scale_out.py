@@ -94,6 +94,7 @@ def haproxy_binary() -> str:
     found = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
     if found is None:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True, env=env)
         found = shutil.which("haproxy", path="/usr/sbin:/usr/bin")
     assert found is not None, "haproxy is required: apt-get install haproxy"
