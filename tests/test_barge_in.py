@@ -20,6 +20,7 @@ from voxpipe.frames import (
     InterimTranscriptionFrame,
     InterruptionFrame,
     StartFrame,
+    TTSStoppedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -82,11 +83,14 @@ class Rig:
             await asyncio.sleep(0)
 
 
+GREETING = "Hello, this is ACME."
+
+
 async def make_rig(*, greeting: bool = False, **settings: object) -> AsyncIterator[Rig]:
     call = Call(sample_rate=RATE)
     barge_in = BargeInSettings.model_validate(settings).create(call, None)  # type: ignore[arg-type]
     output = Output()
-    tracker = ConversationTracker(MemorySessionStore(), greeting=greeting)
+    tracker = ConversationTracker(MemorySessionStore(), greeting=GREETING if greeting else None)
     task = PipelineTask([barge_in, tracker, output], call)
     observed = BargeIns()
     events.subscribe(observed)
@@ -161,6 +165,7 @@ async def test_min_words_needs_that_many_interim_words() -> None:
 
 async def test_the_greeting_is_protected_but_later_speech_is_not() -> None:
     async for rig in make_rig(greeting=True, min_speech_ms=100, protect_greeting=True):
+        await rig.caller(TTSStoppedFrame(text=GREETING))
         await rig.bot(BotStartedSpeakingFrame())
         await rig.caller(UserStartedSpeakingFrame())
         await rig.speak_ms(1000)

@@ -21,6 +21,7 @@ from voxpipe.frames import (
     LLMResponseStartFrame,
     StartFrame,
     TransferFrame,
+    TTSStoppedFrame,
 )
 from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
@@ -106,7 +107,9 @@ def test_staying_in_a_state_is_a_silent_no_op(states: States) -> None:
     assert states.seen == ["listening"]
 
 
-async def run_tracker(greeting: bool) -> tuple[PipelineTask, CountingStore, asyncio.Task[str]]:
+async def run_tracker(
+    greeting: str | None,
+) -> tuple[PipelineTask, CountingStore, asyncio.Task[str]]:
     store = CountingStore()
     started = Started()
     task = PipelineTask([ConversationTracker(store, greeting=greeting), started])
@@ -116,9 +119,10 @@ async def run_tracker(greeting: bool) -> tuple[PipelineTask, CountingStore, asyn
 
 
 async def test_frames_drive_the_states_and_every_change_is_saved(states: States) -> None:
-    task, store, runner = await run_tracker(greeting=True)
+    task, store, runner = await run_tracker(greeting="Hello, ACME.")
     call = task.call
     assert state_of(call) is S.GREETING
+    await task.push_frame(TTSStoppedFrame(text="Hello, ACME."))
     await task.push_frame(BotStartedSpeakingFrame(), UPSTREAM)
     assert state_of(call) is S.GREETING
     call.history.append({"role": "assistant", "content": "Hello, ACME."})
@@ -150,8 +154,30 @@ async def test_frames_drive_the_states_and_every_change_is_saved(states: States)
     assert store.get(call.call_id) is None
 
 
+async def test_the_greeting_lasts_until_all_its_sentences_are_played() -> None:
+    task, _store, runner = await run_tracker(greeting="Hello there. This is ACME, how can I help?")
+    await task.push_frame(TTSStoppedFrame(text="Hello there."))
+    await task.push_frame(BotStartedSpeakingFrame(), UPSTREAM)
+    await task.push_frame(BotStoppedSpeakingFrame(), UPSTREAM)
+    assert state_of(task.call) is S.GREETING, "a pause between sentences is not the end"
+    await task.push_frame(TTSStoppedFrame(text="This is ACME, how can I help?"))
+    await task.push_frame(BotStartedSpeakingFrame(), UPSTREAM)
+    await task.push_frame(BotStoppedSpeakingFrame(), UPSTREAM)
+    assert state_of(task.call) is S.LISTENING
+    task.end()
+    await asyncio.wait_for(runner, 5)
+
+
+async def test_a_reply_during_the_greeting_ends_it() -> None:
+    task, _store, runner = await run_tracker(greeting="Hello there.")
+    await task.push_frame(LLMResponseStartFrame())
+    assert state_of(task.call) is S.PROCESSING
+    task.end()
+    await asyncio.wait_for(runner, 5)
+
+
 async def test_an_interrupted_turn_goes_back_to_listening() -> None:
-    task, _store, runner = await run_tracker(greeting=False)
+    task, _store, runner = await run_tracker(greeting=None)
     assert state_of(task.call) is S.LISTENING
     await task.push_frame(LLMResponseStartFrame())
     await task.push_frame(InterruptionFrame())
@@ -162,7 +188,7 @@ async def test_an_interrupted_turn_goes_back_to_listening() -> None:
 
 
 async def test_a_failed_call_keeps_its_record() -> None:
-    task, store, runner = await run_tracker(greeting=False)
+    task, store, runner = await run_tracker(greeting=None)
     task.fail(RuntimeError("boom"), source="test")
     await asyncio.wait_for(runner, 5)
     assert store.ended == [True]

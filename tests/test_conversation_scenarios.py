@@ -147,12 +147,15 @@ async def test_caller_interrupts_a_long_reply_and_the_bot_stops_at_once() -> Non
     assert abs(len(heard.split()) - played_words) <= 3, (heard, played_words)
 
 
-async def test_a_protected_greeting_is_not_interrupted() -> None:
+async def test_a_protected_greeting_is_not_interrupted_even_between_its_sentences() -> None:
     pipeline = BARGE_IN_PIPELINE.replace("protect_greeting: false", "protect_greeting: true")
-    greeting = "Welcome to the ACME order desk, we will be with you in just a moment."
+    pipeline = pipeline.replace(f"word_ms: {WORD_MS}", f"word_ms: {WORD_MS}, delay_ms: 1500")
+    greeting = "Welcome to ACME. We will be with you in just a moment, please hold."
     bot = bot_yaml(pipeline, greeting=greeting)
     speech = load_wav(AUDIO / "caller_interrupt_8k.wav", 8000)
-    _result, call, recorder, _ = await converse(bot, [Silence(1.0), Say(speech)], rate=8000)
+    script = [Silence(1.0), Say(speech), WaitForBot(5, quiet_s=0.5)]
+    result, call, recorder, _ = await converse(bot, script, rate=8000)
+    assert len(result.bot_segments) >= 2, "the bot paused between the greeting's sentences"
     assert recorder.barge_ins == []
     assert call.history[0] == {"role": "assistant", "content": greeting}
 

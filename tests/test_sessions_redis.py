@@ -146,7 +146,7 @@ async def test_redis_dies_mid_call_and_comes_back(
     server: RedisServer, store: RedisSessionStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     started = Started()
-    task = PipelineTask([ConversationTracker(store, greeting=False), started])
+    task = PipelineTask([ConversationTracker(store, greeting=None), started])
     call = task.call
     runner = asyncio.create_task(task.run())
     await started.event.wait()

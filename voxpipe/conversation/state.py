@@ -32,7 +32,8 @@ S = CallState
 
 ALLOWED: dict[CallState, frozenset[CallState]] = {
     S.CONNECTED: frozenset({S.GREETING, S.LISTENING, S.ENDED}),
-    S.GREETING: frozenset({S.LISTENING, S.TRANSFERRING, S.ENDED}),
+    # Greeting -> Processing: a reply began (the caller spoke during the greeting).
+    S.GREETING: frozenset({S.LISTENING, S.PROCESSING, S.TRANSFERRING, S.ENDED}),
     # Listening -> Speaking: the bot speaks without an LLM turn (a silence prompt).
     S.LISTENING: frozenset({S.PROCESSING, S.SPEAKING, S.TRANSFERRING, S.ENDED}),
     # Processing -> Listening: the turn produced no speech, or the caller cut it short.

@@ -23,6 +23,7 @@ from voxpipe.frames import (
     StartFrame,
     TranscriptionFrame,
     TransferFrame,
+    TTSStoppedFrame,
 )
 from voxpipe.pipelines.processor import FrameProcessor
 
@@ -37,12 +38,16 @@ _AUDIO = (InputAudioFrame, OutputAudioFrame)
 class ConversationTracker(FrameProcessor):
     """Moves the call through its states and keeps the session store up to date."""
 
-    __slots__ = ("_greeting", "_history_mark", "_store")
+    __slots__ = ("_greeting", "_greeting_left", "_greeting_text", "_history_mark", "_store")
 
-    def __init__(self, store: SessionStore, *, greeting: bool) -> None:
+    def __init__(self, store: SessionStore, *, greeting: str | None) -> None:
         super().__init__(name="conversation")
         self._store = store
-        self._greeting = greeting
+        self._greeting = bool(greeting)
+        # Words of the greeting whose audio text-to-speech has not finished producing: the
+        # greeting lasts until they all have been played, even across pauses between sentences.
+        self._greeting_text = " ".join(greeting.split()) if greeting else ""
+        self._greeting_left = len(self._greeting_text.split())
         self._history_mark: tuple[int, int] = (0, 0)
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
@@ -60,14 +65,25 @@ class ConversationTracker(FrameProcessor):
         state = state_of(self.call)
         if isinstance(frame, StartFrame):
             return CallState.GREETING if self._greeting else CallState.LISTENING
-        if isinstance(frame, TranscriptionFrame | LLMResponseStartFrame):
+        if isinstance(frame, TTSStoppedFrame):
+            if state is CallState.GREETING:
+                self._greeting_left -= len(frame.text.split())
+                if self._greeting_text.endswith(frame.text):
+                    self._greeting_left = 0  # the last sentence (an unspeakable one was skipped)
+            return None
+        if isinstance(frame, TranscriptionFrame):
             return CallState.PROCESSING if state is CallState.LISTENING else None
+        if isinstance(frame, LLMResponseStartFrame):
+            # A reply beginning during the greeting means the greeting is over.
+            return CallState.PROCESSING if state in _BEFORE_REPLY else None
         if isinstance(frame, BotStartedSpeakingFrame):
             return CallState.SPEAKING if state in _BEFORE_SPEECH else None
         if isinstance(frame, BotStoppedSpeakingFrame):
-            return CallState.LISTENING if state in _SPEECH else None
+            if state is CallState.GREETING:
+                return CallState.LISTENING if self._greeting_left <= 0 else None
+            return CallState.LISTENING if state is CallState.SPEAKING else None
         if isinstance(frame, InterruptionFrame):
-            return CallState.LISTENING if state is CallState.PROCESSING else None
+            return CallState.LISTENING if state in _CUT_SHORT else None
         if isinstance(frame, TransferFrame):
             return CallState.TRANSFERRING
         return None
@@ -90,12 +106,13 @@ class ConversationTracker(FrameProcessor):
         self._store.end(self.call, keep=self.task.error is not None)
 
 
+_BEFORE_REPLY = frozenset({CallState.LISTENING, CallState.GREETING})
 _BEFORE_SPEECH = frozenset({CallState.LISTENING, CallState.PROCESSING})
-_SPEECH = frozenset({CallState.GREETING, CallState.SPEAKING})
+_CUT_SHORT = frozenset({CallState.GREETING, CallState.PROCESSING})
 
 
 def create_tracker(call: Call, bot: Bot) -> ConversationTracker:
     """The tracker for one call of ``bot``: its session store, and whether it greets."""
     from voxpipe.sessions.store import session_store
 
-    return ConversationTracker(session_store(bot), greeting=bool(bot.config.greeting))
+    return ConversationTracker(session_store(bot), greeting=bot.config.greeting)
