@@ -226,3 +226,16 @@ async def test_closing_the_store_writes_what_is_pending(server: RedisServer) -> 
     await store.close()
     assert record(server, calls[0]) is None
     assert [record(server, c)["state"] for c in calls[1:]] == ["listening", "listening"]  # type: ignore[index]
+
+
+async def test_a_failed_call_leaves_its_record_but_is_not_listed(
+    server: RedisServer, store: RedisSessionStore
+) -> None:
+    started = Started()
+    task = PipelineTask([ConversationTracker(store, greeting=None), started])
+    runner = asyncio.create_task(task.run())
+    await started.event.wait()
+    task.fail(RuntimeError("provider exploded"), source="llm")
+    await asyncio.wait_for(runner, 5)
+    await until(lambda: (record(server, task.call) or {}).get("state") == "ended")
+    assert await store.list_calls() == []

@@ -155,7 +155,10 @@ class RedisSessionStore(MemorySessionStore):
         super().end(call)
 
     async def list_calls(self) -> list[dict[str, Any]]:
-        """Every call in Redis (all workers); this process's calls while Redis is down."""
+        """Every live call in Redis (all workers); this process's calls while Redis is down.
+
+        The records failed calls leave behind (state ``ended``, until their TTL) are skipped.
+        """
         if self._degraded:
             return await super().list_calls()
         try:
@@ -165,7 +168,8 @@ class RedisSessionStore(MemorySessionStore):
         except Exception as exc:
             self._degrade(exc)
             return await super().list_calls()
-        return [json.loads(value) for value in values if value is not None]
+        records = [json.loads(value) for value in values if value is not None]
+        return [record for record in records if record.get("state") != "ended"]
 
     # --- the background writer ---------------------------------------------------------------
 
