@@ -19,6 +19,7 @@ from pydantic import Field
 
 from voxpipe import events
 from voxpipe.frames import (
+    BotSpokeFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Direction,
@@ -28,6 +29,7 @@ from voxpipe.frames import (
     OutputAudioFrame,
     StartFrame,
     TransferFrame,
+    TTSStoppedFrame,
     Utterance,
 )
 from voxpipe.pipelines.bot import Bot
@@ -86,6 +88,7 @@ class Probe(FrameProcessor):
         UTTERANCES[self.call.call_id] = utterance
         for chunk in chunks:
             await self.push_frame(OutputAudioFrame(chunk, rate, utterance=utterance))
+        await self.push_frame(TTSStoppedFrame(text=utterance.text))
 
 
 class ProbeSettings(ProcessorSettings):
@@ -371,3 +374,17 @@ async def test_outbound_audio_is_paced_at_one_message_per_20ms() -> None:
         int(np.searchsorted(voiced, t + 0.01) - np.searchsorted(voiced, t)) for t in voiced
     ]
     assert max(window_counts) <= 3, "a burst of messages left within 10 ms"
+
+
+async def test_resampled_speech_plays_whole_and_is_reported_spoken() -> None:
+    bot = probe_bot("  - probe: {speak_s: 1.0, chunk_ms: 20}", rate=16000)
+    async with running_bot(bot) as server:
+        result = await place_call("127.0.0.1", server.port, [Silence(1.5)], rate=8000)
+    samples = np.abs(np.frombuffer(result.received, dtype="<i2").astype(np.int32))
+    loud = np.flatnonzero(samples > 50)
+    assert (loud[-1] - loud[0]) / 8000 > 0.99, "the end of the sentence was lost"
+    assert np.diff(loud).max() < 10, "audio went missing inside the sentence"
+    utterance = UTTERANCES[result.call_id]
+    assert utterance.finished
+    spoken = [f.text for f, d in SEEN[result.call_id] if isinstance(f, BotSpokeFrame)]
+    assert spoken == [utterance.text]

@@ -28,6 +28,7 @@ from voxpipe.frames import (
     InputAudioFrame,
     OutputAudioFrame,
     TransferFrame,
+    TTSStoppedFrame,
     Utterance,
 )
 from voxpipe.pipelines.processor import FrameProcessor
@@ -222,11 +223,14 @@ class AudioSocketOutput(FrameProcessor):
         if direction is UPSTREAM:
             await self.push_frame(frame, direction)
             return
-        if type(frame) is OutputAudioFrame:
+        if isinstance(frame, OutputAudioFrame):
             if not self._stopping:
                 self._enqueue(frame)
             return
-        if isinstance(frame, EndFrame | HangupFrame):
+        if isinstance(frame, TTSStoppedFrame):
+            # The sentence is complete: its tail follows at once instead of after a pause.
+            self._flush_pending()
+        elif isinstance(frame, EndFrame | HangupFrame):
             await self._play_out()
             self._hang_up()
         elif isinstance(frame, TransferFrame):
@@ -295,11 +299,18 @@ class AudioSocketOutput(FrameProcessor):
             if self._pending or not self._queue:
                 self._pending_marks.append(frame.utterance)
             else:
-                marks = self._queue[-1][1]
-                if marks is None:
-                    self._queue[-1] = (self._queue[-1][0], [frame.utterance])
-                else:
-                    marks.append(frame.utterance)
+                self._mark_last([frame.utterance])
+
+    def _mark_last(self, utterances: list[Utterance]) -> None:
+        """Count ``utterances`` once the last queued message has been sent (now, if none is)."""
+        if not self._queue:
+            self._count_played(utterances)
+            return
+        message, marks = self._queue[-1]
+        if marks is None:
+            self._queue[-1] = (message, list(utterances))
+        else:
+            marks.extend(utterances)
 
     def _cut(self) -> None:
         """Move every whole 20 ms frame from the pending buffer to the send queue."""
@@ -318,17 +329,12 @@ class AudioSocketOutput(FrameProcessor):
         if self._resampler is not None:
             self._pending += self._resampler.flush()
             self._cut()
-        if self._pending:
-            marks = self._pending_marks or None
-            self._pending_marks = []
-            payload = bytes(self._pending[: len(self._pending) & ~1])
-            self._pending.clear()
-            if payload:
-                self._queue.append(
-                    (self._header + len(payload).to_bytes(2, "big") + payload, marks)
-                )
-        elif self._pending_marks:
-            self._count_played(self._pending_marks)
+        payload = bytes(self._pending[: len(self._pending) & ~1])
+        self._pending.clear()
+        if payload:
+            self._queue.append((self._header + len(payload).to_bytes(2, "big") + payload, None))
+        if self._pending_marks:
+            self._mark_last(self._pending_marks)
             self._pending_marks = []
 
     # --- the 20 ms slot ----------------------------------------------------------------------
