@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from fakes.llm_chain import converse
@@ -213,3 +214,33 @@ async def test_fatal_errors_and_own_errors_are_not_answered() -> None:
         await c.task.push_frame(ErrorFrame("mine", source="llm.scripted"), UPSTREAM)
         await asyncio.sleep(0.1)
         assert len(c.listener.spoken()) == 1
+
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
+
+
+@pytest.mark.parametrize(
+    ("recording", "misheard", "intent"),
+    [
+        ("caller_order_status", "oh i would like to check the status of my order", "order_status"),
+        ("caller_order_number", "my war numbers one two three four five", "order_number"),
+        ("caller_operator", "please transfer me to an operator", "operator"),
+        ("caller_goodbye", "no that is all they keep the bike", "goodbye"),
+        ("caller_interrupt", "wait stop i have a different question", "new_question"),
+    ],
+)
+def test_the_demo_desk_understands_the_recorded_callers(
+    recording: str, misheard: str, intent: str
+) -> None:
+    """The demo's intents match what each caller says, as written and as pocketsphinx hears it."""
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.processors.llm.scripted import ScriptedSettings
+
+    (llm,) = [s.settings for s in Bot.load(DEMO).steps if s.type_name == "llm"]
+    assert isinstance(llm, ScriptedSettings)
+    client = ScriptedClient(llm.intents, llm.fallback)
+    said = (AUDIO / f"{recording}.txt").read_text(encoding="utf-8").strip()
+    for text in (said, misheard):
+        found, _ = client.match(text)
+        assert found is not None and found.name == intent, text
