@@ -167,7 +167,7 @@ def test_graph_draws_the_chain_as_mermaid() -> None:
         """\
         flowchart LR
             in["audiosocket in<br/>127.0.0.1:9092, 8000 Hz"]
-            s0["echo<br/>passthrough=False"]
+            s0["echo<br/>passthrough=false"]
             s1["echo"]
             out["audiosocket out"]
             in --> s0 --> s1 --> out

@@ -208,14 +208,15 @@ def mermaid(bot: Bot) -> str:
 def _key_settings(settings: BaseModel, limit: int = 3) -> str:
     """``provider`` and the first few settings the bot file sets, secrets left out."""
     shown: list[str] = []
-    names = [n for n in type(settings).model_fields if n in settings.model_fields_set]
-    if "provider" in type(settings).model_fields and "provider" not in names:
+    fields = type(settings).model_fields
+    names = [n for n in fields if n in settings.model_fields_set and n != "provider"]
+    if "provider" in fields:
         names.insert(0, "provider")
     for name in names:
         value = getattr(settings, name)
         if isinstance(value, SecretStr | BaseModel | dict | list):
             continue
-        text = str(value)
+        text = str(value).lower() if isinstance(value, bool) else str(value)
         shown.append(f"{name}={text if len(text) <= 24 else text[:23] + '…'}")
         if len(shown) == limit:
             break
