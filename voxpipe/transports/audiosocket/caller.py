@@ -34,6 +34,7 @@ from voxpipe.transports.audiosocket.resample import Resampler, resample_once
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.bot import Bot
+    from voxpipe.pipelines.call import Call
     from voxpipe.transports.audiosocket.server import AudioSocketServer
 
 # A bot message counts as speech when a sample reaches this level (about -36 dBFS).
@@ -108,7 +109,11 @@ class TimelineEvent:
 
 @dataclass
 class CallResult:
-    """What happened on one simulated call."""
+    """What happened on one simulated call.
+
+    ``transcript`` is the bot's dialogue history (``role``: user or assistant, ``content``),
+    filled by ``run-pipeline call`` when it serves the bot in-process and the bot keeps one.
+    """
 
     call_id: str
     rate: int
@@ -117,6 +122,7 @@ class CallResult:
     timeline: list[TimelineEvent] = field(default_factory=list)
     hung_up_by: Literal["caller", "bot", "timeout"] = "caller"
     messages: list[tuple[float, int, int]] = field(default_factory=list)
+    transcript: list[dict[str, str]] = field(default_factory=list)
 
     def bot_audio_s(self) -> float:
         """Seconds of bot audio received (silence included)."""
@@ -398,14 +404,43 @@ def _script(args: argparse.Namespace, pcm: bytes, greets: bool | None) -> list[S
     return script
 
 
+def _caller_words(args: argparse.Namespace) -> str:
+    """What the caller says: the --say text, or the transcript next to the --wav file."""
+    if args.say:
+        return str(args.say)
+    if not args.wav:
+        return ""
+    wav = Path(args.wav)
+    for name in (wav.stem, wav.stem.rsplit("_", 1)[0]):  # caller_yes_8k.wav -> caller_yes.txt
+        transcript = wav.with_name(f"{name}.txt")
+        if transcript.is_file():
+            return " ".join(transcript.read_text().split())
+    return ""
+
+
 def _print_timeline(result: CallResult, args: argparse.Namespace) -> None:
     print(f"call {result.call_id} at {result.rate} Hz")
+    words = _caller_words(args)
     for event in result.timeline:
         what = event.what
-        if args.say and event.who == "caller" and what.startswith("speaks"):
-            what = f'{what}: "{args.say}"'
+        if words and event.who == "caller" and what.startswith("speaks"):
+            what = f'{what}: "{words}"'
         print(f"{event.t:8.2f} s  {event.who:<6}  {what}")
+    if result.transcript:
+        print("transcript:")
+        for turn in result.transcript:
+            who = "caller" if turn["role"] == "user" else "bot"
+            print(f"  {who:<6}  {turn['content']}")
     print(f"hung up by: {result.hung_up_by}; bot audio received: {result.bot_audio_s():.2f} s")
+
+
+def _dialogue(calls: list[Call]) -> list[dict[str, str]]:
+    return [
+        {"role": str(turn["role"]), "content": turn["content"]}
+        for call in calls
+        for turn in call.history
+        if turn.get("role") in ("user", "assistant") and isinstance(turn.get("content"), str)
+    ]
 
 
 async def _call(args: argparse.Namespace) -> CallResult:
@@ -419,9 +454,21 @@ async def _call(args: argparse.Namespace) -> CallResult:
     from voxpipe.pipelines.bot import Bot
 
     bot = Bot.load(args.bot)
+    calls: list[Call] = []
+
+    async def keep(call: Call) -> None:
+        calls.append(call)
+
     async with running_bot(bot) as server:
+        server.on_call_start.append(keep)
         script = _script(args, pcm, bool(bot.config.greeting))
-        return await place_call("127.0.0.1", server.port, script, rate=rate)
+        result = await place_call("127.0.0.1", server.port, script, rate=rate)
+        for _ in range(100):  # let the bot's side of the call finish its history
+            if not server.calls:
+                break
+            await asyncio.sleep(0.02)
+    result.transcript = _dialogue(calls)
+    return result
 
 
 def run_call_command(args: argparse.Namespace) -> int:
