@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -179,6 +180,13 @@ async def calls_taken(http_port: int) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+async def worker_pid(http_port: int) -> int:
+    """The process id of the worker whose HTTP API is on ``http_port``."""
+    async with httpx.AsyncClient() as http:
+        body = (await http.get(f"http://127.0.0.1:{http_port}/health")).json()
+    return int(body["worker"].rpartition(":")[2])
+
+
 async def short_call(port: int) -> CallResult:
     return await place_call(
         "127.0.0.1", port, [Say(SPEECH[:4800]), WaitForBot(3.0, quiet_s=0.2), Hangup()]
@@ -249,7 +257,7 @@ async def test_calls_on_any_bot_process_lists_every_call(
     assert len(seen[str(first_http)]) == 2
 
 
-async def test_workers_share_one_audiosocket_port(
+async def test_workers_share_one_audiosocket_port_and_a_dead_one_is_restarted(
     processes: list[Process], tmp_path: Path, redis_port: int
 ) -> None:
     supervisor, port, http_port = serve(
@@ -262,6 +270,15 @@ async def test_workers_share_one_audiosocket_port(
     taken = [await calls_taken(http_port), await calls_taken(http_port + 1)]
     assert sum(taken) == 12
     assert min(taken) >= 1, taken
+
+    second_pid = await worker_pid(http_port + 1)
+    os.kill(second_pid, signal.SIGKILL)
+    for _ in range(200):
+        with contextlib.suppress(httpx.TransportError):
+            if await worker_pid(http_port + 1) != second_pid:
+                break
+        await asyncio.sleep(0.05)
+    assert await worker_pid(http_port + 1) != second_pid, supervisor.output()
 
     supervisor.popen.send_signal(signal.SIGTERM)
     assert supervisor.popen.wait(30) == 0, supervisor.output()
@@ -291,3 +308,25 @@ async def test_sigterm_drains_the_call_in_progress_then_exits_cleanly(
     assert result.bot_audio_s() > 4.0
     code = await asyncio.to_thread(bot.popen.wait, 30)
     assert code == 0, bot.output()
+
+
+async def test_workers_that_cannot_start_stop_the_supervisor_with_an_error(
+    processes: list[Process], tmp_path: Path, redis_port: int
+) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    bot_file = tmp_path / "busy.yaml"
+    http_port = busy.getsockname()[1]
+    bot_file.write_text(
+        BOT.format(port=free_port(), http_port=http_port, redis_port=redis_port, drain_s=1)
+    )
+    command = [sys.executable, "-m", "voxpipe.pipelines.cli", "serve", str(bot_file)]
+    supervisor = Process([*command, "--workers", "2"], tmp_path / "busy.log")
+    processes.append(supervisor)
+    try:
+        code = await asyncio.to_thread(supervisor.popen.wait, 60)
+    finally:
+        busy.close()
+    assert code == 1, supervisor.output()
+    assert "failed at start" in supervisor.output()

@@ -90,7 +90,9 @@ class Supervisor:
                 if self.stopping:
                     failed += code != 0
                     continue
-                if code != 0 and time.monotonic() - self.started[index] < STARTUP_S:
+                # A worker that exits with an error of its own (a busy port) soon after its
+                # start would fail again; one killed by a signal (OOM killer) is restarted.
+                if code > 0 and time.monotonic() - self.started[index] < STARTUP_S:
                     log.error("worker %d failed at start (exit %d); stopping", index, code)
                     failed += 1
                     self.stop(signal.SIGTERM)
