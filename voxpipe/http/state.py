@@ -112,8 +112,10 @@ class ServiceState:
         return (503 if status in ("draining", "down") else 200), body
 
     async def calls(self) -> CallList:
-        """The calls in progress: the shared store's (every worker's), plus any local call the
-        store does not hold (a bot whose pipeline saves no state), else this process's."""
+        """The calls in progress: the shared store's (every worker's) plus local ones it lacks.
+
+        Without a shared store, or while it cannot answer, this process's calls.
+        """
         local = self.tracker.snapshot()
         if self.shared_calls is None:
             return local
