@@ -22,6 +22,7 @@ from voxpipe.frames import (
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
+from voxpipe.processors import vad as vad_module
 from voxpipe.processors.vad import VADSettings
 
 AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
@@ -171,3 +172,14 @@ async def test_quiet_speech_above_the_floor_is_still_speech() -> None:
     quiet = (speech.astype(np.float32) * 10 ** (-15 / 20)).astype(np.int16)  # 15 dB down
     kinds = [kind for kind, _ in (await run_vad(padded(quiet, rate), rate)).events()]
     assert kinds[:1] == ["start"] and kinds[-1:] == ["stop"]
+
+
+async def test_silero_models_are_reused_from_call_to_call() -> None:
+    speech, rate = read_wav("caller_yes_16k.wav")
+    samples = padded(speech, rate)
+    idle = vad_module._idle_silero.setdefault(rate, [])
+    idle.clear()
+    for _ in range(3):
+        kinds = [kind for kind, _ in (await run_vad(samples, rate, engine="silero")).events()]
+        assert kinds == ["start", "stop"], "a reused model starts each call afresh"
+        assert len(idle) == 1
