@@ -30,16 +30,14 @@ class Paced(Protocol):
 class Ticker:
     """Calls ``tick`` on every subscriber once per slot, for as long as it has subscribers.
 
-    ``lateness``, when set to a list, receives for every slot how late (seconds) the last
-    subscriber was served: the worst lateness of any message sent in that slot. The benchmark
-    uses it; it is off by default.
+    A slot missed because the loop was busy is served as soon as it can be (a short burst keeps
+    the audio on time); after a stall longer than ``MAX_CATCH_UP_S`` the schedule restarts.
     """
 
     def __init__(self, period_s: float = FRAME_S) -> None:
         self.period_s = period_s
         self._subscribers: dict[Paced, None] = {}
         self._task: asyncio.Task[None] | None = None
-        self.lateness: list[float] | None = None
 
     def subscribe(self, paced: Paced) -> None:
         """Start calling ``paced.tick`` every slot (starts the clock if it was idle)."""
@@ -51,17 +49,13 @@ class Ticker:
         """Stop calling ``paced.tick``; the clock stops when nobody is left."""
         self._subscribers.pop(paced, None)
 
-    def __len__(self) -> int:
-        return len(self._subscribers)
-
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         period = self.period_s
         slot = loop.time() + period
         while self._subscribers:
-            delay = slot - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            # Always yield, even when behind, so that the readers run between slots.
+            await asyncio.sleep(max(0.0, slot - loop.time()))
             if loop.time() - slot > MAX_CATCH_UP_S:
                 slot = loop.time()
             for paced in list(self._subscribers):
@@ -70,8 +64,6 @@ class Ticker:
                 except Exception:
                     log.exception("paced output failed; it is no longer served")
                     self._subscribers.pop(paced, None)
-            if self.lateness is not None:
-                self.lateness.append(loop.time() - slot)
             slot += period
 
 
