@@ -202,3 +202,16 @@ async def test_background_noise_neither_interrupts_nor_takes_a_turn() -> None:
     assert "processing" not in recorder.states
     assert [m["role"] for m in call.history] == ["assistant"]
     assert len(voice_messages(result)) > 5.0 / FRAME_S * 0.8, "the bot spoke all along"
+
+
+async def test_without_barge_in_the_caller_cannot_cut_the_bot_off() -> None:
+    pipeline = "".join(
+        line + "\n" for line in BARGE_IN_PIPELINE.splitlines() if "barge_in" not in line
+    )
+    greeting = "Welcome to the ACME order desk, we will be with you in just a moment."
+    bot = bot_yaml(pipeline, greeting=greeting)
+    speech = load_wav(AUDIO / "caller_interrupt_16k.wav", 16000)
+    script = [Silence(0.5), Say(speech), WaitForBot(5, quiet_s=0.5)]
+    _result, call, recorder, _ = await converse(bot, script, rate=16000)
+    assert recorder.barge_ins == []
+    assert call.history[0] == {"role": "assistant", "content": greeting}
