@@ -34,11 +34,18 @@ class GoogleSettings(ProcessorSettings):
 Speak = Annotated[LoudSettings | GoogleSettings, Field(discriminator="provider"), "Say things."]
 
 
+class AssistantSettings(ProcessorSettings):
+    """Calls tools."""
+
+    tools: list[str] = Field(default_factory=list, description="Tools it may call.")
+
+
 @pytest.fixture(scope="module")
 def registry() -> Registry:
     """Built-in types plus ``speak``, a type with two providers."""
     registry = Registry.default(plugins=False)
     registry.add(ProcessorType("speak", Speak, origin="test"))
+    registry.add(ProcessorType("assistant", AssistantSettings, origin="test"))
     return registry
 
 
@@ -256,3 +263,28 @@ def test_secrets_never_appear_in_dumps_reprs_or_errors(
         parse_bot(bad, registry=registry)
     assert "sk-very-secret-key" not in str(caught.value)
     assert re.search(r"speak\.voice: Input should be a valid string", str(caught.value))
+
+
+def test_tool_references_and_tool_blocks_are_checked_together(registry: Registry) -> None:
+    text = (
+        "name: t\n"
+        "pipeline:\n"
+        "  - assistant: {tools: [hangup, lookup_ordr]}\n"
+        "tools:\n"
+        "  lookup_order:\n"
+        "    http: {methd: GET, url: 'http://orders.example/{id}'}\n"
+        "  weird: {description: nothing to do}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_bot(text, "t.yaml", registry)
+    assert [str(p) for p in caught.value.problems] == [
+        "t.yaml:3:33: pipeline[0].assistant.tools[1]: unknown tool 'lookup_ordr' "
+        "(did you mean 'lookup_order'?); declare it under `tools:`",
+        "t.yaml:6:12: tools.lookup_order.http.methd: unknown key 'methd' (did you mean 'method'?)",
+    ]
+    fixed = text.replace("methd", "method")
+    with pytest.raises(ConfigError) as caught:
+        parse_bot(fixed, "t.yaml", registry)
+    assert [str(p) for p in caught.value.problems][1:] == [
+        "t.yaml:7:10: tools.weird: a tool needs `http` or `python` (or is `hangup`/`transfer`)"
+    ]

@@ -340,9 +340,8 @@ def _field_names(model: Any, inner: Path_) -> list[str]:
                 nxt.extend(_models_of(field.annotation))
                 for arg in getattr(field.annotation, "__args__", ()):
                     nxt.extend(_models_of(arg))
-        if not nxt and isinstance(part, int):
-            continue
-        models = nxt
+        if nxt:  # otherwise ``part`` is a list index or a key of a mapping (a tool's name)
+            models = nxt
     names: list[str] = []
     for m in models:
         names.extend(m.model_fields)
@@ -396,8 +395,7 @@ def parse_bot(text: str, file: str = "<string>", registry: Registry | None = Non
             step = _validate_step(doc, registry, index, entry)
             if step is not None:
                 steps.append(step)
-    if config is not None:
-        _check_references(doc, config, steps)
+    _check_references(doc, data.get("tools"), config, steps)
     if doc.problems or config is None:
         doc.problems.sort(key=lambda p: (p.line, p.column))
         raise ConfigError(doc.problems)
@@ -433,21 +431,27 @@ def _validate_step(
     return ProcessorEntry(type_name, settings, index)
 
 
-def _check_references(doc: _Document, config: BotConfig, steps: list[ProcessorEntry]) -> None:
-    """Cross-checks between blocks (tools named by an LLM exist, and so on)."""
+def _check_references(
+    doc: _Document, declared: Any, config: BotConfig | None, steps: list[ProcessorEntry]
+) -> None:
+    """Cross-checks between blocks (tools named by an LLM exist, and so on).
+
+    Tool names are checked against the ``tools:`` block as written, so that a misspelt
+    reference is reported even when that block has problems of its own.
+    """
     builtin_tools = {"hangup", "transfer"}
+    known = sorted(builtin_tools | (set(declared) if isinstance(declared, dict) else set()))
     for step in steps:
         names = getattr(step.settings, "tools", None)
         if not isinstance(names, list):
             continue
-        known = sorted(builtin_tools | set(config.tools))
         for i, name in enumerate(names):
             if isinstance(name, str) and name not in known:
                 doc.problem(
                     ("pipeline", step.index, step.type_name, "tools", i),
                     f"unknown tool {name!r}{did_you_mean(name, known)}; declare it under `tools:`",
                 )
-    for name, tool in config.tools.items():
+    for name, tool in config.tools.items() if config is not None else ():
         if name not in builtin_tools and tool.http is None and tool.python is None:
             doc.problem(
                 ("tools", name), "a tool needs `http` or `python` (or is `hangup`/`transfer`)"
