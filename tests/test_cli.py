@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -240,3 +241,17 @@ def test_importing_the_engine_is_fast() -> None:
         [sys.executable, "-c", heavy], capture_output=True, text=True, timeout=120, check=True
     )
     assert loaded.stdout.strip() == "[]"
+
+
+def test_serve_on_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
+    bot = tmp_path / "echo.yaml"
+    bot.write_text(
+        "name: e\ntransport: {audiosocket: {listen: '127.0.0.1:0'}}\npipeline: [echo: ]\n"
+    )
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = run("serve", str(bot), "--port", str(busy.getsockname()[1]))
+    assert result.returncode == 1
+    no_traceback(result)
+    assert result.stderr.startswith(f"run-pipeline: error: cannot serve {bot}: ")
