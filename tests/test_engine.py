@@ -320,3 +320,17 @@ async def test_cancelling_the_runner_still_cancels_every_processor() -> None:
     assert log == ["cancel first", "cancel tail"]
     assert task.end_reason == "cancel: pipeline task cancelled"
     assert CancelFrame in tail.kinds()
+
+
+async def test_end_and_cancel_requests_pushed_upstream() -> None:
+    tail = Recorder()
+    _, runner = await started([Recorder("head"), tail])
+    await tail.push_frame(TextFrame("last words"))
+    await tail.push_frame(EndFrame(reason="bot is done"), UPSTREAM)
+    assert await runner == "bot is done"
+    assert tail.kinds()[-1] is EndFrame
+
+    tail = Recorder()
+    _, runner = await started([Recorder("head"), tail])
+    await tail.push_frame(CancelFrame(reason="abort"), UPSTREAM)
+    assert await runner == "cancel: abort"

@@ -253,6 +253,9 @@ class PipelineTask:
     # --- frames that reach either end ------------------------------------------------------
 
     async def _on_upstream(self, frame: Frame) -> None:
+        """Requests that reached the head: an interruption flushes the chain, a fatal error
+        ends the call, a hangup or an end is queued at the head (so that what is queued
+        before it still plays), a cancel ends the call at once."""
         if isinstance(frame, InterruptionFrame):
             self.interrupt()
         elif isinstance(frame, ErrorFrame):
