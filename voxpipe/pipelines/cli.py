@@ -2,13 +2,12 @@
 
 A user's mistake (an invalid bot file, a provider that cannot start, a busy port) ends with a
 clear message and exit code 1, never a traceback; ``-v`` adds debug logs and tracebacks.
-Only argparse is imported up front; everything else is imported by the command that needs it.
+Only argparse and logging are imported up front; the rest comes with the command that needs it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -31,6 +30,8 @@ class UserError(Exception):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the bot, then serve calls on its transport until interrupted."""
+    import asyncio
+
     from voxpipe.pipelines.settings import ProviderError
 
     bot = _load_or_report(args.bot, args.verbose, args.log_format)
