@@ -38,6 +38,7 @@ from voxpipe.frames import (
     ErrorFrame,
     Frame,
     HangupFrame,
+    InputAudioFrame,
     InterruptionFrame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
@@ -198,6 +199,8 @@ class LLMProcessor(FrameProcessor):
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         await self.push_frame(frame, direction)
+        if type(frame) is InputAudioFrame:
+            return
         if isinstance(frame, TranscriptionFrame):
             self._on_final(frame.text)
         elif isinstance(frame, UserStartedSpeakingFrame):
