@@ -82,11 +82,15 @@ class Gated(QueuedProcessor):
 
 
 class Raiser(FrameProcessor):
-    """Raises on the text ``boom``."""
+    """Raises on the text ``trigger``."""
+
+    def __init__(self, name: str, trigger: str = "boom") -> None:
+        super().__init__(name=name)
+        self.trigger = trigger
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, TextFrame) and frame.text == "boom":
-            raise ValueError("boom")
+        if isinstance(frame, TextFrame) and frame.text == self.trigger:
+            raise ValueError(self.trigger)
         await self.push_frame(frame, direction)
 
 
@@ -247,7 +251,7 @@ async def test_an_exception_ends_that_call_only() -> None:
     assert await healthy_runner == "end"
 
 
-@pytest.mark.parametrize("where", ["head queue", "worker", "background task"])
+@pytest.mark.parametrize("where", ["head queue", "worker", "after the worker", "background task"])
 async def test_failures_off_the_direct_path_end_the_call_too(where: str) -> None:
     class Worker(QueuedProcessor):
         async def handle_frame(self, frame: Frame, direction: Direction) -> None:
@@ -259,13 +263,17 @@ async def test_failures_off_the_direct_path_end_the_call_too(where: str) -> None
         raise RuntimeError("background failed")
 
     worker, tail = Worker(name="worker"), Recorder()
-    task, runner = await started([Raiser(name="raiser"), worker, tail])
+    late = Raiser(name="late", trigger="kaboom")
+    task, runner = await started([Raiser(name="raiser"), worker, late, tail])
     if where == "head queue":
         task.queue_frame(TextFrame("boom"))
         expected = "raiser"
     elif where == "worker":
         await worker.process_frame(TextFrame("boom"), Direction.DOWNSTREAM)
         expected = "worker"
+    elif where == "after the worker":  # raised by "late", called from the worker's task
+        await worker.process_frame(TextFrame("kaboom"), Direction.DOWNSTREAM)
+        expected = "late"
     else:
         worker.create_task(crash())
         expected = "worker"

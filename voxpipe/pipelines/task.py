@@ -68,9 +68,9 @@ class _Sink(FrameProcessor):
             await self.push_frame(frame, direction)
 
 
-def _culprit(exc: BaseException) -> str:
-    """Name the innermost processor on the exception's traceback."""
-    name = "pipeline"
+def _culprit(exc: BaseException, default: str = "pipeline") -> str:
+    """Name the innermost processor on the exception's traceback (or ``default``)."""
+    name = default
     tb: types.TracebackType | None = exc.__traceback__
     while tb is not None:
         owner = tb.tb_frame.f_locals.get("self")
@@ -303,4 +303,7 @@ class PipelineTask:
             return
         exc = task.exception()
         if exc is not None:
-            self.fail(exc, source=None if owner in (self._source, self._sink) else owner.name)
+            # The processor that raised, even when it ran on another's task (a downstream
+            # processor called from a QueuedProcessor's worker); else the task's owner.
+            owner_name = "pipeline" if owner in (self._source, self._sink) else owner.name
+            self.fail(exc, source=_culprit(exc, owner_name))
