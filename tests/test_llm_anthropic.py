@@ -119,7 +119,7 @@ async def test_tool_use_round_trip_through_an_http_tool() -> None:
     assert "ships tomorrow" in result["content"]
     (tool_frame,) = c.listener.of(ToolCallFrame)
     assert tool_frame.arguments == {"order_id": "A12345"}
-    assert c.call.history[-1]["content"] == "Let me check.Order A12345 ships tomorrow."
+    assert c.call.history[-1]["content"] == "Let me check. Order A12345 ships tomorrow."
 
 
 async def test_a_tool_error_goes_back_to_the_model() -> None:

@@ -161,7 +161,7 @@ class _Speech:
     utterances: list[Utterance] = field(default_factory=list)
 
     def add(self, text: str) -> None:
-        self.entry["content"] = (self.entry["content"] + text) if text else self.entry["content"]
+        self.entry["content"] += text
 
     def settle(self) -> None:
         """After an interruption: keep only what the caller heard."""
@@ -277,9 +277,17 @@ class LLMProcessor(FrameProcessor):
             return
         if speech.utterances or self._tts_seen:
             speech.settle()
-        if not speech.entry["content"] and speech.entry in self.call.history:
-            self.call.history.remove(speech.entry)
+        if not speech.entry["content"]:
+            self._forget(speech)
         self._speech = None
+
+    def _forget(self, speech: _Speech) -> None:
+        """Take a stretch of speech the caller never heard out of the history."""
+        history = self.call.history
+        for i, message in enumerate(history):
+            if message is speech.entry:
+                del history[i]
+                return
 
     def _context(self, speech: _Speech) -> list[dict[str, Any]]:
         """The dialogue for the model: every message but the reply being generated."""
@@ -326,8 +334,8 @@ class LLMProcessor(FrameProcessor):
         except ProviderFailed as exc:
             self.call.log.warning("%s failed: %s", self.client.provider, exc)
             events.emit.error(self.call, "provider")
-            if not speech.entry["content"] and speech.entry in self.call.history:
-                self.call.history.remove(speech.entry)
+            if not speech.entry["content"]:
+                self._forget(speech)
             await self._speak_filler()
             if retry_allowed:
                 await self._answer(retry_allowed=False)
@@ -378,6 +386,8 @@ class LLMProcessor(FrameProcessor):
                         calls.append(item)
                     elif item:
                         if not spoken:
+                            if speech.entry["content"][-1:].strip():
+                                speech.add(" ")  # a new round's text starts a new sentence
                             await self.push_frame(LLMResponseStartFrame())
                         spoken.append(item)
                         speech.add(item)
