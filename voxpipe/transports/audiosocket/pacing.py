@@ -30,8 +30,9 @@ class Paced(Protocol):
 class Ticker:
     """Calls ``tick`` on every subscriber once per slot, for as long as it has subscribers.
 
-    A slot missed because the loop was busy is served as soon as it can be (a short burst keeps
-    the audio on time); after a stall longer than ``MAX_CATCH_UP_S`` the schedule restarts.
+    Slots missed while the loop was busy are all served in the next pass (a short burst keeps
+    the audio on time even when passes are slow); after a stall longer than ``MAX_CATCH_UP_S``
+    the schedule restarts from now.
     """
 
     def __init__(self, period_s: float = FRAME_S) -> None:
@@ -54,17 +55,21 @@ class Ticker:
         period = self.period_s
         slot = loop.time() + period
         while self._subscribers:
-            # Always yield, even when behind, so that the readers run between slots.
             await asyncio.sleep(max(0.0, slot - loop.time()))
-            if loop.time() - slot > MAX_CATCH_UP_S:
-                slot = loop.time()
-            for paced in list(self._subscribers):
-                try:
-                    paced.tick(slot)
-                except Exception:
-                    log.exception("paced output failed; it is no longer served")
-                    self._subscribers.pop(paced, None)
-            slot += period
+            now = loop.time()
+            if now - slot > MAX_CATCH_UP_S:
+                slot = now
+            while slot <= now:  # every slot that has come, in one pass of the loop
+                self._serve(slot)
+                slot += period
+
+    def _serve(self, slot: float) -> None:
+        for paced in list(self._subscribers):
+            try:
+                paced.tick(slot)
+            except Exception:
+                log.exception("paced output failed; it is no longer served")
+                self._subscribers.pop(paced, None)
 
 
 _tickers: dict[asyncio.AbstractEventLoop, Ticker] = {}
