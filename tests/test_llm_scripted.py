@@ -244,3 +244,40 @@ def test_the_demo_desk_understands_the_recorded_callers(
     for text in (said, misheard):
         found, _ = client.match(text)
         assert found is not None and found.name == intent, text
+
+
+def shipping_date(order_id: str) -> str:
+    """A Python tool for the scripted desk."""
+    return {"A12345": "tomorrow"}.get(order_id.upper(), "unknown")
+
+
+LOOKUP_DESK = """
+name: lookup-desk
+pipeline:
+  - llm:
+      provider: scripted
+      tools: [shipping]
+      intents:
+        - regex: '(?P<number>[a-z][0-9]{5})'
+          tool: {name: shipping, arguments: {order_id: "{number}"}}
+          after_tool: "Order {number} ships {result}."
+tools:
+  shipping:
+    description: When an order ships.
+    parameters: {order_id: {type: string}}
+    python: "test_llm_scripted:shipping_date"
+    say: "Let me look that up."
+"""
+
+
+async def test_a_tool_is_announced_and_its_result_read_back() -> None:
+    async with await converse(LOOKUP_DESK) as c:
+        await c.say("it is a12345")
+        said = await c.replies(2)
+        assert said == ["Let me look that up.", "Order a12345 ships tomorrow."]
+        (tool_frame,) = c.listener.of(ToolCallFrame)
+        assert (tool_frame.arguments, tool_frame.result) == ({"order_id": "a12345"}, "tomorrow")
+        assert c.call.history[-1] == {
+            "role": "assistant",
+            "content": "Let me look that up. Order a12345 ships tomorrow.",
+        }

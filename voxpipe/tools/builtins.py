@@ -13,6 +13,10 @@ class HangupTool(Tool):
 
     default_description = "End the call when the caller is done or asks to hang up."
 
+    @property
+    def announcement(self) -> str | None:
+        return None  # the goodbye is part of the outcome
+
     async def invoke(self, arguments: dict[str, Any]) -> ToolOutcome:
         return ToolOutcome(
             "the call is ending",
@@ -28,6 +32,10 @@ class TransferTool(Tool):
     """
 
     default_description = "Transfer the caller to a human operator."
+
+    @property
+    def announcement(self) -> str | None:
+        return None  # the `say` line is part of the outcome, spoken before the transfer
 
     async def invoke(self, arguments: dict[str, Any]) -> ToolOutcome:
         context = self.settings.context or "default"

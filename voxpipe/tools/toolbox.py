@@ -68,6 +68,11 @@ class Tool:
             parameters=object_schema(dict(settings.parameters), settings.required),
         )
 
+    @property
+    def announcement(self) -> str | None:
+        """What the bot says before the tool runs ("Let me look that up."): its ``say``."""
+        return self.settings.say
+
     async def invoke(self, arguments: dict[str, Any]) -> ToolOutcome:
         """Do the tool's work."""
         raise NotImplementedError
@@ -84,6 +89,11 @@ class Toolbox:
     def specs(self) -> list[ToolSpec]:
         """The specs to send to the model."""
         return [tool.spec for tool in self.tools.values()]
+
+    def announcement(self, name: str) -> str | None:
+        """What the bot says before running tool ``name``, if anything."""
+        tool = self.tools.get(name)
+        return tool.announcement if tool is not None else None
 
     async def run(self, call: ToolCall) -> ToolOutcome:
         """Validate the arguments and run the tool; every failure becomes an error result."""

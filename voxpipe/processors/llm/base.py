@@ -315,6 +315,9 @@ class LLMProcessor(FrameProcessor):
                     return
                 results: list[str] = []
                 for tool_call in calls:
+                    announcement = self.toolbox.announcement(tool_call.name)
+                    if announcement:
+                        await self._say_in_reply(speech, announcement)
                     outcome = await self.toolbox.run(tool_call)
                     results.append(outcome.result)
                     self.call.log.info(
@@ -324,8 +327,7 @@ class LLMProcessor(FrameProcessor):
                         ToolCallFrame(tool_call.name, tool_call.arguments, outcome.result)
                     )
                     if outcome.say:
-                        speech.add((" " if speech.entry["content"] else "") + outcome.say)
-                        await self.push_frame(TTSSpeakFrame(outcome.say))
+                        await self._say_in_reply(speech, outcome.say)
                     if outcome.frame is not None:
                         await self.push_frame(outcome.frame)
                         return
@@ -341,6 +343,11 @@ class LLMProcessor(FrameProcessor):
                 await self._answer(retry_allowed=False)
             else:
                 await self._goodbye()
+
+    async def _say_in_reply(self, speech: _Speech, text: str) -> None:
+        """Speak a fixed line as part of a reply (a tool's announcement or goodbye)."""
+        speech.add((" " if speech.entry["content"] else "") + text)
+        await self.push_frame(TTSSpeakFrame(text))
 
     async def _generate(
         self, speech: _Speech, rounds: list[ToolRound]
