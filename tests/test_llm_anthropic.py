@@ -230,3 +230,19 @@ async def test_an_interruption_cancels_the_reply_at_once() -> None:
         {"role": "assistant", "content": "ACME, hello."},
         {"role": "user", "content": "where is my order\nsorry, go on"},
     ]
+
+
+async def test_an_error_event_inside_the_stream_is_retried() -> None:
+    overloaded = Reply(
+        events=[
+            anthropic_reply().events[0],
+            ("error", {"type": "error", "error": {"type": "overloaded_error", "message": "x"}}),
+        ]
+    )
+    async with FakeHTTPServer() as api:
+        api.add(overloaded, anthropic_reply("Hello again."))
+        async with await converse(bot_yaml(api.url)) as c:
+            await c.say("hello")
+            said = await c.replies(1)
+    assert said == ["Hello again."]
+    assert len(api.requests) == 2

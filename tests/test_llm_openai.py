@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from fakes.anthropic_sse import FakeHTTPServer, Reply
 from fakes.llm_chain import converse
 from fakes.openai_sse import openai_error, openai_reply
 
 from voxpipe.frames import HangupFrame, LLMTextFrame, ToolCallFrame
+from voxpipe.pipelines.bot import Bot
+from voxpipe.pipelines.settings import ProviderError
 
 
 def bot_yaml(base_url: str, extra: str = "", tools: str = "") -> str:
@@ -119,3 +122,9 @@ async def test_a_silent_server_times_out() -> None:
         "Sorry, I'm having a technical problem.",
         "Please call again later. Goodbye.",
     ]
+
+
+async def test_prepare_fails_fast_with_an_empty_api_key() -> None:
+    bot = Bot.from_yaml(bot_yaml("http://127.0.0.1:9", '      api_key: ""'))
+    with pytest.raises(ProviderError, match="api_key is empty"):
+        await bot.prepare()
