@@ -342,3 +342,16 @@ async def test_end_and_cancel_requests_pushed_upstream() -> None:
     _, runner = await started([Recorder("head"), tail])
     await tail.push_frame(CancelFrame(reason="abort"), UPSTREAM)
     assert await runner == "cancel: abort"
+
+
+async def test_a_queued_processor_works_even_if_start_forgets_super() -> None:
+    class Forgetful(QueuedProcessor):
+        async def start(self) -> None:
+            self.ready = True
+
+    forgetful, tail = Forgetful(name="forgetful"), Recorder()
+    task, runner = await started([forgetful, tail])
+    task.queue_frame(TextFrame("handled"))
+    task.end()
+    assert await runner == "end"
+    assert tail.texts() == ["handled"]

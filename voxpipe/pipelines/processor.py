@@ -126,7 +126,10 @@ class QueuedProcessor(FrameProcessor):
         self._worker: asyncio.Task[Any] | None = None
         self._current: Frame | None = None
 
-    async def start(self) -> None:
+    def attach(self, task: PipelineTask) -> None:
+        # The worker starts here rather than in ``start()``, so that a subclass overriding
+        # ``start()`` without calling ``super()`` still gets its frames handled.
+        super().attach(task)
         self._worker = self.create_task(self._run(), name=f"{self.name}.worker")
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
