@@ -183,3 +183,10 @@ async def test_silero_models_are_reused_from_call_to_call() -> None:
         kinds = [kind for kind, _ in (await run_vad(samples, rate, engine="silero")).events()]
         assert kinds == ["start", "stop"], "a reused model starts each call afresh"
         assert len(idle) == 1
+
+
+async def test_a_whole_utterance_in_one_message_gives_both_events_in_order() -> None:
+    speech, rate = read_wav("caller_yes_16k.wav")
+    samples = padded(speech, rate, before_s=0.2, after_s=1.0)
+    recorder = await run_vad(samples, rate, chunk_ms=len(samples) * 1000 / rate)
+    assert [kind for kind, _ in recorder.events()] == ["start", "stop"]

@@ -204,14 +204,15 @@ class VoiceActivityDetector(FrameProcessor):
         buffer = self._buffer
         if not buffer and len(audio) == size:
             event = self._judge(audio)
-        else:
-            buffer += audio
-            event = None
-            while len(buffer) >= size:
-                event = self._judge(bytes(buffer[:size])) or event
-                del buffer[:size]
-        if event is not None:
-            await self.push_frame(event, direction)
+            if event is not None:
+                await self.push_frame(event, direction)
+            return
+        buffer += audio
+        while len(buffer) >= size:
+            event = self._judge(bytes(buffer[:size]))
+            del buffer[:size]
+            if event is not None:
+                await self.push_frame(event, direction)
 
     def _judge(self, window: bytes) -> Frame | None:
         """Classify one window; return the event it triggers, if any."""
