@@ -172,6 +172,22 @@ class _Speech:
 class LLMProcessor(FrameProcessor):
     """Turns final transcripts into streamed replies, with tools and failure handling."""
 
+    __slots__ = (
+        "_again",
+        "_last_error_at",
+        "_reply",
+        "_speech",
+        "_stopped_at",
+        "_texts",
+        "_tts_seen",
+        "_user_speaking",
+        "_vad_seen",
+        "client",
+        "greeting",
+        "settings",
+        "toolbox",
+    )
+
     def __init__(
         self,
         settings: LLMBaseSettings,
