@@ -288,3 +288,9 @@ def test_tool_references_and_tool_blocks_are_checked_together(registry: Registry
     assert [str(p) for p in caught.value.problems][1:] == [
         "t.yaml:7:10: tools.weird: a tool needs `http` or `python` (or is `hangup`/`transfer`)"
     ]
+
+
+def test_type_docs_come_from_the_models_only() -> None:
+    assert ProcessorType("speak", Speak).doc == "Say things."
+    assert ProcessorType("assistant", AssistantSettings).doc == "Calls tools."
+    assert ProcessorType("bare", LoudSettings | GoogleSettings).doc == ""

@@ -56,12 +56,14 @@ class ProcessorType:
 
     @property
     def doc(self) -> str:
-        """The first line of the type's documentation."""
-        model = self.models[0] if len(self.models) == 1 else None
-        text = (model.__doc__ if model else None) or getattr(self.settings, "__doc__", "") or ""
-        if len(self.models) > 1:
-            text = _union_doc(self.settings) or text
-        return text.strip().splitlines()[0] if text.strip() else ""
+        """The first paragraph of the type's documentation, on one line.
+
+        A single model's docstring; for providers, the text in the union's ``Annotated``
+        metadata (``Annotated[A | B, Field(discriminator="provider"), "Speech-to-text."]``).
+        """
+        models = self.models
+        text = (models[0].__doc__ or "") if len(models) == 1 else _union_doc(self.settings)
+        return " ".join(text.strip().split("\n\n")[0].split())
 
 
 def _models_of(annotation: Any) -> list[type[BaseModel]]:
