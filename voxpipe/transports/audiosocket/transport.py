@@ -156,7 +156,7 @@ class AudioSocketOutput(FrameProcessor):
         "_drained",
         "_fixed_rate",
         "_frame_bytes",
-        "_header",
+        "_frame_header",
         "_idle_slots",
         "_keepalive_s",
         "_last_sent",
@@ -181,7 +181,7 @@ class AudioSocketOutput(FrameProcessor):
         self._pending_marks: list[Utterance] = []
         self._pending_waited = False
         self._resampler: Resampler | None = None
-        self._header = b""
+        self._frame_header = b""
         self._frame_bytes = 0
         self._speaking = False
         self._idle_slots = 0
@@ -291,10 +291,15 @@ class AudioSocketOutput(FrameProcessor):
             if resampler is not None:
                 self._flush_pending()
             resampler = self._resampler = Resampler(frame.sample_rate, out_rate, self._quality)
-            self._header = HEADER.pack(KIND_OF_RATE[out_rate], 0)[:1]
             self._frame_bytes = int(out_rate * FRAME_S) * 2
-        self._pending += resampler.process(frame.audio)
-        self._cut()
+            self._frame_header = HEADER.pack(KIND_OF_RATE[out_rate], self._frame_bytes)
+        pcm = resampler.process(frame.audio)
+        if not self._pending and len(pcm) == self._frame_bytes:  # the usual whole 20 ms frame
+            self._queue.append((self._frame_header + pcm, None))
+            self._pending_waited = False
+        else:
+            self._pending += pcm
+            self._cut()
         if frame.utterance is not None:
             if self._pending or not self._queue:
                 self._pending_marks.append(frame.utterance)
@@ -314,8 +319,7 @@ class AudioSocketOutput(FrameProcessor):
 
     def _cut(self) -> None:
         """Move every whole 20 ms frame from the pending buffer to the send queue."""
-        pending, size = self._pending, self._frame_bytes
-        header = self._header + size.to_bytes(2, "big")
+        pending, size, header = self._pending, self._frame_bytes, self._frame_header
         while len(pending) >= size:
             marks = self._pending_marks or None
             if marks:
@@ -332,7 +336,9 @@ class AudioSocketOutput(FrameProcessor):
         payload = bytes(self._pending[: len(self._pending) & ~1])
         self._pending.clear()
         if payload:
-            self._queue.append((self._header + len(payload).to_bytes(2, "big") + payload, None))
+            self._queue.append(
+                (self._frame_header[:1] + len(payload).to_bytes(2, "big") + payload, None)
+            )
         if self._pending_marks:
             self._mark_last(self._pending_marks)
             self._pending_marks = []
