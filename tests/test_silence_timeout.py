@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from voxpipe import events
+from voxpipe.conversation import CallState, move
 from voxpipe.frames import (
     UPSTREAM,
     BotStartedSpeakingFrame,
@@ -164,3 +165,12 @@ async def test_max_call_s_says_its_own_goodbye() -> None:
 def test_defaults_match_the_documented_behaviour() -> None:
     settings = SilenceTimeoutSettings()
     assert (settings.after_s, settings.max_prompts, settings.max_call_s) == (10.0, 1, None)
+
+
+async def test_no_prompt_while_the_bot_works_on_an_answer(rig: Rig) -> None:
+    move(rig.task.call, CallState.LISTENING)
+    move(rig.task.call, CallState.PROCESSING)
+    await asyncio.sleep(AFTER_S * 4)
+    assert rig.speaker.said == []
+    move(rig.task.call, CallState.LISTENING)
+    assert await rig.next_said() == "Still there?"

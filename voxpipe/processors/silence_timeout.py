@@ -2,7 +2,8 @@
 
 The clock runs only while neither side speaks: the caller speaking (VAD), the bot speaking
 (``BotStartedSpeakingFrame`` .. ``BotStoppedSpeakingFrame``) or a key press stop it, and it
-restarts from zero when both fall silent. After ``after_s`` of silence the bot speaks the prompt;
+restarts from zero when both fall silent. While the call is ``processing`` (the caller's turn is
+being answered) the bot does not prompt. After ``after_s`` of silence the bot speaks the prompt;
 after ``max_prompts`` unanswered prompts and ``after_s`` more, it speaks the goodbye and hangs up.
 Any caller speech answers the prompts. ``max_call_s`` caps the whole call with its own goodbye.
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from voxpipe import events
+from voxpipe.conversation.state import CallState, state_of
 from voxpipe.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
@@ -120,6 +122,10 @@ class SilenceTimeout(FrameProcessor):
     def _silence(self) -> None:
         self._timer = None
         if self._done:
+            return
+        if state_of(self.call) is CallState.PROCESSING:
+            # The caller spoke and the bot is working on its answer: that is not silence.
+            self._restart()
             return
         if self._prompts < self.settings.max_prompts:
             self._prompts += 1
