@@ -255,3 +255,16 @@ def test_serve_on_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1
     no_traceback(result)
     assert result.stderr.startswith(f"run-pipeline: error: cannot serve {bot}: ")
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """``run-pipeline schema | head -c 10``: no traceback, no message."""
+    proc = subprocess.Popen(
+        [str(SCRIPT), "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert err == ""
