@@ -93,14 +93,14 @@ class LoadCall(asyncio.Protocol):
         self.lost = True
 
 
-def _frames() -> list[bytes]:
+def _frames(rate: int) -> list[bytes]:
     from voxpipe.transports.audiosocket.caller import load_wav
-    from voxpipe.transports.audiosocket.protocol import Kind, encode
+    from voxpipe.transports.audiosocket.protocol import KIND_OF_RATE, encode
 
-    pcm = load_wav(AUDIO, 8000) + bytes(8000)  # the utterance, then half a second of quiet
-    size = 320
+    size = int(rate * FRAME_S) * 2
+    pcm = load_wav(AUDIO, rate) + bytes(25 * size)  # the utterance, then half a second of quiet
     return [
-        encode(Kind.AUDIO_8K, pcm[i : i + size].ljust(size, b"\0"))
+        encode(KIND_OF_RATE[rate], pcm[i : i + size].ljust(size, b"\0"))
         for i in range(0, len(pcm), size)
     ]
 
@@ -130,7 +130,7 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def run(n_calls: int, seconds: float, bot: str) -> dict[str, float]:
+async def run(n_calls: int, seconds: float, bot: str, rate: int = 8000) -> dict[str, float]:
     """One measurement with ``n_calls`` concurrent callers."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "late.npz")
@@ -143,7 +143,7 @@ async def run(n_calls: int, seconds: float, bot: str) -> dict[str, float]:
         loop = asyncio.get_running_loop()
         calls: list[LoadCall] = []
         stop = asyncio.Event()
-        sender = asyncio.create_task(_send(calls, _frames(), stop))
+        sender = asyncio.create_task(_send(calls, _frames(rate), stop))
         for _ in range(n_calls):  # connect at about 250 calls/s, as a busy PBX might
             _, call = await loop.create_connection(LoadCall, "127.0.0.1", port)
             calls.append(call)
@@ -167,7 +167,7 @@ async def run(n_calls: int, seconds: float, bot: str) -> dict[str, float]:
         data = np.load(out)
     in_window = (data["times"] >= start) & (data["times"] <= end)
     late_ms = data["late"][in_window] * 1000
-    expected = n_calls * (end - start) / FRAME_S * 323
+    expected = n_calls * (end - start) / FRAME_S * (3 + int(rate * FRAME_S) * 2)
     return {
         "calls": n_calls,
         "alive": alive,
@@ -198,7 +198,7 @@ def _machine() -> str:
 async def main(args: argparse.Namespace) -> None:
     print(f"machine: {_machine()}")
     print(
-        f"bot: {args.bot}; callers at 8 kHz streaming {AUDIO.name} in a loop; "
+        f"bot: {args.bot}; callers at {args.rate} Hz streaming {AUDIO.name} in a loop; "
         f"measured over {args.seconds:g} s after a 2 s settle"
     )
     print(
@@ -206,7 +206,7 @@ async def main(args: argparse.Namespace) -> None:
         f"{'late p50':>9} {'p99':>7} {'max':>7} {'delivered':>10}"
     )
     for n in args.calls:
-        r = await run(n, args.seconds, args.bot)
+        r = await run(n, args.seconds, args.bot, args.rate)
         print(
             f"{r['calls']:>6} {r['alive']:>6} {r['cpu_pct']:>7.1f} {r['rss_mb']:>7.1f} "
             f"{r['kb_per_call']:>8.1f} {r['p50_ms']:>7.2f}ms {r['p99_ms']:>5.2f}ms "
@@ -219,6 +219,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, nargs="+", default=[50, 200, 500])
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rate", type=int, default=8000, help="callers' audio rate")
     parser.add_argument("--bot", default=str(REPO / "configs" / "echo.yaml"))
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
