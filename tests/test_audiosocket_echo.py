@@ -75,3 +75,15 @@ def test_run_pipeline_call_prints_the_timeline_and_records_the_bot(
     with wave.open(str(record)) as wav:
         assert wav.getframerate() == 16000
         assert wav.getnframes() / 16000 > 0.5
+
+
+async def test_the_caller_notes_a_silent_bot_and_gives_up_at_its_time_limit(
+    echo_yaml: Path,
+) -> None:
+    async with running_bot(echo_yaml) as server:
+        quiet = await place_call("127.0.0.1", server.port, [WaitForBot(0.5), Hangup()])
+        stuck = await place_call("127.0.0.1", server.port, [Silence(5.0)], max_duration_s=0.5)
+    assert [e.what for e in quiet.timeline][-2:] == ["bot stayed silent for 0.5 s", "hung up"]
+    assert quiet.hung_up_by == "caller" and not quiet.bot_segments
+    assert stuck.hung_up_by == "timeout"
+    assert 0.4 < stuck.timeline[-1].t < 1.5

@@ -258,13 +258,15 @@ class _Line:
     async def _wait_for_bot(self, step: WaitForBot) -> None:
         start = self.now()
         deadline = start + step.timeout_s
+        heard = False
         while not self.bot_gone.is_set() and self.now() < deadline:
             heard = self.last_voice >= start - step.quiet_s
             if heard and self.now() - self.last_voice >= step.quiet_s:
                 return
             await asyncio.sleep(FRAME_S)
         if not self.bot_gone.is_set():
-            self.note("caller", f"bot stayed silent for {step.timeout_s:g} s")
+            problem = "was still speaking after" if heard else "stayed silent for"
+            self.note("caller", f"bot {problem} {step.timeout_s:g} s")
 
 
 async def place_call(
