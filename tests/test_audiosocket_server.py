@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 import statistics
 import uuid
 from collections import defaultdict
@@ -280,6 +281,10 @@ async def test_max_calls_closes_excess_connections_at_once(recorder: Recorder) -
         writer.close()
         assert recorder.rejected == ["max_calls"]
         assert len(server.calls) == 1
+        (active,) = server.calls.values()
+        sock = active.connection.writer.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert active.rate == 8000
         await first
         again = await place_call("127.0.0.1", server.port, [Say(tone(0.5, 8000)), Silence(0.3)])
         assert again.bot_segments
