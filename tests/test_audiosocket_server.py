@@ -165,44 +165,65 @@ async def echo_server() -> AsyncIterator[AudioSocketServer]:
 UUID_MSG = encode(Kind.UUID, uuid.uuid4().bytes)
 AUDIO_MSG = encode(Kind.AUDIO_8K, bytes(320))
 
-MALFORMED = {
-    "garbage": UUID_MSG + AUDIO_MSG + b"GET / HTTP/1.1\r\n\r\n",
-    "zero_length": UUID_MSG + AUDIO_MSG + b"\x10\x00\x00",
-    "truncated": UUID_MSG + AUDIO_MSG + b"\x10\x01\x40" + bytes(100),
-    "unknown_kind": UUID_MSG + b"\x20\x00\x02ab",
-    "error_0xff": UUID_MSG + AUDIO_MSG + b"\xff\x00\x01\x07",
-    "hangup_0x00": UUID_MSG + AUDIO_MSG + b"\x00\x00\x00",
+# What follows a valid UUID, and how the call it opened must end.
+AFTER_UUID = {
+    "garbage": (
+        AUDIO_MSG + b"GET / HTTP/1.1\r\n\r\n",
+        "cancel: protocol error: unknown message kind 0x47",
+    ),
+    "zero_length": (AUDIO_MSG + b"\x10\x00\x00", "cancel: protocol error: zero-length"),
+    "truncated": (
+        AUDIO_MSG + b"\x10\x01\x40" + bytes(100),
+        "cancel: protocol error: message of kind",
+    ),
+    "unknown_kind": (b"\x20\x00\x02ab", "cancel: protocol error: unknown message kind 0x20"),
+    "error_0xff": (AUDIO_MSG + b"\xff\x00\x01\x07", "cancel: caller error 07"),
+    "hangup_0x00": (AUDIO_MSG + b"\x00\x00\x00", "cancel: caller hung up"),
+}
+# Streams that never make a valid first message.
+BEFORE_UUID = {
     "missing_uuid": AUDIO_MSG,
     "short_uuid": b"\x01\x00\x08" + bytes(8),
-    "no_uuid_at_all": b"",
+    "no_uuid_at_all": b"\x10",
     "truncated_uuid": b"\x01\x00\x10" + bytes(5),
 }
 
 
-@pytest.mark.parametrize("name", sorted(MALFORMED))
-async def test_a_malformed_stream_ends_only_its_own_call(
-    echo_server: AudioSocketServer, recorder: Recorder, name: str
+async def _misbehave(port: int, wire: bytes) -> bool:
+    """Send ``wire`` on a new connection; whether the server then closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(wire)
+    closed = await _closed_by_server(reader)
+    writer.close()
+    return closed
+
+
+async def test_malformed_streams_end_only_their_own_calls(
+    echo_server: AudioSocketServer, recorder: Recorder
 ) -> None:
-    words = tone(1.2, 8000)
     good = asyncio.create_task(
-        place_call("127.0.0.1", echo_server.port, [Silence(0.4), Say(words), Silence(0.3)])
+        place_call(
+            "127.0.0.1", echo_server.port, [Silence(0.4), Say(tone(1.2, 8000)), Silence(0.3)]
+        )
     )
     await asyncio.sleep(0.2)
-    reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
-    writer.write(MALFORMED[name])
-    assert await _closed_by_server(reader), f"{name}: the server kept the connection open"
-    writer.close()
+    ids = {name: uuid.uuid4() for name in AFTER_UUID}
+    streams = {
+        name: encode(Kind.UUID, ids[name].bytes) + rest for name, (rest, _) in AFTER_UUID.items()
+    }
+    streams.update(BEFORE_UUID)
+    closed = await asyncio.gather(*(_misbehave(echo_server.port, w) for w in streams.values()))
+    assert dict(zip(streams, closed, strict=True)) == dict.fromkeys(streams, True)
     result = await good
     assert result.hung_up_by == "caller"
     voice_s = sum(end - start for start, end in result.bot_segments)
     assert voice_s > 1.0, f"the good call heard {voice_s:.2f} s of its 1.2 s echo"
     await asyncio.sleep(0.1)
     assert not echo_server.calls
-    if name in ("missing_uuid", "short_uuid", "no_uuid_at_all", "truncated_uuid"):
-        assert "bad first message" in recorder.rejected
-    elif name in ("garbage", "zero_length", "truncated", "unknown_kind"):
-        assert "protocol" in recorder.errors
-        assert any("protocol error" in reason for reason in recorder.ended.values())
+    for name, (_, reason) in AFTER_UUID.items():
+        assert recorder.ended[str(ids[name])].startswith(reason), name
+    assert recorder.rejected.count("bad first message") == len(BEFORE_UUID)
+    assert recorder.errors.count("protocol") == 4 + len(BEFORE_UUID)
 
 
 async def test_a_health_check_connection_is_not_an_error(
