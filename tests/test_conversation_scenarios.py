@@ -215,3 +215,43 @@ async def test_without_barge_in_the_caller_cannot_cut_the_bot_off() -> None:
     _result, call, recorder, _ = await converse(bot, script, rate=16000)
     assert recorder.barge_ins == []
     assert call.history[0] == {"role": "assistant", "content": greeting}
+
+
+LONG_REPLY = " ".join(
+    [
+        "Sure, I can help with that. Orders usually leave the warehouse within two working days,",
+        "then the carrier takes one to three days depending on where you live and how busy the",
+        "network is, and you get a message with a tracking link as soon as the parcel is on its",
+        "way, so you can follow every step until it reaches your door or the pick up point.",
+    ]
+)
+
+
+async def test_caller_cuts_off_a_long_answer_and_history_keeps_what_was_heard() -> None:
+    pipeline = f"""\
+  - vad: {{aggressiveness: 2, start_ms: 200, stop_ms: 600}}
+  - stt: {{provider: pocketsphinx}}
+  - barge_in: {{min_speech_ms: 300}}
+  - llm:
+      provider: scripted
+      intents:
+        - {{keywords: [order, status], reply: {LONG_REPLY!r}}}
+      fallback: "Sure, go ahead."
+  - tts: {{provider: tone, word_ms: {WORD_MS}}}
+"""
+    bot = bot_yaml(pipeline)
+    question = load_wav(AUDIO / "caller_order_status_16k.wav", 16000)
+    interruption = load_wav(AUDIO / "caller_interrupt_16k.wav", 16000)
+    script = [Silence(0.3), Say(question), Silence(4.0), Say(interruption), Silence(1.0)]
+    result, call, recorder, t0 = await converse(bot, script, rate=16000)
+
+    assert len(recorder.barge_ins) == 1
+    decided = recorder.barge_ins[0] - t0
+    voiced = voice_messages(result)
+    # The caller goes on talking for 2 s after the decision, so no new answer starts within 1 s.
+    assert len([t for t in voiced if decided < t < decided + 1.0]) <= 2
+    answers = [m["content"] for m in call.history if m["role"] == "assistant"]
+    assert call.history[0]["role"] == "user"
+    heard = answers[0]
+    assert heard and LONG_REPLY.startswith(heard), heard
+    assert len(heard.split()) < len(LONG_REPLY.split()), "only the words played are kept"
