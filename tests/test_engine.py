@@ -355,3 +355,20 @@ async def test_a_queued_processor_works_even_if_start_forgets_super() -> None:
     task.end()
     assert await runner == "end"
     assert tail.texts() == ["handled"]
+
+
+async def test_frames_queued_before_the_start_never_overtake_it() -> None:
+    class SlowStart(FrameProcessor):
+        async def process_frame(self, frame: Frame, direction: Direction) -> None:
+            if isinstance(frame, StartFrame):
+                await asyncio.sleep(0.05)  # say, opening a stream to a provider
+            await self.push_frame(frame, direction)
+
+    tail = Recorder()
+    task = PipelineTask([Recorder("head"), SlowStart(name="slow"), tail])
+    task.queue_frame(TextFrame("greeting"))
+    runner = asyncio.create_task(task.run())
+    await until(lambda: len(tail.down) == 2)
+    assert tail.kinds() == [StartFrame, TextFrame]
+    task.cancel()
+    await runner

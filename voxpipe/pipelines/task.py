@@ -114,10 +114,11 @@ class PipelineTask:
         try:
             for processor in self.processors:
                 await processor.start()
-            self.create_task(self._run_queue(), owner=self._source, name="head-queue")
             await self._source.push_frame(
                 StartFrame(call_id=self.call.call_id, sample_rate=self.call.sample_rate)
             )
+            # Only now: frames queued early (a greeting) must not overtake the start frame.
+            self.create_task(self._run_queue(), owner=self._source, name="head-queue")
         except Exception as exc:
             self.fail(exc)
         try:
