@@ -38,12 +38,11 @@ _AUDIO = (InputAudioFrame, OutputAudioFrame)
 class ConversationTracker(FrameProcessor):
     """Moves the call through its states and keeps the session store up to date."""
 
-    __slots__ = ("_greeting", "_greeting_left", "_greeting_text", "_history_mark", "_store")
+    __slots__ = ("_greeting_left", "_greeting_text", "_history_mark", "_store")
 
     def __init__(self, store: SessionStore, *, greeting: str | None) -> None:
         super().__init__(name="conversation")
         self._store = store
-        self._greeting = bool(greeting)
         # Words of the greeting whose audio text-to-speech has not finished producing: the
         # greeting lasts until they all have been played, even across pauses between sentences.
         self._greeting_text = " ".join(greeting.split()) if greeting else ""
@@ -64,7 +63,7 @@ class ConversationTracker(FrameProcessor):
         """The state this frame leads to from the current one, if any."""
         state = state_of(self.call)
         if isinstance(frame, StartFrame):
-            return CallState.GREETING if self._greeting else CallState.LISTENING
+            return CallState.GREETING if self._greeting_text else CallState.LISTENING
         if isinstance(frame, TTSStoppedFrame):
             if state is CallState.GREETING:
                 self._greeting_left -= len(frame.text.split())
