@@ -25,8 +25,8 @@ AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PROVIDERS: dict[str, dict[str, Any]] = {
     "whisper (tiny.en, int8, 1 thread)": {"provider": "whisper"},
-    "pocketsphinx (en-us, final pass)": {"provider": "pocketsphinx"},
-    "pocketsphinx (en-us, streaming only)": {"provider": "pocketsphinx", "final_pass": False},
+    "pocketsphinx (en-us, streaming)": {"provider": "pocketsphinx"},
+    "pocketsphinx (en-us, final_pass)": {"provider": "pocketsphinx", "final_pass": True},
 }
 
 
@@ -68,18 +68,27 @@ def machine() -> str:
     )
 
 
-def decode(engine: LocalSTTProcessor, audio: bytes, rate: int) -> str:
-    """Decode one utterance the way a call does: begin, stream 100 ms chunks, finish."""
+def decode(engine: LocalSTTProcessor, audio: bytes, rate: int) -> tuple[str, float]:
+    """Decode one utterance the way a call does: begin, stream 100 ms chunks, finish.
+
+    Returns the transcript and the seconds ``finish`` took: what the caller waits for after
+    the VAD's stop event, before the bot can answer.
+    """
     engine.begin(rate)
     if engine.streaming:
         step = rate * 2 // 10
         for i in range(0, len(audio), step):
             engine.accept(audio[i : i + step], rate)
-    return engine.finish(audio, rate)
+    started = time.perf_counter()
+    text = engine.finish(audio, rate)
+    return text, time.perf_counter() - started
 
 
-async def run(name: str, settings: dict[str, Any], rate: int) -> tuple[int, int, float, float]:
-    """Errors, reference words, decoding seconds and audio seconds over every recording."""
+async def run(
+    name: str, settings: dict[str, Any], rate: int
+) -> tuple[int, int, float, float, float]:
+    """Errors, reference words, decoding seconds, audio seconds and the seconds spent at the
+    stops over every recording."""
     import json
 
     bot = Bot.from_yaml(
@@ -91,19 +100,21 @@ async def run(name: str, settings: dict[str, Any], rate: int) -> tuple[int, int,
     assert isinstance(engine, LocalSTTProcessor)
     suffix = "8k" if rate == 8000 else "16k"
     errors = words = 0
-    busy = duration = 0.0
+    busy = duration = at_stop = 0.0
     for text_file in sorted(AUDIO.glob("caller_*.txt")):
         with wave.open(str(text_file.with_name(f"{text_file.stem}_{suffix}.wav"))) as wav:
             audio = wav.readframes(wav.getnframes())
         reference = normalise(text_file.read_text())
         started = time.perf_counter()
-        hypothesis = normalise(decode(engine, audio, rate))
+        text, final_s = decode(engine, audio, rate)
         busy += time.perf_counter() - started
+        at_stop += final_s
+        hypothesis = normalise(text)
         duration += len(audio) / 2 / rate
         errors += edit_distance(reference, hypothesis)
         words += len(reference)
         print(f"  {suffix:>3} {text_file.stem:<20} {' '.join(hypothesis)}")
-    return errors, words, busy, duration
+    return errors, words, busy, duration, at_stop
 
 
 async def main() -> None:
@@ -113,12 +124,13 @@ async def main() -> None:
     for name, settings in PROVIDERS.items():
         print(name)
         for rate in (8000, 16000):
-            errors, words, busy, duration = await run(name, settings, rate)
-            rows.append((name, rate, errors / words, busy / duration))
+            errors, words, busy, duration, at_stop = await run(name, settings, rate)
+            count = len(list(AUDIO.glob("caller_*.txt")))
+            rows.append((name, rate, errors / words, busy / duration, at_stop / count * 1000))
     print()
-    print(f"{'provider':<36} {'rate':>6} {'WER':>6} {'RTF':>6}")
-    for name, rate, wer, rtf in rows:
-        print(f"{name:<36} {rate:>6} {wer:>6.1%} {rtf:>6.3f}")
+    print(f"{'provider':<36} {'rate':>6} {'WER':>6} {'RTF':>6} {'stop->final ms':>15}")
+    for name, rate, wer, rtf, stop_ms in rows:
+        print(f"{name:<36} {rate:>6} {wer:>6.1%} {rtf:>6.3f} {stop_ms:>15.0f}")
 
 
 if __name__ == "__main__":

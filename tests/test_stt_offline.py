@@ -277,6 +277,14 @@ async def test_pocketsphinx_streams_partial_transcripts_before_the_caller_stops(
     assert order[-1] is TranscriptionFrame and order.count(TranscriptionFrame) == 1
 
 
+async def test_pocketsphinx_final_pass_recognises_free_speech_on_phone_audio(
+    start_call: StartCall,
+) -> None:
+    second_pass = await start_call(8000, {"provider": "pocketsphinx", "final_pass": True})
+    await second_pass.speak(caller("goodbye", 8000))
+    assert "thank you goodbye" in await second_pass.out.transcript()
+
+
 MENU = """#JSGF V1.0;
 grammar menu;
 public <answer> = [please] ( yes | no | transfer me to an operator | check my order ) [please];
@@ -335,7 +343,7 @@ async def test_whisper_model_can_be_a_local_directory(start_call: StartCall) -> 
 async def test_pocketsphinx_result_does_not_depend_on_the_call_that_used_the_decoder_before(
     start_call: StartCall,
 ) -> None:
-    settings = {"provider": "pocketsphinx", "final_pass": False}
+    settings = {"provider": "pocketsphinx"}
     fresh = Bot.from_yaml(bot_yaml(8000, settings))
     alone = await start_call(8000, {}, bot=fresh)
     await alone.speak(caller("operator", 8000))

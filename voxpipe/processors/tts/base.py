@@ -69,14 +69,15 @@ def speakable(text: str) -> bool:
 
 
 def resample_pcm16(audio: bytes, from_rate: int, to_rate: int) -> bytes:
-    """PCM16 mono ``audio`` at ``to_rate`` (soxr, high quality)."""
+    """PCM16 mono ``audio`` at ``to_rate`` (soxr, high quality, reproducible: no dither)."""
     if from_rate == to_rate or not audio:
         return audio
     import numpy as np
     import soxr
 
-    samples = np.frombuffer(audio, dtype=np.int16)
-    return bytes(soxr.resample(samples, from_rate, to_rate).astype(np.int16).tobytes())
+    samples = np.frombuffer(audio, dtype=np.int16).astype(np.float32) / 32768.0
+    out = soxr.resample(samples, from_rate, to_rate) * 32768.0
+    return bytes(np.clip(np.rint(out), -32768, 32767).astype(np.int16).tobytes())
 
 
 def cut_frames(audio: bytes, sample_rate: int, frame_ms: int = FRAME_MS) -> list[bytes]:
