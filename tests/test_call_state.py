@@ -22,6 +22,8 @@ from voxpipe.frames import (
     StartFrame,
     TransferFrame,
     TTSStoppedFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
 )
 from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
@@ -185,6 +187,34 @@ async def test_an_interrupted_turn_goes_back_to_listening() -> None:
     task.cancel("caller hung up")
     await asyncio.wait_for(runner, 5)
     assert state_of(task.call) is S.ENDED
+
+
+class Latencies(events.Observer):
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def turn_latency(self, call: Call, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+async def test_turn_latency_runs_from_the_end_of_caller_speech_to_the_bots_first_audio() -> None:
+    latencies = Latencies()
+    events.subscribe(latencies)
+    try:
+        task, _store, runner = await run_tracker(greeting=None)
+        await task.push_frame(BotStartedSpeakingFrame(), UPSTREAM)
+        assert latencies.seconds == [], "bot audio with no caller turn before it is no turn"
+        await task.push_frame(UserStartedSpeakingFrame())
+        await task.push_frame(UserStoppedSpeakingFrame())
+        await asyncio.sleep(0.05)
+        await task.push_frame(BotStartedSpeakingFrame(), UPSTREAM)
+        await task.push_frame(BotStartedSpeakingFrame(), UPSTREAM)
+        task.end()
+        await asyncio.wait_for(runner, 5)
+    finally:
+        events.unsubscribe(latencies)
+    assert len(latencies.seconds) == 1, "one turn, one figure"
+    assert latencies.seconds[0] >= 0.04
 
 
 async def test_a_failed_call_keeps_its_record() -> None:

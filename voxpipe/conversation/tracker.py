@@ -8,8 +8,10 @@ or the dialogue history changes, and removes it when the call ends normally.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
+from voxpipe import events
 from voxpipe.conversation.state import CallState, move, state_of
 from voxpipe.frames import (
     BotStartedSpeakingFrame,
@@ -24,6 +26,8 @@ from voxpipe.frames import (
     TranscriptionFrame,
     TransferFrame,
     TTSStoppedFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
 )
 from voxpipe.pipelines.processor import FrameProcessor
 
@@ -38,7 +42,7 @@ _AUDIO = (InputAudioFrame, OutputAudioFrame)
 class ConversationTracker(FrameProcessor):
     """Moves the call through its states and keeps the session store up to date."""
 
-    __slots__ = ("_greeting_left", "_greeting_text", "_history_mark", "_store")
+    __slots__ = ("_greeting_left", "_greeting_text", "_history_mark", "_store", "_turn_ended_at")
 
     def __init__(self, store: SessionStore, *, greeting: str | None) -> None:
         super().__init__(name="conversation")
@@ -48,16 +52,29 @@ class ConversationTracker(FrameProcessor):
         self._greeting_text = " ".join(greeting.split()) if greeting else ""
         self._greeting_left = len(self._greeting_text.split())
         self._history_mark: tuple[int, int] = (0, 0)
+        # When the caller last stopped speaking, until the bot's next audio: the turn latency.
+        self._turn_ended_at: float | None = None
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if type(frame) in _AUDIO:
             await self.push_frame(frame, direction)
             return
+        self._measure_turn(frame)
         target = self._next_state(frame)
         changed = target is not None and move(self.call, target)
         if self._history_changed() or changed:
             self._store.save(self.call)
         await self.push_frame(frame, direction)
+
+    def _measure_turn(self, frame: Frame) -> None:
+        """Report the time from the end of the caller's speech to the bot's first audio."""
+        if isinstance(frame, UserStoppedSpeakingFrame):
+            self._turn_ended_at = time.monotonic()
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            self._turn_ended_at = None
+        elif isinstance(frame, BotStartedSpeakingFrame) and self._turn_ended_at is not None:
+            events.emit.turn_latency(self.call, time.monotonic() - self._turn_ended_at)
+            self._turn_ended_at = None
 
     def _next_state(self, frame: Frame) -> CallState | None:
         """The state this frame leads to from the current one, if any."""
