@@ -223,6 +223,18 @@ async def test_upstream_frames_reach_the_first_processor() -> None:
     assert await runner == "cancel: "
 
 
+async def test_a_non_fatal_error_also_travels_down_to_the_processors_after_its_source() -> None:
+    stt, llm = Recorder("stt"), Recorder("llm")
+    task, runner = await started([stt, llm])
+    await stt.push_error("speech-to-text unavailable")
+    await until(lambda: any(isinstance(f, ErrorFrame) for f in llm.down))
+    error = next(f for f in llm.down if isinstance(f, ErrorFrame))
+    assert (error.source, error.fatal) == ("stt", False)
+    assert not task.done
+    task.cancel()
+    await runner
+
+
 async def test_a_hangup_pushed_upstream_comes_back_down_and_ends_the_call() -> None:
     head, tail = Recorder("head"), Recorder("tail")
     _, runner = await started([head, tail])

@@ -207,6 +207,17 @@ async def test_a_speech_provider_error_can_end_the_call() -> None:
         ]
 
 
+async def test_an_error_from_speech_to_text_before_the_llm_gets_the_filler() -> None:
+    async with await converse(DESK) as c:
+        await c.replies(1)
+        llm = c.task.processors[0]
+        # Speech-to-text sits before the LLM: its error goes up to the head, never past the LLM,
+        # and comes back down the chain to it.
+        await llm.push_frame(ErrorFrame("recognition failed", source="stt.google"), UPSTREAM)
+        said = await c.replies(2)
+        assert said[1:] == ["Sorry, I'm having a technical problem."]
+
+
 async def test_fatal_errors_and_own_errors_are_not_answered() -> None:
     async with await converse(DESK) as c:
         await c.replies(1)

@@ -271,6 +271,9 @@ class PipelineTask:
                     )
             else:
                 self.call.log.warning("error from %s: %s", frame.source, frame.error)
+                # Send it down the chain too: the processors after the one that failed (the
+                # LLM, after speech-to-text) are the ones that can tell the caller and recover.
+                self.queue_frame(frame)
         elif isinstance(frame, HangupFrame):
             self.queue_frame(HangupFrame(reason=frame.reason))
         elif isinstance(frame, EndFrame):
