@@ -285,6 +285,37 @@ async def test_pocketsphinx_final_pass_recognises_free_speech_on_phone_audio(
     assert "thank you goodbye" in await second_pass.out.transcript()
 
 
+async def test_pocketsphinx_callers_beyond_the_decoder_limit_wait_their_turn(
+    start_call: StartCall,
+) -> None:
+    bot = Bot.from_yaml(bot_yaml(16000, {"provider": "pocketsphinx", "decoders": 1}))
+    first = await start_call(16000, {}, bot=bot)
+    second = await start_call(16000, {}, bot=bot)
+    await asyncio.gather(
+        first.speak(caller("operator", 16000)), second.speak(caller("order_status", 16000))
+    )
+    assert "operator" in await first.out.transcript()
+    assert "order" in await second.out.transcript()
+    (pool,) = [value for key, value in bot.shared.items() if key.startswith("pocketsphinx:")]
+    assert pool.idle == 1
+
+
+async def test_pocketsphinx_call_ending_mid_utterance_frees_its_decoder(
+    start_call: StartCall,
+) -> None:
+    bot = Bot.from_yaml(bot_yaml(8000, {"provider": "pocketsphinx", "decoders": 1}))
+    gone = await start_call(8000, {}, bot=bot)
+    await gone.task.push_frame(UserStartedSpeakingFrame())
+    audio = caller("goodbye", 8000)
+    for i in range(0, 8000, 320):
+        await gone.task.push_frame(InputAudioFrame(audio[i : i + 320], 8000))
+    await asyncio.sleep(0.3)
+    gone.task.cancel("caller hung up mid-sentence")
+    next_call = await start_call(8000, {}, bot=bot)
+    await next_call.speak(caller("operator", 8000))
+    assert "operator" in await next_call.out.transcript()
+
+
 MENU = """#JSGF V1.0;
 grammar menu;
 public <answer> = [please] ( yes | no | transfer me to an operator | check my order ) [please];

@@ -263,6 +263,7 @@ class LocalSTTProcessor(STTProcessor):
             kind, audio = events_.popleft()
             rate = self.sample_rate
             if kind == "start":
+                await self.open_utterance()
                 if self.streaming:
                     self.begin_request()
                 await loop.run_in_executor(self._executor, self.begin, rate)
@@ -277,13 +278,22 @@ class LocalSTTProcessor(STTProcessor):
             else:
                 if not self.streaming:
                     self.begin_request()
-                text = await loop.run_in_executor(self._executor, self.finish, audio, rate)
+                try:
+                    text = await loop.run_in_executor(self._executor, self.finish, audio, rate)
+                finally:
+                    await self.close_utterance()
                 await self.push_final(text)
 
     async def _accept(self, loop: asyncio.AbstractEventLoop, audio: bytes, rate: int) -> None:
         partial = await loop.run_in_executor(self._executor, self.accept, audio, rate)
         if partial:
             await self.push_interim(partial)
+
+    async def open_utterance(self) -> None:
+        """On the event loop, before ``begin``: wait for what the utterance needs (a decoder)."""
+
+    async def close_utterance(self) -> None:
+        """On the event loop, after ``finish``: give back what ``open_utterance`` took."""
 
     # --- engine hooks (run in the executor thread, one at a time per call) -------------------
 

@@ -13,7 +13,7 @@ does not allow anyway).
 from __future__ import annotations
 
 import asyncio
-import threading
+import concurrent.futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -24,8 +24,6 @@ from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings, sha
 from voxpipe.processors.tts.base import resample_pcm16
 
 if TYPE_CHECKING:
-    import concurrent.futures
-
     from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
@@ -40,22 +38,25 @@ PHONE_BAND_CMN = "44.81,32.02,-29.14,25.26,-22.19,2.97,10.06,-27.31,12.58,-5.19,
 
 
 class DecoderPool:
-    """Pocketsphinx decoders for one configuration, lent to one utterance at a time.
+    """At most ``limit`` pocketsphinx decoders for one configuration, lent one per utterance.
 
-    A decoder holds per-utterance state and takes a few hundred milliseconds to build, so calls
-    borrow one for the length of an utterance; the pool grows to the number of utterances being
-    decoded at once.
+    A decoder holds per-utterance search state, takes a few hundred milliseconds to build and
+    about 90 MB with the packaged language model, so calls borrow one for the length of an
+    utterance. When all are lent, the next utterance waits for one (its audio is kept and
+    decoded when it gets one): memory stays bounded however many callers speak at once.
     """
 
-    def __init__(self, options: dict[str, Any], grammar: str | None, keywords: str | None) -> None:
+    def __init__(
+        self, options: dict[str, Any], grammar: str | None, keywords: str | None, limit: int
+    ) -> None:
         self._options = options
         self._grammar = grammar
         self._keywords = keywords
         self._free: list[Any] = []
-        self._lock = threading.Lock()
+        self._slots = asyncio.Semaphore(limit)
 
     def build(self) -> Any:
-        """A new decoder with this pool's model and search."""
+        """A new decoder with this pool's model and search (blocking)."""
         from pocketsphinx import Decoder
 
         decoder = Decoder(**self._options)
@@ -67,17 +68,31 @@ class DecoderPool:
             decoder.activate_search(SEARCH)
         return decoder
 
-    def acquire(self) -> Any:
-        """A free decoder, or a new one."""
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return self.build()
+    @property
+    def idle(self) -> int:
+        """How many built decoders wait for an utterance."""
+        return len(self._free)
 
-    def release(self, decoder: Any) -> None:
-        """Give a decoder back once its utterance has ended."""
-        with self._lock:
+    def keep(self, decoder: Any) -> None:
+        """Add an idle decoder built outside the pool (at prepare time)."""
+        self._free.append(decoder)
+
+    async def acquire(self, executor: concurrent.futures.Executor) -> Any:
+        """A free decoder, a new one built in ``executor``, or the next one given back."""
+        await self._slots.acquire()
+        if self._free:
+            return self._free.pop()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, self.build)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def release(self, decoder: Any | None) -> None:
+        """Give a decoder back after its utterance (``None``: it was lost mid-utterance)."""
+        if decoder is not None:
             self._free.append(decoder)
+        self._slots.release()
 
 
 class PocketsphinxSettings(LocalSTTSettings):
@@ -106,6 +121,13 @@ class PocketsphinxSettings(LocalSTTSettings):
     )
     chunk_ms: int = Field(
         100, ge=20, le=1000, description="Audio fed to the decoder per step while streaming."
+    )
+    decoders: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Most utterances decoded at once across the bot's calls (one decoder each, "
+        "about 90 MB with the packaged language model); more wait for a free decoder.",
     )
     final_pass: bool = Field(
         False,
@@ -173,9 +195,9 @@ class PocketsphinxSettings(LocalSTTSettings):
                 if not path.exists():
                     raise ProviderError(f"pocketsphinx: {name} {path} not found")
                 options[name] = str(path)
-        pool = DecoderPool(options, self._grammar_text(), self._keyword_file())
+        pool = DecoderPool(options, self._grammar_text(), self._keyword_file(), self.decoders)
         try:
-            pool.release(pool.build())
+            pool.keep(pool.build())
         except Exception as exc:
             raise ProviderError(f"pocketsphinx: cannot load the model or search: {exc}") from exc
         return pool
@@ -234,9 +256,22 @@ class PocketsphinxSTT(LocalSTTProcessor):
         self._resampler: Any = None
         self._last = ""
 
+    async def open_utterance(self) -> None:
+        self._decoder = await self._pool.acquire(self._executor)
+
+    async def close_utterance(self) -> None:
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            self._pool.release(decoder)
+
+    async def stop(self) -> None:
+        # The call ended mid-utterance: a decode may still run on the decoder, so it is not
+        # given back for reuse, only its place in the pool.
+        if self._decoder is not None:
+            self._decoder = None
+            self._pool.release(None)
+
     def begin(self, sample_rate: int) -> None:
-        if self._decoder is None:
-            self._decoder = self._pool.acquire()
         self._resampler = None
         if sample_rate != MODEL_RATE:
             import soxr
@@ -312,7 +347,4 @@ class PocketsphinxSTT(LocalSTTProcessor):
             decoder.process_raw(utterance, False, True)
             decoder.end_utt()
         self._cmn = decoder.get_cmn()
-        text = self._hypothesis()
-        self._decoder = None
-        self._pool.release(decoder)
-        return text
+        return self._hypothesis()
