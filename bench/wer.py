@@ -69,7 +69,7 @@ def machine() -> str:
 
 
 def decode(engine: LocalSTTProcessor, audio: bytes, rate: int) -> tuple[str, float]:
-    """Decode one utterance the way a call does: begin, stream 100 ms chunks, finish.
+    """Decode one opened utterance the way a call does: begin, stream 100 ms chunks, finish.
 
     Returns the transcript and the seconds ``finish`` took: what the caller waits for after
     the VAD's stop event, before the bot can answer.
@@ -106,7 +106,9 @@ async def run(
             audio = wav.readframes(wav.getnframes())
         reference = normalise(text_file.read_text())
         started = time.perf_counter()
+        await engine.open_utterance()
         text, final_s = decode(engine, audio, rate)
+        await engine.close_utterance()
         busy += time.perf_counter() - started
         at_stop += final_s
         hypothesis = normalise(text)
