@@ -316,6 +316,14 @@ async def test_pocketsphinx_call_ending_mid_utterance_frees_its_decoder(
     assert "operator" in await next_call.out.transcript()
 
 
+async def test_speech_longer_than_max_utterance_is_cut_into_pieces(start_call: StartCall) -> None:
+    call = await start_call(16000, {"provider": "pocketsphinx", "max_utterance_s": 1.0})
+    await call.speak(caller("order_status", 16000))
+    await call.out.wait_for(lambda: len(call.out.of(TranscriptionFrame)) >= 3)
+    text = " ".join(frame.text for frame in call.out.of(TranscriptionFrame))
+    assert "order" in text
+
+
 MENU = """#JSGF V1.0;
 grammar menu;
 public <answer> = [please] ( yes | no | transfer me to an operator | check my order ) [please];

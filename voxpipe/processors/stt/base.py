@@ -77,6 +77,13 @@ class LocalSTTSettings(STTProviderSettings):
         le=16,
         description="Threads that decode for all calls of the bot (the bounded executor).",
     )
+    max_utterance_s: float = Field(
+        30.0,
+        gt=0,
+        le=300,
+        description="Longest stretch decoded as one utterance; longer speech (or a VAD that "
+        "never hears the caller stop, on a noisy line) is cut into pieces of this length.",
+    )
 
 
 class STTProcessor(FrameProcessor):
@@ -182,7 +189,7 @@ class STTProcessor(FrameProcessor):
         self._report_ttfb()
         text = text.strip()
         if text:
-            self.call.log.info("caller said: %s", text)
+            self.call.log.debug("caller said: %s", text)
             await self.push_frame(TranscriptionFrame(text=text, language=self.language))
 
 
@@ -201,6 +208,7 @@ class LocalSTTProcessor(STTProcessor):
         "_chunk_ms",
         "_events",
         "_executor",
+        "_max_utterance_s",
         "_pending",
         "_utterance",
         "_wakeup",
@@ -215,10 +223,12 @@ class LocalSTTProcessor(STTProcessor):
         sample_rate: int,
         executor: concurrent.futures.Executor,
         chunk_ms: int = 100,
+        max_utterance_s: float = 30.0,
     ) -> None:
         super().__init__(language=language, preroll_ms=preroll_ms, sample_rate=sample_rate)
         self._executor = executor
         self._chunk_ms = chunk_ms
+        self._max_utterance_s = max_utterance_s
         self._pending = bytearray()
         self._events: collections.deque[tuple[str, bytes]] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -240,6 +250,9 @@ class LocalSTTProcessor(STTProcessor):
             if len(self._pending) >= self.sample_rate * 2 * self._chunk_ms // 1000:
                 self._post("audio", bytes(self._pending))
                 self._pending = bytearray()
+        if len(self._utterance) >= self.sample_rate * 2 * self._max_utterance_s:
+            await self.on_speech_stopped()
+            await self.on_speech_started(b"")
 
     async def on_speech_stopped(self) -> None:
         if self._pending:

@@ -146,7 +146,9 @@ class PocketsphinxSettings(LocalSTTSettings):
 
     @property
     def _key(self) -> str:
-        return f"pocketsphinx:{self.model_dump_json(exclude={'preroll_ms', 'chunk_ms'})}"
+        """Steps with the same model and search share one decoder pool."""
+        per_call = {"language", "preroll_ms", "chunk_ms", "final_pass", "max_utterance_s"}
+        return f"pocketsphinx:{self.model_dump_json(exclude=per_call)}"
 
     def _grammar_text(self) -> str | None:
         if self.grammar is None:
@@ -243,6 +245,7 @@ class PocketsphinxSTT(LocalSTTProcessor):
             preroll_ms=settings.preroll_ms,
             sample_rate=sample_rate,
             executor=executor,
+            max_utterance_s=settings.max_utterance_s,
             chunk_ms=settings.chunk_ms,
         )
         self._final_pass = settings.final_pass

@@ -128,6 +128,7 @@ class WhisperSTT(LocalSTTProcessor):
             preroll_ms=settings.preroll_ms,
             sample_rate=sample_rate,
             executor=executor,
+            max_utterance_s=settings.max_utterance_s,
         )
         self._model = model
         self._options: dict[str, Any] = {
