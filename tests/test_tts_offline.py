@@ -12,6 +12,8 @@ import pytest
 from voxpipe import events
 from voxpipe.frames import (
     DOWNSTREAM,
+    UPSTREAM,
+    BotStoppedSpeakingFrame,
     Direction,
     EndFrame,
     Frame,
@@ -93,11 +95,13 @@ StartCall = Callable[..., Awaitable[RunningCall]]
 async def start_call() -> AsyncIterator[StartCall]:
     runners: list[tuple[PipelineTask, asyncio.Task[str]]] = []
 
-    async def start(rate: int, *steps: tuple[str, dict[str, Any]]) -> RunningCall:
+    async def start(
+        rate: int, *steps: tuple[str, dict[str, Any]], head: FrameProcessor | None = None
+    ) -> RunningCall:
         bot = Bot.from_yaml(bot_yaml(rate, *steps))
         await bot.prepare()
         out = Recorder()
-        task = bot.create_task(bot.new_call(), tail=[out])
+        task = bot.create_task(bot.new_call(), head=[head] if head else None, tail=[out])
         runners.append((task, asyncio.create_task(task.run())))
         await out.wait_for(lambda: bool(out.frames))
         return RunningCall(task, out)
@@ -265,6 +269,29 @@ async def test_tts_passes_other_frames_on_in_order(start_call: StartCall) -> Non
     await call.out.wait_for(lambda: len(call.out.of(TranscriptionFrame)) == 2)
     texts = [f.text for f in call.out.frames if isinstance(f, TranscriptionFrame | TTSStoppedFrame)]
     assert texts == ["hello", "Hi.", "bye"]
+
+
+class UpstreamRecorder(FrameProcessor):
+    """Keeps the upstream frames that reach the head of the chain."""
+
+    def __init__(self) -> None:
+        super().__init__(name="upstream")
+        self.frames: list[Frame] = []
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if direction is UPSTREAM:
+            self.frames.append(frame)
+        await self.push_frame(frame, direction)
+
+
+async def test_frames_going_upstream_do_not_wait_for_synthesis(start_call: StartCall) -> None:
+    head = UpstreamRecorder()
+    call = await start_call(8000, ("tts", {"provider": "tone", "delay_ms": 2000}), head=head)
+    await call.send(TTSSpeakFrame("A slow sentence."))
+    await call.out.wait_for(lambda: bool(call.out.of(TTSStartedFrame)))
+    await call.task.push_frame(BotStoppedSpeakingFrame(), UPSTREAM)
+    assert head.frames == [BotStoppedSpeakingFrame()]
+    assert call.out.of(TTSStoppedFrame) == []
 
 
 # --- espeak-ng ---------------------------------------------------------------------------------

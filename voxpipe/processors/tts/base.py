@@ -20,7 +20,7 @@ from pydantic import Field
 
 from voxpipe import events
 from voxpipe.frames import (
-    DOWNSTREAM,
+    UPSTREAM,
     Direction,
     EndFrame,
     Frame,
@@ -116,15 +116,21 @@ class TTSProcessor(QueuedProcessor):
         self.sample_rate = sample_rate
         self._text = ""
 
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        # Frames going upstream (the transport's bot started/stopped speaking, errors) never
+        # wait behind the sentences queued for synthesis.
+        if direction is UPSTREAM:
+            await self.push_frame(frame, direction)
+        else:
+            await super().process_frame(frame, direction)
+
     async def handle_system_frame(self, frame: SystemFrame, direction: Direction) -> None:
         if isinstance(frame, StartFrame):
             self.sample_rate = frame.sample_rate
         await self.push_frame(frame, direction)
 
     async def handle_frame(self, frame: Frame, direction: Direction) -> None:
-        if direction is not DOWNSTREAM:
-            await self.push_frame(frame, direction)
-        elif isinstance(frame, LLMTextFrame):
+        if isinstance(frame, LLMTextFrame):
             sentences, self._text = split_sentences(self._text + frame.text)
             for sentence in sentences:
                 await self.say(sentence)
