@@ -35,6 +35,7 @@ from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors.tts import offline_say
 from voxpipe.processors.tts.base import TTSProcessor, split_sentences
+from voxpipe.processors.tts.piper import PiperTTS
 
 
 def bot_yaml(rate: int, *steps: tuple[str, dict[str, Any]]) -> str:
@@ -175,6 +176,31 @@ async def test_piper_voice_can_be_a_local_path_and_speak_slower(
         await call.out.wait_for(lambda call=call: bool(call.out.spoken()))
         lengths.append(len(call.out.of(OutputAudioFrame)))
     assert lengths[1] > lengths[0] * 1.3
+
+
+async def test_sentences_already_spoken_by_the_bot_play_from_its_phrase_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bot = Bot.from_yaml(bot_yaml(8000, ("tts", {"provider": "piper"})))
+    await bot.prepare()
+    heard: list[list[bytes]] = []
+    for attempt in range(2):
+        out = Recorder()
+        task = bot.create_task(bot.new_call(), tail=[out])
+        runner = asyncio.create_task(task.run())
+        await out.wait_for(lambda out=out: bool(out.frames))
+        if attempt == 1:
+
+            def broken(self: PiperTTS, text: str) -> tuple[bytes, int]:
+                raise AssertionError(f"synthesised {text!r} again")
+
+            monkeypatch.setattr(PiperTTS, "synthesize_blocking", broken)
+        await task.push_frame(TTSSpeakFrame("Are you still there?"))
+        await out.wait_for(lambda out=out: bool(out.of(TTSStoppedFrame)))
+        heard.append([frame.audio for frame in out.of(OutputAudioFrame)])
+        task.cancel("test over")
+        await runner
+    assert heard[0] == heard[1]
 
 
 async def test_piper_with_a_missing_voice_fails_to_prepare() -> None:

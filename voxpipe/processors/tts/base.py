@@ -12,6 +12,7 @@ waiting to be spoken. Providers implement ``synthesize``; local engines derive f
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import time
 from typing import TYPE_CHECKING, ClassVar
@@ -40,6 +41,8 @@ from voxpipe.pipelines.settings import ProcessorSettings
 
 if TYPE_CHECKING:
     import concurrent.futures
+
+    from voxpipe.pipelines.bot import Bot
 
 FRAME_MS = 20
 
@@ -89,11 +92,61 @@ def cut_frames(audio: bytes, sample_rate: int, frame_ms: int = FRAME_MS) -> list
     return frames
 
 
+class PhraseCache:
+    """The bot's most recently spoken sentences, kept synthesised (least recently used goes).
+
+    Greetings, prompts and fillers recur in every call: from the cache they play at once and
+    cost no synthesis. Only sentences up to ``MAX_CHARS`` long are kept.
+    """
+
+    MAX_CHARS = 200
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: collections.OrderedDict[str, tuple[bytes, int]] = collections.OrderedDict()
+
+    def get(self, text: str) -> tuple[bytes, int] | None:
+        """The audio and rate of ``text``, if kept."""
+        found = self._entries.get(text)
+        if found is not None:
+            self._entries.move_to_end(text)
+        return found
+
+    def put(self, text: str, audio: bytes, rate: int) -> None:
+        """Keep the audio of ``text``."""
+        if self.size <= 0 or len(text) > self.MAX_CHARS:
+            return
+        self._entries[text] = (audio, rate)
+        self._entries.move_to_end(text)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
 class TTSProviderSettings(ProcessorSettings):
     """Settings every text-to-speech provider has."""
 
 
-class LocalTTSSettings(TTSProviderSettings):
+class CachedTTSSettings(TTSProviderSettings):
+    """Settings of a provider whose synthesised sentences are worth keeping."""
+
+    cache_phrases: int = Field(
+        64,
+        ge=0,
+        le=10000,
+        description="Sentences kept synthesised per bot, so that greetings, prompts and "
+        "fillers play at once (0: none).",
+    )
+
+    def phrase_cache(self, bot: Bot) -> PhraseCache:
+        """The bot's phrase cache for this provider and voice (one per distinct settings)."""
+        key = f"tts-cache:{self.model_dump_json()}"
+        cache = bot.shared.get(key)
+        if not isinstance(cache, PhraseCache):
+            cache = bot.shared[key] = PhraseCache(self.cache_phrases)
+        return cache
+
+
+class LocalTTSSettings(CachedTTSSettings):
     """Settings of a text-to-speech engine that runs on this machine."""
 
     workers: int = Field(
@@ -109,12 +162,13 @@ class TTSProcessor(QueuedProcessor):
 
     provider: ClassVar[str] = ""
 
-    __slots__ = ("_text", "sample_rate")
+    __slots__ = ("_cache", "_text", "sample_rate")
 
-    def __init__(self, *, sample_rate: int) -> None:
+    def __init__(self, *, sample_rate: int, cache: PhraseCache | None = None) -> None:
         super().__init__(name=f"tts.{self.provider}")
         self.sample_rate = sample_rate
         self._text = ""
+        self._cache = cache
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         # Frames going upstream (the transport's bot started/stopped speaking, errors) never
@@ -159,7 +213,13 @@ class TTSProcessor(QueuedProcessor):
             return
         await self.push_frame(TTSStartedFrame(text=text))
         started = time.perf_counter()
-        audio, rate = await self.synthesize(text)
+        cached = self._cache.get(text) if self._cache is not None else None
+        if cached is None:
+            audio, rate = await self.synthesize(text)
+            if self._cache is not None:
+                self._cache.put(text, audio, rate)
+        else:
+            audio, rate = cached
         events.emit.provider_ttfb(self.call, "tts", self.provider, time.perf_counter() - started)
         frames = cut_frames(resample_pcm16(audio, rate, self.sample_rate), self.sample_rate)
         utterance = Utterance(text, frames_total=len(frames))
@@ -178,8 +238,14 @@ class LocalTTSProcessor(TTSProcessor):
 
     __slots__ = ("_executor",)
 
-    def __init__(self, *, sample_rate: int, executor: concurrent.futures.Executor) -> None:
-        super().__init__(sample_rate=sample_rate)
+    def __init__(
+        self,
+        *,
+        sample_rate: int,
+        executor: concurrent.futures.Executor,
+        cache: PhraseCache | None = None,
+    ) -> None:
+        super().__init__(sample_rate=sample_rate, cache=cache)
         self._executor = executor
 
     async def synthesize(self, text: str) -> tuple[bytes, int]:

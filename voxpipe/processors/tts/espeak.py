@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.tts.base import TTSProcessor, TTSProviderSettings
+from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.bot import Bot
@@ -61,7 +61,7 @@ async def run_espeak(binary: str, args: list[str], text: str) -> tuple[bytes, in
     return parse_wav(out)
 
 
-class EspeakSettings(TTSProviderSettings):
+class EspeakSettings(CachedTTSSettings):
     """Offline text-to-speech with the espeak-ng binary (when installed)."""
 
     provider: Literal["espeak"] = Field(description="Text-to-speech engine.")
@@ -87,7 +87,10 @@ class EspeakSettings(TTSProviderSettings):
 
     def create(self, call: Call, bot: Bot) -> FrameProcessor:
         return EspeakTTS(
-            bot.shared[f"espeak:{self.binary}"], self._args(), sample_rate=call.sample_rate
+            bot.shared[f"espeak:{self.binary}"],
+            self._args(),
+            sample_rate=call.sample_rate,
+            cache=self.phrase_cache(bot),
         )
 
 
@@ -98,8 +101,10 @@ class EspeakTTS(TTSProcessor):
 
     __slots__ = ("_args", "_binary")
 
-    def __init__(self, binary: str, args: list[str], *, sample_rate: int) -> None:
-        super().__init__(sample_rate=sample_rate)
+    def __init__(
+        self, binary: str, args: list[str], *, sample_rate: int, cache: PhraseCache | None = None
+    ) -> None:
+        super().__init__(sample_rate=sample_rate, cache=cache)
         self._binary = binary
         self._args = args
 

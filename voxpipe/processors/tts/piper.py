@@ -18,7 +18,12 @@ from pydantic import Field
 
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.stt.base import shared_executor
-from voxpipe.processors.tts.base import LocalTTSProcessor, LocalTTSSettings, resample_pcm16
+from voxpipe.processors.tts.base import (
+    LocalTTSProcessor,
+    LocalTTSSettings,
+    PhraseCache,
+    resample_pcm16,
+)
 
 if TYPE_CHECKING:
     import concurrent.futures
@@ -126,6 +131,7 @@ class PiperSettings(LocalTTSSettings):
             options,
             sample_rate=call.sample_rate,
             executor=shared_executor(bot, "tts", self.workers),
+            cache=self.phrase_cache(bot),
         )
 
 
@@ -143,8 +149,9 @@ class PiperTTS(LocalTTSProcessor):
         *,
         sample_rate: int,
         executor: concurrent.futures.Executor,
+        cache: PhraseCache | None = None,
     ) -> None:
-        super().__init__(sample_rate=sample_rate, executor=executor)
+        super().__init__(sample_rate=sample_rate, executor=executor, cache=cache)
         self._voice = voice
         self._options = options
 
