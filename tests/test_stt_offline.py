@@ -341,6 +341,23 @@ async def test_pocketsphinx_grammar_makes_menu_answers_reliable_on_phone_audio(
     assert await call.out.transcript(2) == "please transfer me to an operator"
 
 
+DIGITS = """#JSGF V1.0;
+grammar digits;
+<digit> = zero | oh | one | two | three | four | five | six | seven | eight | nine;
+<letter> = a | b | c | d | e;
+public <order> = [my order number is] [<letter>] <digit>+;
+"""
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+async def test_pocketsphinx_digit_grammar_reads_an_order_number(
+    start_call: StartCall, rate: int
+) -> None:
+    call = await start_call(rate, {"provider": "pocketsphinx", "grammar": DIGITS})
+    await call.speak(caller("order_number", rate))
+    assert (await call.out.transcript()).endswith("one two three four five")
+
+
 async def test_pocketsphinx_grammar_can_come_from_a_file(
     start_call: StartCall, tmp_path: Path
 ) -> None:
