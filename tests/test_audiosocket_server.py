@@ -414,3 +414,31 @@ async def test_resampled_speech_plays_whole_and_is_reported_spoken() -> None:
     assert utterance.finished
     spoken = [f.text for f, d in SEEN[result.call_id] if isinstance(f, BotSpokeFrame)]
     assert spoken == [utterance.text]
+
+
+async def test_a_caller_that_stops_reading_is_hung_up(
+    monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+) -> None:
+    from voxpipe.transports.audiosocket import transport
+
+    monkeypatch.setattr(transport, "MAX_SEND_BACKLOG", 16 * 1024)
+    bot = probe_bot("  - probe: {speak_s: 20.0}", ", output_rate: 48000")
+    async with running_bot(bot) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        call_id = uuid.uuid4()
+        sock.send(encode(Kind.UUID, call_id.bytes))
+        for _ in range(100):
+            if str(call_id) in server.calls:
+                break
+            await asyncio.sleep(0.01)
+        server_side = server.calls[str(call_id)].connection.writer.get_extra_info("socket")
+        server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # no kernel slack
+        for _ in range(100):
+            if str(call_id) in recorder.ended:
+                break
+            await asyncio.sleep(0.05)
+        sock.close()
+    assert recorder.ended[str(call_id)] == "cancel: peer stopped reading"

@@ -81,7 +81,9 @@ class Connection:
             self.closed = True
             return False
         if transport.get_write_buffer_size() > MAX_SEND_BACKLOG:
-            self.close("peer stopped reading")
+            self.closed_by = self.closed_by or "peer stopped reading"
+            self.closed = True
+            transport.abort()  # a graceful close would wait for the peer to read it all
             return False
         transport.write(data)
         self.messages_sent += 1
@@ -138,10 +140,12 @@ class AudioSocketInput(FrameProcessor):
                 else:
                     call.log.debug("ignoring a repeated UUID message")
         except (EOFError, ConnectionError):
-            if not conn.closed_by:
-                task.cancel("caller hung up")
+            if conn.closed_by != "bot":  # the bot's own hang-up ends the call by itself
+                task.cancel(conn.closed_by or "caller hung up")
         except ProtocolError as exc:
             if conn.closed_by:
+                if conn.closed_by != "bot":
+                    task.cancel(conn.closed_by)
                 return
             call.log.warning("protocol error, ending the call: %s", exc)
             events.emit.error(call, "protocol")
