@@ -37,6 +37,8 @@ log = logging.getLogger("voxpipe.audiosocket")
 # After ``max_call_s`` the bot hangs up politely (queued audio plays out); this long after
 # that, the call is cut.
 HANGUP_GRACE_S = 10.0
+# How long a closed connection may take to deliver its last bytes before it is cut.
+CLOSE_GRACE_S = 5.0
 
 CallHook = Callable[["Call"], Awaitable[None]]
 
@@ -160,6 +162,8 @@ class AudioSocketServer:
             if handler is not None:
                 self._handlers.discard(handler)
             writer.close()
+            # A peer that never reads would keep a gracefully closing socket open forever.
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, writer.transport.abort)
 
     async def _read_uuid(self, reader: asyncio.StreamReader) -> str:
         settings = self.settings
