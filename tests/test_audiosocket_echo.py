@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import threading
 import wave
 from pathlib import Path
 
@@ -87,3 +89,34 @@ async def test_the_caller_notes_a_silent_bot_and_gives_up_at_its_time_limit(
     assert quiet.hung_up_by == "caller" and not quiet.bot_segments
     assert stuck.hung_up_by == "timeout"
     assert 0.4 < stuck.timeline[-1].t < 1.5
+
+
+def test_run_pipeline_call_connects_to_a_bot_already_serving(
+    echo_yaml: Path, audio_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    serving = running_bot(echo_yaml)
+    server = asyncio.run_coroutine_threadsafe(serving.__aenter__(), loop).result(30)
+    try:
+        args = argparse.Namespace(
+            bot=str(echo_yaml),
+            say=None,
+            wav=str(audio_dir / "caller_yes_8k.wav"),
+            rate=8000,
+            dtmf=None,
+            record=None,
+            connect=f"127.0.0.1:{server.port}",
+            json=False,
+        )
+        assert run_call_command(args) == 0
+    finally:
+        asyncio.run_coroutine_threadsafe(serving.__aexit__(None, None, None), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    printed = capsys.readouterr().out
+    assert 'caller  speaks 0.64 s: "Yes."' in printed
+    assert "bot     speaks" in printed
+    assert printed.rstrip().splitlines()[-1].startswith("hung up by: caller")
