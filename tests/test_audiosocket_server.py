@@ -442,3 +442,13 @@ async def test_a_caller_that_stops_reading_is_hung_up(
             await asyncio.sleep(0.05)
         sock.close()
     assert recorder.ended[str(call_id)] == "cancel: peer stopped reading"
+
+
+async def test_a_configured_output_rate_overrides_the_callers() -> None:
+    bot = probe_bot("  - echo: {}", ", output_rate: 16000")
+    async with running_bot(bot) as server:
+        result = await place_call(
+            "127.0.0.1", server.port, [Say(tone(0.6, 8000)), Silence(0.3)], rate=8000
+        )
+    assert {kind for _, kind, _ in result.messages} == {Kind.AUDIO_16K}
+    assert result.bot_segments
