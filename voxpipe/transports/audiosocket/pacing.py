@@ -49,6 +49,9 @@ class Ticker:
     def unsubscribe(self, paced: Paced) -> None:
         """Stop calling ``paced.tick``; the clock stops when nobody is left."""
         self._subscribers.pop(paced, None)
+        if not self._subscribers and self._task is not None:
+            self._task.cancel()
+            self._task = None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
