@@ -1,11 +1,13 @@
 """How many real-time calls one bot process carries: N simulated callers against an echo bot.
 
     .venv/bin/python bench/calls.py [--calls 50 200 500] [--seconds 15] [--bot configs/echo.yaml]
+                                    [--rate 8000] [--phases 20]
 
 For each N the bot runs in its own process (``--serve``, one AudioSocket server as ``serve``
 runs it). A light load generator in this process connects N callers, each streaming a recorded
-utterance in a loop at real time (one 20 ms message per call per slot) and counting what comes
-back. Over a measuring window it reports the bot process's CPU (% of one core) and RSS, and the
+utterance in a loop at real time (one 20 ms message per call per slot, callers spread over the
+slot like independently timed Asterisk channels; ``--phases 1`` sends them all at once) and
+counting what comes back. Over a measuring window it reports the bot process's CPU (% of one core) and RSS, and the
 lateness of its outbound messages: for every message sent, how long after its 20 ms slot it left.
 """
 
@@ -105,16 +107,24 @@ def _frames(rate: int) -> list[bytes]:
     ]
 
 
-async def _send(calls: list[LoadCall], frames: list[bytes], stop: asyncio.Event) -> None:
-    """Every 20 ms, one message to every connected caller (each at its own place in the loop)."""
+async def _send(
+    calls: list[LoadCall], frames: list[bytes], phases: int, stop: asyncio.Event
+) -> None:
+    """One message every 20 ms to every connected caller (each at its own place in the loop).
+
+    Asterisk times each channel on its own, so callers' frames do not all arrive at the same
+    instant: the callers are spread over ``phases`` evenly spaced offsets within the 20 ms
+    (20: one millisecond apart, like independent channels; 1: all at once, the worst case).
+    """
     loop = asyncio.get_running_loop()
     slot, n = loop.time(), 0
     while not stop.is_set():
-        for index, call in enumerate(calls):
+        for index in range(n % phases, len(calls), phases):
+            call = calls[index]
             if call.transport is not None and not call.lost:
-                call.transport.write(frames[(n + 7 * index) % len(frames)])
+                call.transport.write(frames[(n // phases + 7 * index) % len(frames)])
         n += 1
-        slot += FRAME_S
+        slot += FRAME_S / phases
         await asyncio.sleep(max(0.0, slot - loop.time()))
 
 
@@ -130,7 +140,9 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def run(n_calls: int, seconds: float, bot: str, rate: int = 8000) -> dict[str, float]:
+async def run(
+    n_calls: int, seconds: float, bot: str, rate: int = 8000, phases: int = 20
+) -> dict[str, float]:
     """One measurement with ``n_calls`` concurrent callers."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "late.npz")
@@ -143,7 +155,7 @@ async def run(n_calls: int, seconds: float, bot: str, rate: int = 8000) -> dict[
         loop = asyncio.get_running_loop()
         calls: list[LoadCall] = []
         stop = asyncio.Event()
-        sender = asyncio.create_task(_send(calls, _frames(rate), stop))
+        sender = asyncio.create_task(_send(calls, _frames(rate), phases, stop))
         for _ in range(n_calls):  # connect at about 250 calls/s, as a busy PBX might
             _, call = await loop.create_connection(LoadCall, "127.0.0.1", port)
             calls.append(call)
@@ -198,7 +210,8 @@ def _machine() -> str:
 async def main(args: argparse.Namespace) -> None:
     print(f"machine: {_machine()}")
     print(
-        f"bot: {args.bot}; callers at {args.rate} Hz streaming {AUDIO.name} in a loop; "
+        f"bot: {args.bot}; callers at {args.rate} Hz streaming {AUDIO.name} in a loop, "
+        f"their frames spread over {args.phases} offset(s) in each 20 ms; "
         f"measured over {args.seconds:g} s after a 2 s settle"
     )
     print(
@@ -206,7 +219,7 @@ async def main(args: argparse.Namespace) -> None:
         f"{'late p50':>9} {'p99':>7} {'max':>7} {'delivered':>10}"
     )
     for n in args.calls:
-        r = await run(n, args.seconds, args.bot, args.rate)
+        r = await run(n, args.seconds, args.bot, args.rate, args.phases)
         print(
             f"{r['calls']:>6} {r['alive']:>6} {r['cpu_pct']:>7.1f} {r['rss_mb']:>7.1f} "
             f"{r['kb_per_call']:>8.1f} {r['p50_ms']:>7.2f}ms {r['p99_ms']:>5.2f}ms "
@@ -220,6 +233,12 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, nargs="+", default=[50, 200, 500])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--rate", type=int, default=8000, help="callers' audio rate")
+    parser.add_argument(
+        "--phases",
+        type=int,
+        default=20,
+        help="spread the callers' 20 ms frames over this many offsets (1: all at once)",
+    )
     parser.add_argument("--bot", default=str(REPO / "configs" / "echo.yaml"))
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
