@@ -7,8 +7,9 @@ For each N the bot runs in its own process (``--serve``, one AudioSocket server 
 runs it). A light load generator in this process connects N callers, each streaming a recorded
 utterance in a loop at real time (one 20 ms message per call per slot, callers spread over the
 slot like independently timed Asterisk channels; ``--phases 1`` sends them all at once) and
-counting what comes back. Over a measuring window it reports the bot process's CPU (% of one core) and RSS, and the
-lateness of its outbound messages: for every message sent, how long after its 20 ms slot it left.
+counting what comes back. Over a measuring window it reports the bot process's CPU (% of one
+core) and RSS, and the lateness of its outbound messages: for every message sent, how long after
+its 20 ms slot it left.
 """
 
 from __future__ import annotations
