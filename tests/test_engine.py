@@ -384,3 +384,34 @@ async def test_frames_queued_before_the_start_never_overtake_it() -> None:
     assert tail.kinds() == [StartFrame, TextFrame]
     task.cancel()
     await runner
+
+
+async def test_closing_a_bot_flushes_and_closes_its_shared_resources_once() -> None:
+    import concurrent.futures
+
+    closed: list[str] = []
+
+    class AsyncClient:
+        async def __aexit__(self, *exc: object) -> None:
+            closed.append("client")
+
+    class Store:
+        async def close(self) -> None:
+            closed.append("store")
+
+    class Broken:
+        def close(self) -> None:
+            raise RuntimeError("stuck")
+
+    bot = Bot.from_yaml("name: t\npipeline:\n  - echo: {}\n")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    bot.shared.update(
+        {"store": Store(), "pool": pool, "broken": Broken(), "client": AsyncClient(), "name": "x"}
+    )
+    await bot.close()
+    assert closed == ["client", "store"], "newest first, and a failure does not stop the rest"
+    assert bot.shared == {}
+    with pytest.raises(RuntimeError):
+        pool.submit(print)
+    await bot.close()
+    assert closed == ["client", "store"], "closing twice closes nothing twice"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import inspect
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,6 +17,25 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.registry import Registry
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.sessions.store import session_store
+
+log = logging.getLogger("voxpipe.bot")
+
+
+async def _close(resource: Any) -> None:
+    """Close one shared resource by whichever protocol it speaks."""
+    if isinstance(resource, concurrent.futures.Executor):
+        resource.shutdown(wait=False, cancel_futures=True)
+        return
+    if hasattr(resource, "__aexit__"):
+        await resource.__aexit__(None, None, None)
+        return
+    for name in ("aclose", "close"):
+        method = getattr(resource, name, None)
+        if callable(method):
+            result = method()
+            if inspect.isawaitable(result):
+                await result
+            return
 
 
 @dataclass(eq=False)
@@ -66,6 +88,17 @@ class Bot:
             await step.settings.prepare(self)
         await session_store(self).start()
         self.prepared = True
+
+    async def close(self) -> None:
+        """Release what ``prepare`` loaded, newest first: flush the session store, close API
+        clients, stop model thread pools. Each resource is closed once; a failure is logged."""
+        while self.shared:
+            key, resource = self.shared.popitem()
+            try:
+                await _close(resource)
+            except Exception:  # one stubborn resource must not keep the rest open
+                log.warning("bot %s: closing %s failed", self.name, key, exc_info=True)
+        self.prepared = False
 
     def new_call(self, call_id: str | None = None) -> Call:
         """A fresh call context for this bot."""

@@ -115,5 +115,6 @@ async def serve(
             await ari.stop()
         if api is not None:
             await api.stop()
+        await bot.close()
         print("voxpipe: stopped", flush=True)
     return 0
