@@ -11,26 +11,28 @@ fi
 echo "==> installing voxpipe[all,dev]"
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[all,dev]'
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "==> installing redis-server (the tests start their own)"
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
-  else
-    echo "redis-server is required: install it with your package manager" >&2
+
+# The tests start their own redis-server and haproxy and run espeak-ng; install what is missing.
+apt_updated=""
+need() {  # need BINARY DEBIAN-PACKAGE WHY
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "==> installing $2 ($3)"
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "$1 is required ($3): install $2 with your package manager" >&2
     exit 1
   fi
-fi
-if ! command -v espeak-ng >/dev/null 2>&1; then
-  echo "==> installing espeak-ng (the espeak TTS provider's tests run it)"
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq espeak-ng >/dev/null
-  else
-    echo "espeak-ng is required: install it with your package manager" >&2
-    exit 1
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -qq
+    apt_updated=1
   fi
-fi
+  $sudo apt-get install -y -qq "$2" >/dev/null
+}
+need redis-server redis-server "the session store tests start their own"
+need espeak-ng espeak-ng "the espeak text-to-speech provider's tests run it"
+need haproxy haproxy "the scale-out test load-balances two bots"
+
 echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
