@@ -57,12 +57,18 @@ async def _serve(tmp_path: Path, drain_s: float) -> AsyncIterator[Served]:
     )
     assert proc.stdout is not None
     port = 0
+    banner: list[str] = []
     async with asyncio.timeout(30):
         while not port:
             line = (await proc.stdout.readline()).decode()
             assert line, "serve exited before listening"
+            banner.append(line)
             found = re.search(r"listening for AudioSocket on 127\.0\.0\.1:(\d+)", line)
             port = int(found.group(1)) if found else 0
+        banner.append((await proc.stdout.readline()).decode())
+    assert banner[0].startswith("voxpipe: preparing bot 'echo' (1 step)")
+    assert re.match(r"voxpipe: ready in \d+\.\d s", banner[1])
+    assert f"AudioSocket(${{UUID()}},127.0.0.1:{port})" in banner[-1], "a dialplan line that works"
     try:
         yield Served(proc, port)
     finally:

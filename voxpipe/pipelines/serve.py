@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ def _banner(bot: Bot, server: AudioSocketServer) -> str:
             f"voxpipe: bot {bot.name!r} listening for AudioSocket on "
             f"{server.host}:{server.port} (pipeline {settings.sample_rate} Hz, "
             f"up to {settings.max_calls} calls)",
-            f"  Asterisk dialplan: AudioSocket(${{UUID}},{connect_host}:{server.port})",
+            f"  Asterisk dialplan: AudioSocket(${{UUID()}},{connect_host}:{server.port})",
             f"  test call:         run-pipeline call {bot_file} "
             f"--connect {connect_host}:{server.port} --say 'hello'",
             "  stop:              Ctrl-C or SIGTERM (running calls get "
@@ -74,7 +75,11 @@ async def serve(
     ready: Callable[[AudioSocketServer], None] | None = None,
 ) -> int:
     """Serve ``bot`` until SIGTERM/SIGINT; ``host``/``port`` override the bot's ``listen``."""
+    started = time.monotonic()
+    steps = f"{len(bot.steps)} step{'' if len(bot.steps) == 1 else 's'}"
+    print(f"voxpipe: preparing bot {bot.name!r} ({steps})...", flush=True)
     await bot.prepare()
+    print(f"voxpipe: ready in {time.monotonic() - started:.1f} s", flush=True)
     settings = bot.config.transport.audiosocket
     if host is not None or port is not None:
         listen = f"{host if host is not None else settings.host}:"
