@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -28,6 +27,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from _machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 AUDIO = REPO / ".." / "shared" / "audio" / "caller_order_status_8k.wav"
@@ -195,21 +195,8 @@ async def run(
     }
 
 
-def _machine() -> str:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (
-        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
-        f"load average before the run {load}"
-    )
-
-
 async def main(args: argparse.Namespace) -> None:
-    print(f"machine: {_machine()}")
+    print(f"machine: {machine()}")
     print(
         f"bot: {args.bot}; callers at {args.rate} Hz streaming {AUDIO.name} in a loop, "
         f"their frames spread over {args.phases} offset(s) in each 20 ms; "

@@ -15,8 +15,6 @@ Run: ``.venv/bin/python bench/conversation.py`` (about 40 s). Prints each figure
 from __future__ import annotations
 
 import asyncio
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,19 +50,6 @@ GREETING = (
     "Welcome to the ACME order desk, where we track every parcel from the warehouse to your "
     "door, tell you when it ships, when it arrives, and what to do if it is late."
 )
-
-
-def machine() -> str:
-    """nproc, CPU model and Python, for the record."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
 
 
 def demo_steps() -> dict[str, dict[str, Any]]:

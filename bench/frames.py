@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 import tracemalloc
 from pathlib import Path
+
+from _machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,19 +37,6 @@ from voxpipe.pipelines.task import PipelineTask  # noqa: E402
 STAGES = 6
 AUDIO = bytes(640)  # 20 ms, 16 kHz, 16-bit mono
 TARGET_US, TARGET_KB, TARGET_IMPORT_MS = 10.0, 50.0, 150.0
-
-
-def machine() -> str:
-    """nproc, CPU model and Python, for the record."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, {sys.platform}"
 
 
 def chain() -> list[FrameProcessor]:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import platform
 import time
 from collections.abc import Callable
+
+from _machine import machine
 
 from voxpipe import events, logs
 from voxpipe.http import OperationsApi
@@ -47,10 +47,7 @@ def one_call(call: Call) -> None:
 
 
 def main() -> None:
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}"
-    )
+    print(f"machine: {machine()}")
     call = Call(bot="desk")
     bare = per_op_us(lambda: one_call(call), 20000) / 11
     api = OperationsApi(HttpSettings(listen="127.0.0.1:0"), bots=["desk"])

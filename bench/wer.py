@@ -10,13 +10,13 @@ figures with the machine they were measured on.
 from __future__ import annotations
 
 import asyncio
-import os
-import platform
 import re
 import time
 import wave
 from pathlib import Path
 from typing import Any
+
+from _machine import machine
 
 from voxpipe.pipelines.bot import Bot
 from voxpipe.processors.stt.base import LocalSTTProcessor
@@ -51,21 +51,6 @@ def edit_distance(reference: list[str], hypothesis: list[str]) -> int:
             )
         previous = current
     return previous[-1]
-
-
-def machine() -> str:
-    """CPU model, core count, OS and Python version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, " + (
-        f"Python {platform.python_version()}"
-    )
 
 
 def decode(engine: LocalSTTProcessor, audio: bytes, rate: int) -> tuple[str, float]:
