@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound
+from voxpipe.processors.llm.base import (
+    LLMBaseSettings,
+    LLMClient,
+    SDKClient,
+    ToolRound,
+    import_sdk,
+)
 from voxpipe.tools.toolbox import ToolCall, ToolSpec, parse_arguments
 
 if TYPE_CHECKING:
@@ -36,12 +42,7 @@ class AnthropicSettings(LLMBaseSettings):
     base_url: str | None = Field(None, description="API base URL (a proxy, or a test server).")
 
     def make_client(self, bot: Bot) -> LLMClient:
-        try:
-            import anthropic
-        except ImportError as exc:
-            raise ProviderError(
-                "llm anthropic: the anthropic package is missing; pip install 'voxpipe[anthropic]'"
-            ) from exc
+        anthropic = import_sdk("anthropic", "anthropic")
         key = (
             self.api_key.get_secret_value()
             if self.api_key
@@ -88,18 +89,14 @@ def anthropic_messages(
     return messages
 
 
-class AnthropicClient:
+class AnthropicClient(SDKClient[AnthropicSettings]):
     """Streams a Messages API response as text chunks and tool calls."""
 
     provider = "anthropic"
 
-    def __init__(self, settings: AnthropicSettings, sdk: Any) -> None:
-        self.settings = settings
-        self.sdk = sdk
-
-    async def stream(
+    async def request(
         self, history: list[dict[str, Any]], rounds: list[ToolRound], tools: list[ToolSpec]
-    ) -> AsyncIterator[str | ToolCall]:
+    ) -> Any:
         s = self.settings
         options: dict[str, Any] = {}
         if s.system:
@@ -111,26 +108,25 @@ class AnthropicClient:
             ]
         if s.temperature is not None:
             options["extra_body"] = {"temperature": s.temperature}
-        response = await self.sdk.messages.create(
+        return await self.sdk.messages.create(
             model=s.model,
             max_tokens=s.max_tokens,
             messages=anthropic_messages(history, rounds),
             stream=True,
             **options,
         )
+
+    async def read(self, response: Any) -> AsyncIterator[str | ToolCall]:
         tool: dict[str, str] | None = None
-        try:
-            async for event in response:
-                if event.type == "content_block_start" and event.content_block.type == "tool_use":
-                    block = event.content_block
-                    tool = {"id": block.id, "name": block.name, "json": ""}
-                elif event.type == "content_block_delta":
-                    if event.delta.type == "text_delta":
-                        yield event.delta.text
-                    elif event.delta.type == "input_json_delta" and tool is not None:
-                        tool["json"] += event.delta.partial_json
-                elif event.type == "content_block_stop" and tool is not None:
-                    yield ToolCall(tool["id"], tool["name"], parse_arguments(tool["json"]))
-                    tool = None
-        finally:
-            await response.close()
+        async for event in response:
+            if event.type == "content_block_start" and event.content_block.type == "tool_use":
+                block = event.content_block
+                tool = {"id": block.id, "name": block.name, "json": ""}
+            elif event.type == "content_block_delta":
+                if event.delta.type == "text_delta":
+                    yield event.delta.text
+                elif event.delta.type == "input_json_delta" and tool is not None:
+                    tool["json"] += event.delta.partial_json
+            elif event.type == "content_block_stop" and tool is not None:
+                yield ToolCall(tool["id"], tool["name"], parse_arguments(tool["json"]))
+                tool = None

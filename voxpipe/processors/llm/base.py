@@ -1,7 +1,9 @@
 """What every LLM provider shares: turn-taking, the greeting, streaming, tools and failures.
 
 A provider only implements ``LLMClient.stream``: given the dialogue and this reply's tool
-rounds, yield text chunks and complete ``ToolCall``s. ``LLMProcessor`` does the rest:
+rounds, yield text chunks and complete ``ToolCall``s (an ``SDKClient`` over an official SDK
+implements ``request`` and ``read`` instead, and always closes the response). ``LLMProcessor``
+does the rest:
 
 * Turns: final transcripts are collected; a turn ends at the VAD's stop once a final transcript
   arrived. Speech-to-text that decodes at the stop (whisper, pocketsphinx) sends its final
@@ -22,11 +24,12 @@ rounds, yield text chunks and complete ``ToolCall``s. ``LLMProcessor`` does the 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from pydantic import Field
 
@@ -64,6 +67,8 @@ log = logging.getLogger("voxpipe.llm")
 # Errors from other processors closer together than this get one filler, not one each.
 ERROR_QUIET_S = 3.0
 
+SettingsT = TypeVar("SettingsT", bound="LLMBaseSettings")
+
 
 @dataclass(slots=True)
 class ToolRound:
@@ -84,6 +89,46 @@ class LLMClient(Protocol):
     ) -> AsyncIterator[str | ToolCall]:
         """Stream one model response: text chunks, then any complete tool calls."""
         ...
+
+
+def import_sdk(provider: str, package: str) -> Any:
+    """Import a provider's official SDK when a bot first uses it; say which extra installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise ProviderError(
+            f"llm {provider}: the {package} package is missing; pip install 'voxpipe[{package}]'"
+        ) from exc
+
+
+class SDKClient(Generic[SettingsT]):
+    """An ``LLMClient`` over a provider's official SDK client, shared by every call of a bot."""
+
+    provider: str
+
+    def __init__(self, settings: SettingsT, sdk: Any) -> None:
+        self.settings = settings
+        self.sdk = sdk
+
+    async def stream(
+        self, history: list[dict[str, Any]], rounds: list[ToolRound], tools: list[ToolSpec]
+    ) -> AsyncIterator[str | ToolCall]:
+        response = await self.request(history, rounds, tools)
+        try:
+            async for item in self.read(response):
+                yield item
+        finally:
+            await response.close()
+
+    async def request(
+        self, history: list[dict[str, Any]], rounds: list[ToolRound], tools: list[ToolSpec]
+    ) -> Any:
+        """Start one streaming request through the SDK; return its response stream."""
+        raise NotImplementedError
+
+    def read(self, response: Any) -> AsyncIterator[str | ToolCall]:
+        """Turn the SDK's streamed events into text chunks and complete tool calls."""
+        raise NotImplementedError
 
 
 class OnErrorSettings(Settings):

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound
+from voxpipe.processors.llm.base import (
+    LLMBaseSettings,
+    LLMClient,
+    SDKClient,
+    ToolRound,
+    import_sdk,
+)
 from voxpipe.tools.toolbox import ToolCall, ToolSpec, parse_arguments
 
 if TYPE_CHECKING:
@@ -36,13 +42,7 @@ class OpenAICompatibleSettings(LLMBaseSettings):
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
 
     def make_client(self, bot: Bot) -> LLMClient:
-        try:
-            import openai
-        except ImportError as exc:
-            raise ProviderError(
-                "llm openai_compatible: the openai package is missing; "
-                "pip install 'voxpipe[openai]'"
-            ) from exc
+        openai = import_sdk("openai_compatible", "openai")
         key = self.api_key.get_secret_value()
         if not key:
             raise ProviderError("llm openai_compatible: api_key is empty")
@@ -80,18 +80,14 @@ def openai_messages(
     return messages
 
 
-class OpenAICompatibleClient:
+class OpenAICompatibleClient(SDKClient[OpenAICompatibleSettings]):
     """Streams a chat completion as text chunks and tool calls."""
 
     provider = "openai_compatible"
 
-    def __init__(self, settings: OpenAICompatibleSettings, sdk: Any) -> None:
-        self.settings = settings
-        self.sdk = sdk
-
-    async def stream(
+    async def request(
         self, history: list[dict[str, Any]], rounds: list[ToolRound], tools: list[ToolSpec]
-    ) -> AsyncIterator[str | ToolCall]:
+    ) -> Any:
         s = self.settings
         options: dict[str, Any] = {}
         if tools:
@@ -108,29 +104,28 @@ class OpenAICompatibleClient:
             ]
         if s.temperature is not None:
             options["temperature"] = s.temperature
-        response = await self.sdk.chat.completions.create(
+        return await self.sdk.chat.completions.create(
             model=s.model,
             messages=openai_messages(s.system, history, rounds),
             max_tokens=s.max_tokens,
             stream=True,
             **options,
         )
+
+    async def read(self, response: Any) -> AsyncIterator[str | ToolCall]:
         calls: dict[int, dict[str, str]] = {}
-        try:
-            async for chunk in response:
-                if not chunk.choices:
-                    continue
-                delta = chunk.choices[0].delta
-                if delta.content:
-                    yield delta.content
-                for part in delta.tool_calls or ():
-                    slot = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
-                    slot["id"] = part.id or slot["id"]
-                    if part.function is not None:
-                        slot["name"] += part.function.name or ""
-                        slot["arguments"] += part.function.arguments or ""
-        finally:
-            await response.close()
+        async for chunk in response:
+            if not chunk.choices:
+                continue
+            delta = chunk.choices[0].delta
+            if delta.content:
+                yield delta.content
+            for part in delta.tool_calls or ():
+                slot = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                slot["id"] = part.id or slot["id"]
+                if part.function is not None:
+                    slot["name"] += part.function.name or ""
+                    slot["arguments"] += part.function.arguments or ""
         for index in sorted(calls):
             slot = calls[index]
             yield ToolCall(
