@@ -92,6 +92,13 @@ class RunningCall:
 StartCall = Callable[..., Awaitable[RunningCall]]
 
 
+async def synthesis_started(call: RunningCall, left: int) -> None:
+    """Wait until the TTS took its first frame in hand, ``left`` still queued behind it."""
+    async with asyncio.timeout(10):
+        while call.tts.queued > left:  # noqa: ASYNC110 - the queue has no event to await
+            await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def start_call() -> AsyncIterator[StartCall]:
     runners: list[tuple[PipelineTask, asyncio.Task[str]]] = []
@@ -278,7 +285,7 @@ async def test_interrupt_drops_the_text_waiting_to_be_spoken(start_call: StartCa
         TTSSpeakFrame("Second sentence."),
         LLMTextFrame("A third one still being"),
     )
-    await call.out.wait_for(lambda: bool(call.out.of(TTSStartedFrame)))
+    await synthesis_started(call, left=2)
     call.task.interrupt()
     await call.send(LLMTextFrame(" written."), LLMResponseEndFrame())
     await call.out.wait_for(lambda: bool(call.out.of(LLMResponseEndFrame)))
@@ -314,7 +321,7 @@ async def test_frames_going_upstream_do_not_wait_for_synthesis(start_call: Start
     head = UpstreamRecorder()
     call = await start_call(8000, ("tts", {"provider": "tone", "delay_ms": 2000}), head=head)
     await call.send(TTSSpeakFrame("A slow sentence."))
-    await call.out.wait_for(lambda: bool(call.out.of(TTSStartedFrame)))
+    await synthesis_started(call, left=0)
     await call.task.push_frame(BotStoppedSpeakingFrame(), UPSTREAM)
     assert head.frames == [BotStoppedSpeakingFrame()]
     assert call.out.of(TTSStoppedFrame) == []

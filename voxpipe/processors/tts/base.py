@@ -7,12 +7,20 @@ Each sentence becomes ``TTSStartedFrame``, 20 ms ``OutputAudioFrame``s at the pi
 all carry the sentence's ``Utterance``, then ``TTSStoppedFrame``. An interruption drops the text
 waiting to be spoken. Providers implement ``synthesize``; local engines derive from
 ``LocalTTSProcessor`` so that synthesis runs in the bot's bounded executor.
+
+When synthesis of a sentence fails, nothing is announced for it (no started/stopped frames
+without audio) and the rest of that LLM reply is dropped, so the bot's filler follows at once.
+The filler and goodbye of the bot's ``llm.on_error`` are synthesised at ``prepare`` and kept as
+standby clips in the phrase cache: they play even when the provider is down. When the provider
+cannot synthesise them at ``prepare`` (a cloud voice without network), the packaged piper voice
+stands in (``standby_clips``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import re
 import time
 from typing import TYPE_CHECKING, ClassVar
@@ -24,9 +32,11 @@ from voxpipe.frames import (
     UPSTREAM,
     Direction,
     EndFrame,
+    ErrorFrame,
     Frame,
     HangupFrame,
     LLMResponseEndFrame,
+    LLMResponseStartFrame,
     LLMTextFrame,
     OutputAudioFrame,
     StartFrame,
@@ -36,7 +46,7 @@ from voxpipe.frames import (
     TTSStoppedFrame,
     Utterance,
 )
-from voxpipe.pipelines.processor import QueuedProcessor
+from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
 
 if TYPE_CHECKING:
@@ -44,7 +54,11 @@ if TYPE_CHECKING:
 
     from voxpipe.pipelines.bot import Bot
 
+log = logging.getLogger("voxpipe.tts")
+
 FRAME_MS = 20
+# How long ``prepare`` may spend asking the provider for the standby clips.
+STANDBY_TIMEOUT_S = 30.0
 
 # A sentence ends at . ! ? (with closing quotes or brackets) followed by a space, or at a newline.
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+|\n+")
@@ -96,7 +110,10 @@ class PhraseCache:
     """The bot's most recently spoken sentences, kept synthesised (least recently used goes).
 
     Greetings, prompts and fillers recur in every call: from the cache they play at once and
-    cost no synthesis. Only sentences up to ``MAX_CHARS`` long are kept.
+    cost no synthesis. Only sentences up to ``MAX_CHARS`` long are kept. Standby clips (the
+    ``on_error`` lines, made at ``prepare``) are pinned: never evicted, and kept even with a
+    ``size`` of 0. A clip made by a stand-in voice plays only when synthesis fails, and is
+    replaced by the provider's own audio as soon as the provider speaks that sentence.
     """
 
     MAX_CHARS = 200
@@ -104,16 +121,24 @@ class PhraseCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: collections.OrderedDict[str, tuple[bytes, int]] = collections.OrderedDict()
+        self._pinned: dict[str, tuple[bytes, int, bool]] = {}
 
     def get(self, text: str) -> tuple[bytes, int] | None:
-        """The audio and rate of ``text``, if kept."""
+        """The audio and rate of ``text``, if kept in the provider's own voice."""
+        pinned = self._pinned.get(text)
+        if pinned is not None:
+            audio, rate, own_voice = pinned
+            return (audio, rate) if own_voice else None
         found = self._entries.get(text)
         if found is not None:
             self._entries.move_to_end(text)
         return found
 
     def put(self, text: str, audio: bytes, rate: int) -> None:
-        """Keep the audio of ``text``."""
+        """Keep the audio of ``text`` (the provider's own voice)."""
+        if text in self._pinned:
+            self._pinned[text] = (audio, rate, True)
+            return
         if self.size <= 0 or len(text) > self.MAX_CHARS:
             return
         self._entries[text] = (audio, rate)
@@ -121,21 +146,42 @@ class PhraseCache:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
+    def pin(self, text: str, audio: bytes, rate: int, *, own_voice: bool) -> None:
+        """Keep ``text`` as a standby clip for as long as the bot runs."""
+        self._pinned[text] = (audio, rate, own_voice)
+        self._entries.pop(text, None)
+
+    def standby(self, text: str) -> tuple[bytes, int] | None:
+        """The standby clip of ``text`` in any voice: what plays when synthesis fails."""
+        pinned = self._pinned.get(text)
+        return None if pinned is None else pinned[:2]
+
 
 class TTSProviderSettings(ProcessorSettings):
     """Settings every text-to-speech provider has."""
 
 
 class CachedTTSSettings(TTSProviderSettings):
-    """Settings of a provider whose synthesised sentences are worth keeping."""
+    """Settings of a provider whose synthesised sentences are worth keeping.
+
+    ``prepare`` starts the engine (``prepare_engine``, what providers implement), then makes
+    the standby clips of the bot's ``on_error`` lines (``standby_clips``).
+    """
 
     cache_phrases: int = Field(
         64,
         ge=0,
         le=10000,
         description="Sentences kept synthesised per bot, so that greetings, prompts and "
-        "fillers play at once (0: none).",
+        "fillers play at once (0: none; the `on_error` lines are kept regardless).",
     )
+
+    async def prepare(self, bot: Bot) -> None:
+        await self.prepare_engine(bot)
+        await standby_clips(self, bot)
+
+    async def prepare_engine(self, bot: Bot) -> None:
+        """Load the voice or build the client once per bot; raise ``ProviderError``."""
 
     def phrase_cache(self, bot: Bot) -> PhraseCache:
         """The bot's phrase cache for this provider and voice (one per distinct settings)."""
@@ -144,6 +190,109 @@ class CachedTTSSettings(TTSProviderSettings):
         if not isinstance(cache, PhraseCache):
             cache = bot.shared[key] = PhraseCache(self.cache_phrases)
         return cache
+
+
+def standby_lines(bot: Bot) -> list[str]:
+    """The sentences of the bot's ``on_error`` lines (filler, goodbye), as ``say`` speaks them."""
+    from voxpipe.processors.llm.base import LLMBaseSettings
+
+    lines: list[str] = []
+    for step in bot.steps:
+        if isinstance(step.settings, LLMBaseSettings):
+            lines += [step.settings.on_error.say, step.settings.on_error.goodbye]
+    sentences: list[str] = []
+    for line in lines:
+        complete, rest = split_sentences(line)
+        for sentence in [*complete, rest]:
+            text = " ".join(sentence.split())
+            if speakable(text) and text not in sentences:
+                sentences.append(text)
+    return sentences
+
+
+async def standby_clips(settings: CachedTTSSettings, bot: Bot) -> None:
+    """Pin the bot's ``on_error`` sentences in the phrase cache, so they play when the provider
+    fails mid-call: spoken by the provider itself, else by the packaged piper voice; what stays
+    without a clip is logged as an error (the bot still starts: the provider may come back).
+    """
+    cache = settings.phrase_cache(bot)
+    missing = [text for text in standby_lines(bot) if cache.standby(text) is None]
+    if not missing:
+        return
+    provider = getattr(settings, "provider", type(settings).__name__)
+    for text, (audio, rate) in (await _own_voice(settings, bot, missing)).items():
+        cache.pin(text, audio, rate, own_voice=True)
+    missing = [text for text in missing if cache.standby(text) is None]
+    if not missing:
+        return
+    try:
+        from voxpipe.processors.tts.piper import offline_say
+
+        for text in missing:
+            audio = await asyncio.to_thread(offline_say, text, bot.sample_rate)
+            cache.pin(text, audio, bot.sample_rate, own_voice=False)
+    except Exception as exc:  # a missing stand-in must not stop the bot
+        log.error(
+            "bot %s: tts %s could not synthesise %s and no local voice stands in (%s): "
+            "if it fails mid-call, the caller hears nothing for these lines",
+            bot.name,
+            provider,
+            missing,
+            exc,
+        )
+        return
+    log.warning(
+        "bot %s: tts %s could not synthesise %s at start; the packaged piper voice speaks "
+        "them if it fails mid-call",
+        bot.name,
+        provider,
+        missing,
+    )
+
+
+async def _own_voice(
+    settings: CachedTTSSettings, bot: Bot, texts: list[str]
+) -> dict[str, tuple[bytes, int]]:
+    """Speak ``texts`` through a call of the provider with no caller; the first failure (or
+    ``STANDBY_TIMEOUT_S``) ends it, and only the sentences spoken come back."""
+    from voxpipe.pipelines.task import PipelineTask
+
+    call = bot.new_call("tts-standby-clips")
+    recorder = _ClipRecorder()
+    task = PipelineTask([settings.create(call, bot), recorder], call)
+    for text in texts:
+        task.queue_frame(TTSSpeakFrame(text))
+    task.end("standby clips made")
+    try:
+        async with asyncio.timeout(STANDBY_TIMEOUT_S):
+            await task.run()
+    except TimeoutError:
+        log.warning("bot %s: standby clips took over %.0f s", bot.name, STANDBY_TIMEOUT_S)
+    return recorder.clips
+
+
+class _ClipRecorder(FrameProcessor):
+    """The tail of the standby-clip call: keeps each sentence's audio, and ends the call at
+    the provider's first error (it is down: asking it for the next line would only wait)."""
+
+    __slots__ = ("_audio", "_rate", "clips")
+
+    def __init__(self) -> None:
+        super().__init__(name="standby-clips")
+        self.clips: dict[str, tuple[bytes, int]] = {}
+        self._audio = bytearray()
+        self._rate = 0
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, OutputAudioFrame):
+            self._audio += frame.audio
+            self._rate = frame.sample_rate
+        elif isinstance(frame, TTSStoppedFrame):
+            self.clips[frame.text] = (bytes(self._audio), self._rate)
+            self._audio.clear()
+        elif isinstance(frame, ErrorFrame):
+            self.task.cancel(f"tts failed: {frame.error}")
+        await self.push_frame(frame, direction)
 
 
 class LocalTTSSettings(CachedTTSSettings):
@@ -162,13 +311,14 @@ class TTSProcessor(QueuedProcessor):
 
     provider: ClassVar[str] = ""
 
-    __slots__ = ("_cache", "_text", "sample_rate")
+    __slots__ = ("_cache", "_reply_lost", "_text", "sample_rate")
 
     def __init__(self, *, sample_rate: int, cache: PhraseCache | None = None) -> None:
         super().__init__(name=f"tts.{self.provider}")
         self.sample_rate = sample_rate
         self._text = ""
         self._cache = cache
+        self._reply_lost = False
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         # Frames going upstream (the transport's bot started/stopped speaking, errors) never
@@ -187,7 +337,7 @@ class TTSProcessor(QueuedProcessor):
         if isinstance(frame, LLMTextFrame):
             sentences, self._text = split_sentences(self._text + frame.text)
             for sentence in sentences:
-                await self.say(sentence)
+                await self._say_reply(sentence)
         elif isinstance(frame, TTSSpeakFrame):
             sentences, rest = split_sentences(frame.text)
             for sentence in [*sentences, rest]:
@@ -195,38 +345,76 @@ class TTSProcessor(QueuedProcessor):
         else:
             if isinstance(frame, LLMResponseEndFrame | EndFrame | HangupFrame):
                 await self.flush()
+            if isinstance(frame, LLMResponseStartFrame | LLMResponseEndFrame):
+                self._reply_lost = False
             await self.push_frame(frame, direction)
 
     async def flush(self) -> None:
         """Speak the LLM text held back waiting for the end of its sentence."""
         rest, self._text = self._text, ""
-        await self.say(rest)
+        await self._say_reply(rest)
+
+    async def _say_reply(self, text: str) -> None:
+        """Speak a sentence of an LLM reply; once one is lost, drop the rest of the reply (the
+        LLM answers the error with its filler, which should follow at once, not after a reply
+        with holes in it)."""
+        if not self._reply_lost:
+            self._reply_lost = not await self.say(text)
 
     def interrupt(self) -> None:
         self._text = ""
+        self._reply_lost = False
         super().interrupt()
 
-    async def say(self, text: str) -> None:
-        """Synthesise one sentence and push it as framed audio between started/stopped frames."""
+    async def say(self, text: str) -> bool:
+        """Speak one sentence as framed audio between started/stopped frames.
+
+        Returns False when the sentence could not be spoken: synthesis failed (an error went
+        upstream) and no standby clip holds it. Nothing is announced for it then.
+        """
         text = " ".join(text.split())
         if not speakable(text):
-            return
-        await self.push_frame(TTSStartedFrame(text=text))
-        started = time.perf_counter()
-        cached = self._cache.get(text) if self._cache is not None else None
-        if cached is None:
-            audio, rate = await self.synthesize(text)
-            if self._cache is not None:
-                self._cache.put(text, audio, rate)
-        else:
-            audio, rate = cached
-        events.emit.provider_ttfb(self.call, "tts", self.provider, time.perf_counter() - started)
+            return True
+        spoken = await self._audio_of(text)
+        if spoken is None:
+            return False
+        audio, rate = spoken
         frames = cut_frames(resample_pcm16(audio, rate, self.sample_rate), self.sample_rate)
         utterance = Utterance(text, frames_total=len(frames))
         self.call.data.setdefault("utterances", []).append(utterance)  # the LLM's history reads it
+        await self.push_frame(TTSStartedFrame(text=text))
         for chunk in frames:
             await self.push_frame(OutputAudioFrame(chunk, self.sample_rate, utterance=utterance))
         await self.push_frame(TTSStoppedFrame(text=text))
+        return True
+
+    async def _audio_of(self, text: str) -> tuple[bytes, int] | None:
+        """The audio of ``text``: kept in the cache, synthesised, or (synthesis failing) its
+        standby clip; None when there is none."""
+        cache = self._cache
+        kept = cache.get(text) if cache is not None else None
+        if kept is not None:
+            events.emit.provider_ttfb(self.call, "tts", self.provider, 0.0)
+            return kept
+        started = time.perf_counter()
+        try:
+            audio, rate = await self.synthesize(text)
+        except Exception as exc:  # a failed sentence is reported, not fatal
+            self.call.log.warning("%s failed on %r: %r", self.name, text, exc)
+            events.emit.error(self.call, "provider")
+            await self.push_error(f"{self.name} failed: {type(exc).__name__}: {exc}")
+            audio, rate = b"", self.sample_rate
+        if audio:
+            events.emit.provider_ttfb(
+                self.call, "tts", self.provider, time.perf_counter() - started
+            )
+            if cache is not None:
+                cache.put(text, audio, rate)
+            return audio, rate
+        standby = cache.standby(text) if cache is not None else None
+        if standby is not None:
+            self.call.log.info("%s: playing the standby clip of %r", self.name, text)
+        return standby
 
     async def synthesize(self, text: str) -> tuple[bytes, int]:
         """Speak ``text``: PCM16 mono audio and its sample rate (any rate; it is resampled)."""

@@ -73,7 +73,7 @@ class EspeakSettings(CachedTTSSettings):
     def _args(self) -> list[str]:
         return ["-v", self.voice, "-s", str(self.rate_wpm), "-p", str(self.pitch)]
 
-    async def prepare(self, bot: Bot) -> None:
+    async def prepare_engine(self, bot: Bot) -> None:
         binary = shutil.which(self.binary)
         if binary is None:
             raise ProviderError(

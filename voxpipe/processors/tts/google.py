@@ -16,7 +16,7 @@ from pydantic import Field
 from voxpipe import events
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.stt.google import GoogleConnection, describe, is_provider_failure
-from voxpipe.processors.tts.base import TTSProcessor, TTSProviderSettings
+from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.bot import Bot
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from voxpipe.pipelines.processor import FrameProcessor
 
 
-class GoogleTTSSettings(TTSProviderSettings, GoogleConnection):
+class GoogleTTSSettings(CachedTTSSettings, GoogleConnection):
     """Google Cloud Text-to-Speech: natural voices, synthesised sentence by sentence."""
 
     provider: Literal["google"] = Field(description="Text-to-speech engine.")
@@ -49,7 +49,7 @@ class GoogleTTSSettings(TTSProviderSettings, GoogleConnection):
         """The voice's language: ``language``, or the first two parts of the voice name."""
         return self.language or "-".join(self.voice.split("-")[:2])
 
-    async def prepare(self, bot: Bot) -> None:
+    async def prepare_engine(self, bot: Bot) -> None:
         key = self.client_key("tts")
         if key in bot.shared:
             return
@@ -70,7 +70,12 @@ class GoogleTTSSettings(TTSProviderSettings, GoogleConnection):
         )
 
     def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        return GoogleTTS(bot.shared[self.client_key("tts")], self, sample_rate=call.sample_rate)
+        return GoogleTTS(
+            bot.shared[self.client_key("tts")],
+            self,
+            sample_rate=call.sample_rate,
+            cache=self.phrase_cache(bot),
+        )
 
 
 def strip_wav_header(audio: bytes) -> tuple[bytes, int | None]:
@@ -101,8 +106,15 @@ class GoogleTTS(TTSProcessor):
 
     __slots__ = ("_client", "_settings")
 
-    def __init__(self, client: Any, settings: GoogleTTSSettings, *, sample_rate: int) -> None:
-        super().__init__(sample_rate=sample_rate)
+    def __init__(
+        self,
+        client: Any,
+        settings: GoogleTTSSettings,
+        *,
+        sample_rate: int,
+        cache: PhraseCache | None = None,
+    ) -> None:
+        super().__init__(sample_rate=sample_rate, cache=cache)
         self._client = client
         self._settings = settings
 

@@ -114,7 +114,7 @@ class PiperSettings(LocalTTSSettings):
     )
     volume: float = Field(1.0, gt=0, le=4, description="Loudness multiplier.")
 
-    async def prepare(self, bot: Bot) -> None:
+    async def prepare_engine(self, bot: Bot) -> None:
         key = f"piper:{self.voice}"
         if key not in bot.shared:
             bot.shared[key] = await asyncio.to_thread(load_voice, self.voice)
