@@ -35,7 +35,10 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from voxpipe.pipelines.bot import Bot
+    from voxpipe.pipelines.call import Call
 
 
 def shared_executor(bot: Bot, kind: str, workers: int) -> concurrent.futures.ThreadPoolExecutor:
@@ -53,6 +56,16 @@ def shared_executor(bot: Bot, kind: str, workers: int) -> concurrent.futures.Thr
         bot.shared[key] = executor
     assert isinstance(executor, concurrent.futures.ThreadPoolExecutor)
     return executor
+
+
+async def prepare_local(
+    bot: Bot, kind: str, workers: int, key: str, load: Callable[[], object]
+) -> None:
+    """Load what every call of the bot shares (a model, a voice) once, in a thread, under
+    ``bot.shared[key]``, and start the bot's bounded executor for ``kind`` (stt, tts)."""
+    if key not in bot.shared:
+        bot.shared[key] = await asyncio.to_thread(load)
+    shared_executor(bot, kind, workers)
 
 
 class STTProviderSettings(ProcessorSettings):
@@ -84,6 +97,28 @@ class LocalSTTSettings(STTProviderSettings):
         description="Longest stretch decoded as one utterance; longer speech (or a VAD that "
         "never hears the caller stop, on a noisy line) is cut into pieces of this length.",
     )
+
+    @property
+    def shared_key(self) -> str:
+        """The ``bot.shared`` key of the loaded engine; steps with the same key share it."""
+        raise NotImplementedError
+
+    def load(self) -> Any:
+        """Load the engine every call of the bot shares (blocking: runs in a thread)."""
+        raise NotImplementedError
+
+    def engine(
+        self, loaded: Any, sample_rate: int, executor: concurrent.futures.Executor
+    ) -> LocalSTTProcessor:
+        """One call's processor over the loaded engine."""
+        raise NotImplementedError
+
+    async def prepare(self, bot: Bot) -> None:
+        await prepare_local(bot, "stt", self.workers, self.shared_key, self.load)
+
+    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+        executor = shared_executor(bot, "stt", self.workers)
+        return self.engine(bot.shared[self.shared_key], call.sample_rate, executor)
 
 
 class STTProcessor(FrameProcessor):
@@ -217,18 +252,18 @@ class LocalSTTProcessor(STTProcessor):
 
     def __init__(
         self,
+        settings: LocalSTTSettings,
         *,
-        language: str,
-        preroll_ms: int,
         sample_rate: int,
         executor: concurrent.futures.Executor,
         chunk_ms: int = 100,
-        max_utterance_s: float = 30.0,
     ) -> None:
-        super().__init__(language=language, preroll_ms=preroll_ms, sample_rate=sample_rate)
+        super().__init__(
+            language=settings.language, preroll_ms=settings.preroll_ms, sample_rate=sample_rate
+        )
         self._executor = executor
         self._chunk_ms = chunk_ms
-        self._max_utterance_s = max_utterance_s
+        self._max_utterance_s = settings.max_utterance_s
         self._pending = bytearray()
         self._events: collections.deque[tuple[str, bytes]] = collections.deque()
         self._wakeup = asyncio.Event()

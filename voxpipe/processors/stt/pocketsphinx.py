@@ -15,18 +15,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings, shared_executor
+from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 from voxpipe.processors.tts.base import resample_pcm16
-
-if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
-    from voxpipe.pipelines.call import Call
-    from voxpipe.pipelines.processor import FrameProcessor
 
 MODEL_RATE = 16000
 SEARCH = "voxpipe"
@@ -145,7 +140,7 @@ class PocketsphinxSettings(LocalSTTSettings):
         return self
 
     @property
-    def _key(self) -> str:
+    def shared_key(self) -> str:
         """Steps with the same model and search share one decoder pool."""
         per_call = {"language", "preroll_ms", "chunk_ms", "final_pass", "max_utterance_s"}
         return f"pocketsphinx:{self.model_dump_json(exclude=per_call)}"
@@ -174,12 +169,7 @@ class PocketsphinxSettings(LocalSTTSettings):
             handle.write(lines)
         return handle.name
 
-    async def prepare(self, bot: Bot) -> None:
-        if self._key not in bot.shared:
-            bot.shared[self._key] = await asyncio.to_thread(self._load)
-        shared_executor(bot, "stt", self.workers)
-
-    def _load(self) -> DecoderPool:
+    def load(self) -> DecoderPool:
         try:
             import pocketsphinx  # noqa: F401
         except ImportError as exc:
@@ -204,13 +194,10 @@ class PocketsphinxSettings(LocalSTTSettings):
             raise ProviderError(f"pocketsphinx: cannot load the model or search: {exc}") from exc
         return pool
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        return PocketsphinxSTT(
-            bot.shared[self._key],
-            self,
-            sample_rate=call.sample_rate,
-            executor=shared_executor(bot, "stt", self.workers),
-        )
+    def engine(
+        self, loaded: Any, sample_rate: int, executor: concurrent.futures.Executor
+    ) -> LocalSTTProcessor:
+        return PocketsphinxSTT(loaded, self, sample_rate=sample_rate, executor=executor)
 
 
 class PocketsphinxSTT(LocalSTTProcessor):
@@ -241,12 +228,7 @@ class PocketsphinxSTT(LocalSTTProcessor):
         executor: concurrent.futures.Executor,
     ) -> None:
         super().__init__(
-            language=settings.language,
-            preroll_ms=settings.preroll_ms,
-            sample_rate=sample_rate,
-            executor=executor,
-            max_utterance_s=settings.max_utterance_s,
-            chunk_ms=settings.chunk_ms,
+            settings, sample_rate=sample_rate, executor=executor, chunk_ms=settings.chunk_ms
         )
         self._final_pass = settings.final_pass
         self._block = MODEL_RATE * 2 * settings.chunk_ms // 1000

