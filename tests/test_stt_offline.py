@@ -9,13 +9,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
+from helpers import AUDIO, TTFB, RunningCalls
 
 from voxpipe import events
 from voxpipe.frames import (
-    DOWNSTREAM,
-    Direction,
-    Frame,
     InputAudioFrame,
     InterimTranscriptionFrame,
     TranscriptionFrame,
@@ -23,11 +22,8 @@ from voxpipe.frames import (
     UserStoppedSpeakingFrame,
 )
 from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask
-
-AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
 
 
 def caller(name: str, rate: int) -> bytes:
@@ -45,28 +41,8 @@ def bot_yaml(rate: int, settings: dict[str, Any]) -> str:
     )
 
 
-class Recorder(FrameProcessor):
-    """Keeps the downstream frames that reach the end of the chain."""
-
-    def __init__(self) -> None:
-        super().__init__(name="recorder")
-        self.frames: list[Frame] = []
-        self.arrived = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if direction is DOWNSTREAM:
-            self.frames.append(frame)
-            self.arrived.set()
-        await self.push_frame(frame, direction)
-
-    def of(self, kind: type[Frame]) -> list[Any]:
-        return [frame for frame in self.frames if isinstance(frame, kind)]
-
-    async def wait_for(self, predicate: Callable[[], bool], limit_s: float = 30.0) -> None:
-        async with asyncio.timeout(limit_s):
-            while not predicate():
-                self.arrived.clear()
-                await self.arrived.wait()
+class Recorder(helpers.Recorder):
+    """The downstream frames behind the STT step, and the transcripts among them."""
 
     async def transcript(self, count: int = 1) -> str:
         """The ``count``-th final transcript, once it arrives."""
@@ -101,7 +77,6 @@ StartCall = Callable[..., Awaitable[RunningCall]]
 
 @pytest.fixture
 async def start_call() -> AsyncIterator[StartCall]:
-    runners: list[tuple[PipelineTask, asyncio.Task[str]]] = []
     bots: dict[str, Bot] = {}
 
     async def start(rate: int, settings: dict[str, Any], bot: Bot | None = None) -> RunningCall:
@@ -109,25 +84,11 @@ async def start_call() -> AsyncIterator[StartCall]:
             text = bot_yaml(rate, settings)
             bot = bots.get(text) or Bot.from_yaml(text)
             bots[text] = bot
-        await bot.prepare()
         out = Recorder()
-        task = bot.create_task(bot.new_call(), tail=[out])
-        runners.append((task, asyncio.create_task(task.run())))
-        await out.wait_for(lambda: bool(out.frames))
-        return RunningCall(task, out, rate)
+        return RunningCall(await calls.start(bot, out), out, rate)
 
-    yield start
-    for task, runner in runners:
-        task.cancel("test over")
-        await runner
-
-
-class TTFB(events.Observer):
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str, float]] = []
-
-    def provider_ttfb(self, call: Any, kind: str, provider: str, seconds: float) -> None:
-        self.seen.append((kind, provider, seconds))
+    async with RunningCalls() as calls:
+        yield start
 
 
 @pytest.fixture

@@ -7,14 +7,14 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import helpers
 import pytest
+from helpers import TTFB, RunningCalls
 
 from voxpipe import events
 from voxpipe.frames import (
-    DOWNSTREAM,
     UPSTREAM,
     BotStoppedSpeakingFrame,
-    Direction,
     EndFrame,
     Frame,
     InputAudioFrame,
@@ -46,28 +46,8 @@ def bot_yaml(rate: int, *steps: tuple[str, dict[str, Any]]) -> str:
     )
 
 
-class Recorder(FrameProcessor):
-    """Keeps the downstream frames that reach the end of the chain."""
-
-    def __init__(self) -> None:
-        super().__init__(name="recorder")
-        self.frames: list[Frame] = []
-        self.arrived = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if direction is DOWNSTREAM:
-            self.frames.append(frame)
-            self.arrived.set()
-        await self.push_frame(frame, direction)
-
-    def of(self, kind: type[Frame]) -> list[Any]:
-        return [frame for frame in self.frames if isinstance(frame, kind)]
-
-    async def wait_for(self, predicate: Callable[[], bool], limit_s: float = 30.0) -> None:
-        async with asyncio.timeout(limit_s):
-            while not predicate():
-                self.arrived.clear()
-                await self.arrived.wait()
+class Recorder(helpers.Recorder):
+    """The downstream frames behind the TTS step, and the sentences it spoke."""
 
     def spoken(self) -> list[str]:
         return [frame.text for frame in self.of(TTSStoppedFrame)]
@@ -101,23 +81,15 @@ async def synthesis_started(call: RunningCall, left: int) -> None:
 
 @pytest.fixture
 async def start_call() -> AsyncIterator[StartCall]:
-    runners: list[tuple[PipelineTask, asyncio.Task[str]]] = []
-
     async def start(
         rate: int, *steps: tuple[str, dict[str, Any]], head: FrameProcessor | None = None
     ) -> RunningCall:
-        bot = Bot.from_yaml(bot_yaml(rate, *steps))
-        await bot.prepare()
         out = Recorder()
-        task = bot.create_task(bot.new_call(), head=[head] if head else None, tail=[out])
-        runners.append((task, asyncio.create_task(task.run())))
-        await out.wait_for(lambda: bool(out.frames))
+        task = await calls.start(Bot.from_yaml(bot_yaml(rate, *steps)), out, head=head)
         return RunningCall(task, out)
 
-    yield start
-    for task, runner in runners:
-        task.cancel("test over")
-        await runner
+    async with RunningCalls() as calls:
+        yield start
 
 
 def check_framing(out: Recorder, rate: int) -> None:
@@ -248,13 +220,7 @@ async def test_text_held_back_is_spoken_before_the_call_ends(start_call: StartCa
 async def test_tone_gives_each_word_its_length_and_reports_time_to_first_audio(
     start_call: StartCall,
 ) -> None:
-    seen: list[tuple[str, str]] = []
-
-    class Observer(events.Observer):
-        def provider_ttfb(self, call: Any, kind: str, provider: str, seconds: float) -> None:
-            seen.append((kind, provider))
-
-    observer = Observer()
+    observer = TTFB()
     events.subscribe(observer)
     try:
         call = await start_call(8000, ("tts", {"provider": "tone", "word_ms": 100}))
@@ -263,7 +229,7 @@ async def test_tone_gives_each_word_its_length_and_reports_time_to_first_audio(
     finally:
         events.unsubscribe(observer)
     assert len(call.out.of(OutputAudioFrame)) == 15
-    assert seen == [("tts", "tone")]
+    assert [t[:2] for t in observer.seen] == [("tts", "tone")]
 
 
 def test_sentences_end_at_stops_not_at_abbreviations_or_decimals() -> None:
@@ -304,21 +270,8 @@ async def test_tts_passes_other_frames_on_in_order(start_call: StartCall) -> Non
     assert texts == ["hello", "Hi.", "bye"]
 
 
-class UpstreamRecorder(FrameProcessor):
-    """Keeps the upstream frames that reach the head of the chain."""
-
-    def __init__(self) -> None:
-        super().__init__(name="upstream")
-        self.frames: list[Frame] = []
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if direction is UPSTREAM:
-            self.frames.append(frame)
-        await self.push_frame(frame, direction)
-
-
 async def test_frames_going_upstream_do_not_wait_for_synthesis(start_call: StartCall) -> None:
-    head = UpstreamRecorder()
+    head = Recorder(UPSTREAM)
     call = await start_call(8000, ("tts", {"provider": "tone", "delay_ms": 2000}), head=head)
     await call.send(TTSSpeakFrame("A slow sentence."))
     await synthesis_started(call, left=0)

@@ -1,0 +1,107 @@
+"""What many tests share: the recorded caller audio, frame recorders and event observers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from voxpipe import events
+from voxpipe.frames import DOWNSTREAM, Direction, Frame, StartFrame
+from voxpipe.pipelines.bot import Bot
+from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.pipelines.task import PipelineTask
+
+AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
+
+# An HTTP tool the LLM tests offer the model; format with the order server's ``url``.
+LOOKUP_TOOL = """
+      tools: [lookup_order, hangup]
+tools:
+  lookup_order:
+    description: Look up an order by its number.
+    parameters: {{order_id: {{type: string}}}}
+    http: {{url: "{url}/orders/{{order_id}}", timeout_s: 2}}
+"""
+
+
+class Recorder(FrameProcessor):
+    """Keeps the frames that pass it in one direction (downstream unless told) and passes all on."""
+
+    def __init__(self, direction: Direction = DOWNSTREAM, limit_s: float = 30.0) -> None:
+        super().__init__(name=f"recorder.{direction.name.lower()}")
+        self.direction = direction
+        self.limit_s = limit_s
+        self.frames: list[Frame] = []
+        self.arrived = asyncio.Event()
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if direction is self.direction:
+            self.frames.append(frame)
+            self.arrived.set()
+        await self.push_frame(frame, direction)
+
+    def of(self, kind: type[Frame]) -> list[Any]:
+        return [frame for frame in self.frames if isinstance(frame, kind)]
+
+    async def wait_for(self, predicate: Callable[[], bool], limit_s: float | None = None) -> None:
+        """Wait until ``predicate()`` holds (checked at each new frame); fail after the limit."""
+        async with asyncio.timeout(self.limit_s if limit_s is None else limit_s):
+            while not predicate():
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+class RunningCalls:
+    """Runs calls of bots with a ``Recorder`` at the tail; cancels them all on exit."""
+
+    def __init__(self) -> None:
+        self.runners: list[tuple[PipelineTask, asyncio.Task[str]]] = []
+
+    async def start(
+        self, bot: Bot, out: Recorder, head: FrameProcessor | None = None
+    ) -> PipelineTask:
+        """Start one call of ``bot`` with ``out`` at the tail; return once a frame reached it."""
+        await bot.prepare()
+        task = bot.create_task(bot.new_call(), head=[head] if head else None, tail=[out])
+        self.runners.append((task, asyncio.create_task(task.run())))
+        await out.wait_for(lambda: bool(out.frames))
+        return task
+
+    async def __aenter__(self) -> RunningCalls:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        for task, runner in self.runners:
+            task.cancel("test over")
+            await runner
+
+
+class Started(FrameProcessor):
+    """Sets ``event`` when the call's ``StartFrame`` reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__(name="started")
+        self.event = asyncio.Event()
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, StartFrame):
+            self.event.set()
+        await self.push_frame(frame, direction)
+
+
+class TTFB(events.Observer):
+    """Notes each provider's time to first byte: (kind, provider, seconds)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, float]] = []
+
+    def provider_ttfb(self, call: Any, kind: str, provider: str, seconds: float) -> None:
+        self.seen.append((kind, provider, seconds))
