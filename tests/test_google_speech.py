@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 from fakes.google_speech import FakeGoogleServer, tone_wav
+from helpers import AUDIO, Recorder
 
 from voxpipe import events
 from voxpipe.frames import (
@@ -24,7 +25,6 @@ from voxpipe.frames import (
     Direction,
     EndFrame,
     ErrorFrame,
-    Frame,
     InputAudioFrame,
     InterimTranscriptionFrame,
     OutputAudioFrame,
@@ -37,12 +37,9 @@ from voxpipe.frames import (
 )
 from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.config import ConfigError
-from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors.tts.google import strip_wav_header
-
-AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
 
 
 def caller_audio(rate: int) -> bytes:
@@ -51,31 +48,6 @@ def caller_audio(rate: int) -> bytes:
     with wave.open(str(AUDIO / name)) as wav:
         assert wav.getframerate() == rate
         return wav.readframes(wav.getnframes())
-
-
-class Recorder(FrameProcessor):
-    """Keeps the frames that pass it in one direction."""
-
-    def __init__(self, direction: Direction) -> None:
-        super().__init__(name=f"recorder.{direction.name.lower()}")
-        self.direction = direction
-        self.frames: list[Frame] = []
-        self.arrived = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if direction is self.direction:
-            self.frames.append(frame)
-            self.arrived.set()
-        await self.push_frame(frame, direction)
-
-    def of(self, kind: type[Frame]) -> list[Any]:
-        return [frame for frame in self.frames if isinstance(frame, kind)]
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        async with asyncio.timeout(10):
-            while not predicate():
-                self.arrived.clear()
-                await self.arrived.wait()
 
 
 class Observed(events.Observer):
@@ -133,7 +105,7 @@ async def start_call() -> AsyncIterator[Callable[..., Any]]:
         bot = Bot.from_yaml(bot_yaml(rate, step, settings))
         await bot.prepare()
         bots.append(bot)
-        up, down = Recorder(UPSTREAM), Recorder(Direction.DOWNSTREAM)
+        up, down = Recorder(UPSTREAM, limit_s=10), Recorder(Direction.DOWNSTREAM, limit_s=10)
         task = bot.create_task(bot.new_call(), head=[up], tail=[down])
         call = Call(task, up, down)
         call.runner = asyncio.create_task(task.run())
