@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import pytest
+from helpers import Started
 
 from voxpipe import events
 from voxpipe.conversation import CallState, can_move, move, state_of
@@ -15,11 +16,8 @@ from voxpipe.frames import (
     UPSTREAM,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
-    Direction,
-    Frame,
     InterruptionFrame,
     LLMResponseStartFrame,
-    StartFrame,
     TransferFrame,
     TTSStoppedFrame,
     UserStartedSpeakingFrame,
@@ -63,17 +61,6 @@ class CountingStore(MemorySessionStore):
     def end(self, call: Call, *, keep: bool = False) -> None:
         super().end(call, keep=keep)
         self.ended.append(keep)
-
-
-class Started(FrameProcessor):
-    def __init__(self) -> None:
-        super().__init__(name="started")
-        self.event = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, StartFrame):
-            self.event.set()
-        await self.push_frame(frame, direction)
 
 
 def test_a_whole_conversation_is_valid(states: States) -> None:

@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from fakes.anthropic_sse import FakeHTTPServer, Reply, anthropic_error, anthropic_reply
 from fakes.llm_chain import converse
+from helpers import LOOKUP_TOOL, TTFB
 
 from voxpipe import events
 from voxpipe.frames import HangupFrame, LLMTextFrame, ToolCallFrame
 from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.settings import ProviderError
 
 
@@ -30,24 +30,6 @@ pipeline:
 {extra}
 {tools}
 """
-
-
-LOOKUP = """
-      tools: [lookup_order, hangup]
-tools:
-  lookup_order:
-    description: Look up an order by its number.
-    parameters: {{order_id: {{type: string}}}}
-    http: {{url: "{url}/orders/{{order_id}}", timeout_s: 2}}
-"""
-
-
-class TTFB(events.Observer):
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str, float]] = []
-
-    def provider_ttfb(self, call: Call, kind: str, provider: str, seconds: float) -> None:
-        self.seen.append((kind, provider, seconds))
 
 
 async def test_streams_text_chunks_to_the_tts() -> None:
@@ -92,7 +74,7 @@ async def test_tool_use_round_trip_through_an_http_tool() -> None:
             ),
             anthropic_reply("Order A12345 ships tomorrow."),
         )
-        yaml_text = bot_yaml(api.url, tools=LOOKUP.format(url=orders.url))
+        yaml_text = bot_yaml(api.url, tools=LOOKUP_TOOL.format(url=orders.url))
         async with await converse(yaml_text) as c:
             await c.say("order A12345")
             said = await c.replies(2)
@@ -128,7 +110,7 @@ async def test_a_tool_error_goes_back_to_the_model() -> None:
             anthropic_reply(tool=("toolu_02", "lookup_order", ['{"order_id": 42}'])),
             anthropic_reply("I could not find that order."),
         )
-        yaml_text = bot_yaml(api.url, tools=LOOKUP.format(url="http://127.0.0.1:9"))
+        yaml_text = bot_yaml(api.url, tools=LOOKUP_TOOL.format(url="http://127.0.0.1:9"))
         async with await converse(yaml_text) as c:
             await c.say("order forty two")
             said = await c.replies(1)

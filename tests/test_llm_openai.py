@@ -6,6 +6,7 @@ import pytest
 from fakes.anthropic_sse import FakeHTTPServer, Reply
 from fakes.llm_chain import converse
 from fakes.openai_sse import openai_error, openai_reply
+from helpers import LOOKUP_TOOL
 
 from voxpipe.frames import HangupFrame, LLMTextFrame, ToolCallFrame
 from voxpipe.pipelines.bot import Bot
@@ -25,16 +26,6 @@ pipeline:
       backoff_s: 0.01
 {extra}
 {tools}
-"""
-
-
-LOOKUP = """
-      tools: [lookup_order, hangup]
-tools:
-  lookup_order:
-    description: Look up an order by its number.
-    parameters: {{order_id: {{type: string}}}}
-    http: {{url: "{url}/orders/{{order_id}}", timeout_s: 2}}
 """
 
 
@@ -63,7 +54,7 @@ async def test_tool_call_deltas_round_trip_through_an_http_tool() -> None:
             openai_reply(tool=("call_7", "lookup_order", ['{"order_id"', ': "A12345"}'])),
             openai_reply("Order A12345 ships tomorrow."),
         )
-        async with await converse(bot_yaml(api.url, tools=LOOKUP.format(url=orders.url))) as c:
+        async with await converse(bot_yaml(api.url, tools=LOOKUP_TOOL.format(url=orders.url))) as c:
             await c.say("order A12345")
             said = await c.replies(2)
     assert said[1] == "Order A12345 ships tomorrow."

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from helpers import Started
 
 from voxpipe.conversation import CallState, move
 from voxpipe.conversation.tracker import ConversationTracker
@@ -21,14 +22,10 @@ from voxpipe.frames import (
     UPSTREAM,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
-    Direction,
-    Frame,
     LLMResponseStartFrame,
-    StartFrame,
 )
 from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.sessions.store import KEY_PREFIX, RedisSessionStore, session_store
 
@@ -129,17 +126,6 @@ async def test_a_call_is_written_with_a_ttl_refreshed_and_deleted(
     store.end(call)
     await until(lambda: record(server, call) is None)
     assert store.status() == "ok"
-
-
-class Started(FrameProcessor):
-    def __init__(self) -> None:
-        super().__init__(name="started")
-        self.event = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, StartFrame):
-            self.event.set()
-        await self.push_frame(frame, direction)
 
 
 async def test_redis_dies_mid_call_and_comes_back(
