@@ -30,6 +30,7 @@ from pydantic import Field
 from voxpipe import events
 from voxpipe.frames import (
     UPSTREAM,
+    CancelFrame,
     Direction,
     EndFrame,
     ErrorFrame,
@@ -111,9 +112,9 @@ class PhraseCache:
 
     Greetings, prompts and fillers recur in every call: from the cache they play at once and
     cost no synthesis. Only sentences up to ``MAX_CHARS`` long are kept. Standby clips (the
-    ``on_error`` lines, made at ``prepare``) are pinned: never evicted, and kept even with a
-    ``size`` of 0. A clip made by a stand-in voice plays only when synthesis fails, and is
-    replaced by the provider's own audio as soon as the provider speaks that sentence.
+    ``on_error`` lines, made at ``prepare``) are pinned: never evicted, kept even with a
+    ``size`` of 0, and always played from here, so a failing provider is never asked for them
+    (its error would only set off another filler).
     """
 
     MAX_CHARS = 200
@@ -121,24 +122,20 @@ class PhraseCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self._entries: collections.OrderedDict[str, tuple[bytes, int]] = collections.OrderedDict()
-        self._pinned: dict[str, tuple[bytes, int, bool]] = {}
+        self._pinned: dict[str, tuple[bytes, int]] = {}
 
     def get(self, text: str) -> tuple[bytes, int] | None:
-        """The audio and rate of ``text``, if kept in the provider's own voice."""
+        """The audio and rate of ``text``, if kept."""
         pinned = self._pinned.get(text)
         if pinned is not None:
-            audio, rate, own_voice = pinned
-            return (audio, rate) if own_voice else None
+            return pinned
         found = self._entries.get(text)
         if found is not None:
             self._entries.move_to_end(text)
         return found
 
     def put(self, text: str, audio: bytes, rate: int) -> None:
-        """Keep the audio of ``text`` (the provider's own voice)."""
-        if text in self._pinned:
-            self._pinned[text] = (audio, rate, True)
-            return
+        """Keep the audio of ``text``."""
         if self.size <= 0 or len(text) > self.MAX_CHARS:
             return
         self._entries[text] = (audio, rate)
@@ -146,15 +143,14 @@ class PhraseCache:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
-    def pin(self, text: str, audio: bytes, rate: int, *, own_voice: bool) -> None:
+    def pin(self, text: str, audio: bytes, rate: int) -> None:
         """Keep ``text`` as a standby clip for as long as the bot runs."""
-        self._pinned[text] = (audio, rate, own_voice)
+        self._pinned[text] = (audio, rate)
         self._entries.pop(text, None)
 
-    def standby(self, text: str) -> tuple[bytes, int] | None:
-        """The standby clip of ``text`` in any voice: what plays when synthesis fails."""
-        pinned = self._pinned.get(text)
-        return None if pinned is None else pinned[:2]
+    def pinned(self, text: str) -> bool:
+        """Whether ``text`` is a standby clip."""
+        return text in self._pinned
 
 
 class TTSProviderSettings(ProcessorSettings):
@@ -211,18 +207,19 @@ def standby_lines(bot: Bot) -> list[str]:
 
 
 async def standby_clips(settings: CachedTTSSettings, bot: Bot) -> None:
-    """Pin the bot's ``on_error`` sentences in the phrase cache, so they play when the provider
-    fails mid-call: spoken by the provider itself, else by the packaged piper voice; what stays
-    without a clip is logged as an error (the bot still starts: the provider may come back).
+    """Pin the bot's ``on_error`` sentences in the phrase cache, so they play even when the
+    provider fails mid-call: spoken by the provider itself, else by the packaged piper voice;
+    what stays without a clip is logged as an error (the bot still starts: the provider may
+    come back).
     """
     cache = settings.phrase_cache(bot)
-    missing = [text for text in standby_lines(bot) if cache.standby(text) is None]
+    missing = [text for text in standby_lines(bot) if not cache.pinned(text)]
     if not missing:
         return
     provider = getattr(settings, "provider", type(settings).__name__)
     for text, (audio, rate) in (await _own_voice(settings, bot, missing)).items():
-        cache.pin(text, audio, rate, own_voice=True)
-    missing = [text for text in missing if cache.standby(text) is None]
+        cache.pin(text, audio, rate)
+    missing = [text for text in missing if not cache.pinned(text)]
     if not missing:
         return
     try:
@@ -230,7 +227,7 @@ async def standby_clips(settings: CachedTTSSettings, bot: Bot) -> None:
 
         for text in missing:
             audio = await asyncio.to_thread(offline_say, text, bot.sample_rate)
-            cache.pin(text, audio, bot.sample_rate, own_voice=False)
+            cache.pin(text, audio, bot.sample_rate)
     except Exception as exc:  # a missing stand-in must not stop the bot
         log.error(
             "bot %s: tts %s could not synthesise %s and no local voice stands in (%s): "
@@ -243,7 +240,7 @@ async def standby_clips(settings: CachedTTSSettings, bot: Bot) -> None:
         return
     log.warning(
         "bot %s: tts %s could not synthesise %s at start; the packaged piper voice speaks "
-        "them if it fails mid-call",
+        "them (until the bot restarts)",
         bot.name,
         provider,
         missing,
@@ -253,33 +250,39 @@ async def standby_clips(settings: CachedTTSSettings, bot: Bot) -> None:
 async def _own_voice(
     settings: CachedTTSSettings, bot: Bot, texts: list[str]
 ) -> dict[str, tuple[bytes, int]]:
-    """Speak ``texts`` through a call of the provider with no caller; the first failure (or
-    ``STANDBY_TIMEOUT_S``) ends it, and only the sentences spoken come back."""
+    """Speak ``texts`` one by one through a call of the provider with no caller, stopping at
+    the first failure (it is down: asking it for the next line would only wait) or after
+    ``STANDBY_TIMEOUT_S``; only the sentences spoken come back."""
     from voxpipe.pipelines.task import PipelineTask
 
     call = bot.new_call("tts-standby-clips")
     recorder = _ClipRecorder()
     task = PipelineTask([settings.create(call, bot), recorder], call)
-    for text in texts:
-        task.queue_frame(TTSSpeakFrame(text))
-    task.end("standby clips made")
+    runner = asyncio.create_task(task.run())
     try:
         async with asyncio.timeout(STANDBY_TIMEOUT_S):
-            await task.run()
+            for text in texts:
+                task.queue_frame(TTSSpeakFrame(text))
+                if not await recorder.outcomes.get():
+                    break
     except TimeoutError:
         log.warning("bot %s: standby clips took over %.0f s", bot.name, STANDBY_TIMEOUT_S)
+    finally:
+        task.cancel("standby clips made")
+        await runner
     return recorder.clips
 
 
 class _ClipRecorder(FrameProcessor):
-    """The tail of the standby-clip call: keeps each sentence's audio, and ends the call at
-    the provider's first error (it is down: asking it for the next line would only wait)."""
+    """The tail of the standby-clip call: keeps each sentence's audio, and tells whether each
+    sentence was spoken (True) or failed (False: an error or the call's end)."""
 
-    __slots__ = ("_audio", "_rate", "clips")
+    __slots__ = ("_audio", "_rate", "clips", "outcomes")
 
     def __init__(self) -> None:
         super().__init__(name="standby-clips")
         self.clips: dict[str, tuple[bytes, int]] = {}
+        self.outcomes: asyncio.Queue[bool] = asyncio.Queue()
         self._audio = bytearray()
         self._rate = 0
 
@@ -290,8 +293,9 @@ class _ClipRecorder(FrameProcessor):
         elif isinstance(frame, TTSStoppedFrame):
             self.clips[frame.text] = (bytes(self._audio), self._rate)
             self._audio.clear()
-        elif isinstance(frame, ErrorFrame):
-            self.task.cancel(f"tts failed: {frame.error}")
+            self.outcomes.put_nowait(True)
+        elif isinstance(frame, ErrorFrame | CancelFrame):
+            self.outcomes.put_nowait(False)
         await self.push_frame(frame, direction)
 
 
@@ -389,8 +393,8 @@ class TTSProcessor(QueuedProcessor):
         return True
 
     async def _audio_of(self, text: str) -> tuple[bytes, int] | None:
-        """The audio of ``text``: kept in the cache, synthesised, or (synthesis failing) its
-        standby clip; None when there is none."""
+        """The audio of ``text``, kept in the cache or synthesised; None when synthesis failed
+        (the error is reported upstream)."""
         cache = self._cache
         kept = cache.get(text) if cache is not None else None
         if kept is not None:
@@ -411,10 +415,7 @@ class TTSProcessor(QueuedProcessor):
             if cache is not None:
                 cache.put(text, audio, rate)
             return audio, rate
-        standby = cache.standby(text) if cache is not None else None
-        if standby is not None:
-            self.call.log.info("%s: playing the standby clip of %r", self.name, text)
-        return standby
+        return None
 
     async def synthesize(self, text: str) -> tuple[bytes, int]:
         """Speak ``text``: PCM16 mono audio and its sample rate (any rate; it is resampled)."""
