@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import AUDIO
 
 REPO = Path(__file__).resolve().parents[1]
-AUDIO_DIR = REPO / ".." / "shared" / "audio"
 CONFIGS = REPO / "configs"
 
 
 @pytest.fixture
 def audio_dir() -> Path:
     """Recorded caller utterances (8 and 16 kHz WAV files with .txt transcripts)."""
-    return AUDIO_DIR
+    return AUDIO
 
 
 @pytest.fixture

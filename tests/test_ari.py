@@ -6,10 +6,10 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from fakes.ari import FakeAri, FakeChannel, wait_until
+from helpers import AUDIO
 from pydantic import SecretStr
 
 from voxpipe.ari import AriCall, AriController
@@ -27,7 +27,6 @@ from voxpipe.transports.audiosocket.caller import (
 )
 
 BOT_ADDRESS = "127.0.0.1:9092"
-AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
 
 
 @pytest.fixture

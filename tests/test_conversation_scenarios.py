@@ -7,10 +7,10 @@ the socket); the caller speaks recorded utterances from ../shared/audio, or nois
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from helpers import AUDIO
 
 from voxpipe import events
 from voxpipe.conversation import CallState
@@ -28,7 +28,6 @@ from voxpipe.transports.audiosocket.caller import (
 )
 from voxpipe.transports.audiosocket.protocol import RATE_OF_KIND
 
-AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
 FRAME_S = 0.02
 WORD_MS = 200
 LONG_GREETING = " ".join(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import AUDIO
 from pydantic import SecretStr
 
 from voxpipe import events, logs
@@ -239,7 +240,7 @@ async def test_metrics_and_calls_change_after_a_simulated_call(api: OperationsAp
         running_bot,
     )
 
-    speech = load_wav(ROOT / ".." / "shared" / "audio" / "caller_goodbye_8k.wav", 8000)
+    speech = load_wav(AUDIO / "caller_goodbye_8k.wav", 8000)
     bot = Bot.load(ROOT / "configs" / "echo.yaml")
     async with running_bot(bot) as server, client(api) as http:
         before = (await http.get("/metrics")).text

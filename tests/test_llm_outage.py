@@ -7,9 +7,8 @@ official SDK against the local SSE fake, failing with 529s. The bot speaks with 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fakes.anthropic_sse import FakeHTTPServer, anthropic_error, anthropic_reply
+from helpers import AUDIO
 
 from voxpipe.pipelines.bot import Bot
 from voxpipe.transports.audiosocket.caller import (
@@ -24,7 +23,6 @@ from voxpipe.transports.audiosocket.caller import (
     running_bot,
 )
 
-AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
 WORD_S = 0.2
 FILLER = "Sorry, I'm having a technical problem."  # 6 words
 REPLY = "Your order ships tomorrow before noon, is there anything else?"  # 10 words

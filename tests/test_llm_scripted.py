@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from fakes.llm_chain import converse
+from helpers import AUDIO
 
 from voxpipe.frames import (
     UPSTREAM,
@@ -228,7 +229,6 @@ async def test_fatal_errors_and_own_errors_are_not_answered() -> None:
 
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
 
 
 @pytest.mark.parametrize(

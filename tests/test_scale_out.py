@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import AUDIO
 
 from voxpipe.transports.audiosocket.caller import (
     CallResult,
@@ -29,7 +30,6 @@ from voxpipe.transports.audiosocket.caller import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-AUDIO = REPO / ".." / "shared" / "audio"
 SPEECH = load_wav(AUDIO / "caller_goodbye_8k.wav", 8000)
 
 BOT = """

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soxr
+from helpers import AUDIO
 from pydantic import ValidationError
 
 from voxpipe.frames import (
@@ -24,8 +24,6 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors import vad as vad_module
 from voxpipe.processors.vad import VADSettings
-
-AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
 
 
 def read_wav(name: str) -> tuple[np.ndarray, int]:
