@@ -7,7 +7,6 @@ provider inside a real ``PipelineTask``, as a call would.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import wave
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from fakes.google_speech import FakeGoogleServer, tone_wav
-from helpers import AUDIO, Recorder
+from helpers import AUDIO, Recorder, RunningCalls
 
 from voxpipe import events
 from voxpipe.frames import (
@@ -79,7 +78,6 @@ class Call:
         self.task = task
         self.up = up
         self.down = down
-        self.runner: asyncio.Task[str] | None = None
 
 
 @pytest.fixture
@@ -98,26 +96,17 @@ def observed() -> Any:
 
 @pytest.fixture
 async def start_call() -> AsyncIterator[Callable[..., Any]]:
-    calls: list[Call] = []
     bots: list[Bot] = []
 
     async def start(rate: int, step: str, settings: dict[str, Any]) -> Call:
         bot = Bot.from_yaml(bot_yaml(rate, step, settings))
-        await bot.prepare()
-        bots.append(bot)
         up, down = Recorder(UPSTREAM, limit_s=10), Recorder(Direction.DOWNSTREAM, limit_s=10)
-        task = bot.create_task(bot.new_call(), head=[up], tail=[down])
-        call = Call(task, up, down)
-        call.runner = asyncio.create_task(task.run())
-        await down.wait_for(lambda: bool(down.frames))
-        calls.append(call)
-        return call
+        task = await calls.start(bot, down, head=up)
+        bots.append(bot)
+        return Call(task, up, down)
 
-    yield start
-    for call in calls:
-        call.task.cancel("test over")
-        assert call.runner is not None
-        await call.runner
+    async with RunningCalls() as calls:
+        yield start
     for bot in bots:
         for client in google_clients(bot):
             await client.transport.close()
