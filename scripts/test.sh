@@ -3,14 +3,8 @@
 # Usage: ./scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  echo "==> creating .venv"
-  "$PYTHON" -m venv .venv
-fi
-echo "==> installing voxpipe[all,dev]"
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[all,dev]'
+. scripts/_venv.sh
+install_voxpipe "all,dev"
 
 # The tests start their own redis-server and haproxy and run espeak-ng; install what is missing.
 apt_updated=""
