@@ -8,7 +8,6 @@ its audio (22.05 kHz for medium voices) is resampled to the pipeline rate.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.stt.base import shared_executor
+from voxpipe.processors.stt.base import prepare_local, shared_executor
 from voxpipe.processors.tts.base import (
     LocalTTSProcessor,
     LocalTTSSettings,
@@ -115,10 +114,8 @@ class PiperSettings(LocalTTSSettings):
     volume: float = Field(1.0, gt=0, le=4, description="Loudness multiplier.")
 
     async def prepare_engine(self, bot: Bot) -> None:
-        key = f"piper:{self.voice}"
-        if key not in bot.shared:
-            bot.shared[key] = await asyncio.to_thread(load_voice, self.voice)
-        shared_executor(bot, "tts", self.workers)
+        load = functools.partial(load_voice, self.voice)
+        await prepare_local(bot, "tts", self.workers, f"piper:{self.voice}", load)
 
     def create(self, call: Call, bot: Bot) -> FrameProcessor:
         from piper import SynthesisConfig
