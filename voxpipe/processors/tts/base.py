@@ -373,8 +373,8 @@ class TTSProcessor(QueuedProcessor):
     async def say(self, text: str) -> bool:
         """Speak one sentence as framed audio between started/stopped frames.
 
-        Returns False when the sentence could not be spoken: synthesis failed (an error went
-        upstream) and no standby clip holds it. Nothing is announced for it then.
+        Returns False when the sentence could not be spoken (synthesis failed, and reported
+        it upstream, or gave no audio); nothing is announced for it then.
         """
         text = " ".join(text.split())
         if not speakable(text):

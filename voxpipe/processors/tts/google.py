@@ -3,7 +3,8 @@
 Each sentence is one ``SynthesizeSpeech`` call asking for LINEAR16 at the pipeline rate, so the
 audio needs no resampling; the WAV header Google puts in front of LINEAR16 audio is stripped.
 Credentials, endpoint, timeout and retries are the same options as the Google speech-to-text
-provider's (``GoogleConnection``).
+provider's (``GoogleConnection``). Spoken sentences are kept in the bot's phrase cache
+(``cache_phrases``); the ``on_error`` lines are synthesised at start and never asked for again.
 """
 
 from __future__ import annotations
