@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from voxpipe import events
 from voxpipe.frames import DOWNSTREAM, Direction, Frame, StartFrame
@@ -25,6 +26,18 @@ tools:
     parameters: {{order_id: {{type: string}}}}
     http: {{url: "{url}/orders/{{order_id}}", timeout_s: 2}}
 """
+
+ObserverT = TypeVar("ObserverT", bound=events.Observer)
+
+
+@contextlib.contextmanager
+def observing(observer: ObserverT) -> Iterator[ObserverT]:
+    """Subscribe ``observer`` to the process-wide call events for the ``with`` block."""
+    events.subscribe(observer)
+    try:
+        yield observer
+    finally:
+        events.unsubscribe(observer)
 
 
 class Recorder(FrameProcessor):

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
 import pytest
+from helpers import observing
 from pydantic import Field
 
 from voxpipe import events
@@ -137,9 +138,8 @@ class Recorder(events.Observer):
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
     observer = Recorder()
-    events.subscribe(observer)
-    yield observer
-    events.unsubscribe(observer)
+    with observing(observer):
+        yield observer
 
 
 async def _closed_by_server(reader: asyncio.StreamReader, within_s: float = 3.0) -> bool:

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import Started
+from helpers import Started, observing
 
 from voxpipe import events
 from voxpipe.conversation import CallState, can_move, move, state_of
@@ -43,9 +43,8 @@ class States(events.Observer):
 @pytest.fixture
 def states() -> Any:
     observer = States()
-    events.subscribe(observer)
-    yield observer
-    events.unsubscribe(observer)
+    with observing(observer):
+        yield observer
 
 
 class CountingStore(MemorySessionStore):
@@ -186,8 +185,7 @@ class Latencies(events.Observer):
 
 async def test_turn_latency_runs_from_the_end_of_caller_speech_to_the_bots_first_audio() -> None:
     latencies = Latencies()
-    events.subscribe(latencies)
-    try:
+    with observing(latencies):
         task, _store, runner = await run_tracker(greeting=None)
         await task.push_frame(BotStartedSpeakingFrame(), UPSTREAM)
         assert latencies.seconds == [], "bot audio with no caller turn before it is no turn"
@@ -198,8 +196,6 @@ async def test_turn_latency_runs_from_the_end_of_caller_speech_to_the_bots_first
         await task.push_frame(BotStartedSpeakingFrame(), UPSTREAM)
         task.end()
         await asyncio.wait_for(runner, 5)
-    finally:
-        events.unsubscribe(latencies)
     assert len(latencies.seconds) == 1, "one turn, one figure"
     assert latencies.seconds[0] >= 0.04
 

@@ -10,7 +10,7 @@ import asyncio
 from typing import Any
 
 import numpy as np
-from helpers import AUDIO
+from helpers import AUDIO, observing
 
 from voxpipe import events
 from voxpipe.conversation import CallState
@@ -76,8 +76,7 @@ async def converse(
     async def keep(call: Call) -> None:
         calls.append(call)
 
-    events.subscribe(recorder)
-    try:
+    with observing(recorder):
         async with running_bot(bot) as server:
             server.on_call_start.append(keep)
             t0 = asyncio.get_running_loop().time()
@@ -86,8 +85,6 @@ async def converse(
                 if not server.calls:
                     break
                 await asyncio.sleep(0.02)
-    finally:
-        events.unsubscribe(recorder)
     assert len(calls) == 1
     return result, calls[0], recorder, t0
 

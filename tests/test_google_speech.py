@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 import pytest
 from fakes.google_speech import FakeGoogleServer, tone_wav
-from helpers import AUDIO, Recorder, RunningCalls
+from helpers import AUDIO, Recorder, RunningCalls, observing
 
 from voxpipe import events
 from voxpipe.frames import (
@@ -89,9 +89,8 @@ async def fake() -> AsyncIterator[FakeGoogleServer]:
 @pytest.fixture
 def observed() -> Any:
     observer = Observed()
-    events.subscribe(observer)
-    yield observer
-    events.unsubscribe(observer)
+    with observing(observer):
+        yield observer
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ import asyncio
 import pytest
 from fakes.anthropic_sse import FakeHTTPServer, Reply, anthropic_error, anthropic_reply
 from fakes.llm_chain import converse
-from helpers import LOOKUP_TOOL, TTFB
+from helpers import LOOKUP_TOOL, TTFB, observing
 
-from voxpipe import events
 from voxpipe.frames import HangupFrame, LLMTextFrame, ToolCallFrame
 from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.settings import ProviderError
@@ -34,15 +33,12 @@ pipeline:
 
 async def test_streams_text_chunks_to_the_tts() -> None:
     ttfb = TTFB()
-    events.subscribe(ttfb)
-    try:
+    with observing(ttfb):
         async with FakeHTTPServer() as api:
             api.add(anthropic_reply("Your order ", "ships tomorrow. ", "Anything else?"))
             async with await converse(bot_yaml(api.url)) as c:
                 await c.say("where is my order")
                 said = await c.replies(1)
-    finally:
-        events.unsubscribe(ttfb)
     assert said == ["Your order ships tomorrow. Anything else?"]
     assert [f.text for f in c.listener.of(LLMTextFrame)] == [
         "Your order ",

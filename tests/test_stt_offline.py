@@ -11,9 +11,8 @@ from typing import Any
 
 import helpers
 import pytest
-from helpers import AUDIO, TTFB, RunningCalls
+from helpers import AUDIO, TTFB, RunningCalls, observing
 
-from voxpipe import events
 from voxpipe.frames import (
     InputAudioFrame,
     InterimTranscriptionFrame,
@@ -94,9 +93,8 @@ async def start_call() -> AsyncIterator[StartCall]:
 @pytest.fixture
 def ttfb() -> Any:
     observer = TTFB()
-    events.subscribe(observer)
-    yield observer
-    events.unsubscribe(observer)
+    with observing(observer):
+        yield observer
 
 
 # --- whisper ------------------------------------------------------------------------------------

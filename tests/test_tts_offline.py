@@ -9,9 +9,8 @@ from typing import Any
 
 import helpers
 import pytest
-from helpers import TTFB, RunningCalls
+from helpers import TTFB, RunningCalls, observing
 
-from voxpipe import events
 from voxpipe.frames import (
     UPSTREAM,
     BotStoppedSpeakingFrame,
@@ -221,13 +220,10 @@ async def test_tone_gives_each_word_its_length_and_reports_time_to_first_audio(
     start_call: StartCall,
 ) -> None:
     observer = TTFB()
-    events.subscribe(observer)
-    try:
+    with observing(observer):
         call = await start_call(8000, ("tts", {"provider": "tone", "word_ms": 100}))
         await call.send(TTSSpeakFrame("one two three"))
         await call.out.wait_for(lambda: bool(call.out.spoken()))
-    finally:
-        events.unsubscribe(observer)
     assert len(call.out.of(OutputAudioFrame)) == 15
     assert [t[:2] for t in observer.seen] == [("tts", "tone")]
 
