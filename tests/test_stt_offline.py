@@ -70,6 +70,14 @@ class RunningCall:
             await asyncio.sleep(0)
         await self.task.push_frame(UserStoppedSpeakingFrame())
 
+    async def hears_key_words(self, key_words: dict[str, list[str]]) -> None:
+        """The caller says each named utterance in turn; each transcript holds its key words."""
+        for count, (name, words) in enumerate(key_words.items(), start=1):
+            await self.speak(caller(name, self.rate))
+            text = await self.out.transcript(count)
+            for word in words:
+                assert word in text, (name, text)
+
 
 StartCall = Callable[..., Awaitable[RunningCall]]
 
@@ -114,11 +122,7 @@ async def test_whisper_recognises_every_caller_utterance_at_phone_and_wideband_r
     start_call: StartCall, ttfb: TTFB, rate: int
 ) -> None:
     call = await start_call(rate, {"provider": "whisper"})
-    for count, (name, words) in enumerate(KEY_WORDS.items(), start=1):
-        await call.speak(caller(name, rate))
-        text = await call.out.transcript(count)
-        for word in words:
-            assert word in text, (name, text)
+    await call.hears_key_words(KEY_WORDS)
     assert [t[:2] for t in ttfb.seen] == [("stt", "whisper")] * len(KEY_WORDS)
     assert call.out.of(InterimTranscriptionFrame) == []
 
@@ -203,11 +207,7 @@ async def test_pocketsphinx_recognises_the_key_words_of_caller_utterances(
     start_call: StartCall, ttfb: TTFB, rate: int
 ) -> None:
     call = await start_call(rate, {"provider": "pocketsphinx"})
-    for count, (name, words) in enumerate(SPHINX_WORDS.items(), start=1):
-        await call.speak(caller(name, rate))
-        text = await call.out.transcript(count)
-        for word in words:
-            assert word in text, (name, text)
+    await call.hears_key_words(SPHINX_WORDS)
     assert {t[:2] for t in ttfb.seen} == {("stt", "pocketsphinx")}
 
 
