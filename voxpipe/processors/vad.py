@@ -11,6 +11,7 @@ odd-sized frames are buffered, so any pipeline rate and any framing work.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -276,23 +277,18 @@ class VADSettings(ProcessorSettings):
             ) from exc
 
     def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        if self.engine == "silero":
-            threshold = self.threshold
-            return VoiceActivityDetector(
-                lambda rate: silero_engine(rate, threshold),
-                rates=SILERO_RATES,
-                window_ms=32,
-                start_ms=self.start_ms,
-                stop_ms=self.stop_ms,
-                min_volume_db=self.min_volume_db,
-                heavy=True,
-            )
-        aggressiveness = self.aggressiveness
+        silero = self.engine == "silero"
+        factory: Callable[[int], Engine] = (
+            functools.partial(silero_engine, threshold=self.threshold)
+            if silero
+            else functools.partial(webrtc_engine, self.aggressiveness)
+        )
         return VoiceActivityDetector(
-            lambda rate: webrtc_engine(aggressiveness, rate),
-            rates=WEBRTC_RATES,
-            window_ms=20,
+            factory,
+            rates=SILERO_RATES if silero else WEBRTC_RATES,
+            window_ms=32 if silero else 20,
             start_ms=self.start_ms,
             stop_ms=self.stop_ms,
             min_volume_db=self.min_volume_db,
+            heavy=silero,
         )
