@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import AUDIO
 
 from voxpipe.pipelines.cli import build_parser
 
@@ -268,3 +269,57 @@ def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     proc.stderr.close()
     assert proc.wait(timeout=120) == 1
     assert err == ""
+
+
+async def test_call_connect_listens_to_a_long_greeting_before_speaking() -> None:
+    """``call --connect`` cannot know the greeting, so it waits for one that starts (here 3 s long)
+    to end, instead of talking over it and taking its end for the reply."""
+    import asyncio
+
+    from voxpipe.transports.audiosocket.caller import VOICE_PEAK
+    from voxpipe.transports.audiosocket.protocol import Kind, encode, read_message
+
+    frame = (VOICE_PEAK * 4).to_bytes(2, "little", signed=True) * 160  # 20 ms at 8 kHz
+    heard: list[float] = []
+    greeting_end: list[float] = []
+
+    async def bot(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        await read_message(reader, 5.0)  # the call's UUID
+
+        async def greet() -> None:
+            for _ in range(150):
+                writer.write(encode(Kind.AUDIO_8K, frame))
+                await asyncio.sleep(0.02)
+            greeting_end.append(loop.time())
+
+        greeting = asyncio.create_task(greet())
+        while not heard:
+            message = await read_message(reader, 5.0)
+            if message.kind is Kind.AUDIO_8K and any(message.payload):
+                heard.append(loop.time())
+        await greeting
+        writer.write(encode(Kind.HANGUP))
+        writer.close()
+
+    server = await asyncio.start_server(bot, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    wav = AUDIO / "caller_operator_8k.wav"
+    async with server:
+        proc = await asyncio.create_subprocess_exec(
+            str(SCRIPT),
+            "call",
+            str(CONFIGS / "valid.yaml"),
+            "--connect",
+            f"127.0.0.1:{port}",
+            "--wav",
+            str(wav),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert heard and greeting_end and heard[0] >= greeting_end[0], out.decode()
+    assert "still speaking" not in out.decode()
+    assert "hung up by: bot" in out.decode()

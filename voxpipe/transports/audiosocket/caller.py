@@ -73,11 +73,13 @@ class WaitForBot:
     """Listen until the bot has spoken and then been quiet for ``quiet_s`` (or ``timeout_s``).
 
     Speech that ended less than ``quiet_s`` before the step began counts (an echo, a reply that
-    overlapped the caller's last words); older speech does not.
+    overlapped the caller's last words); older speech does not. With ``start_s``, a bot that has
+    not started speaking within that time is taken to say nothing (a greeting that may not exist).
     """
 
     timeout_s: float
     quiet_s: float = 0.6
+    start_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,8 @@ class _Line:
             heard = self.last_voice >= start - step.quiet_s
             if heard and self.now() - self.last_voice >= step.quiet_s:
                 return
+            if not heard and step.start_s is not None and self.now() - start >= step.start_s:
+                return
             await asyncio.sleep(FRAME_S)
         if not self.bot_gone.is_set():
             problem = "was still speaking after" if heard else "stayed silent for"
@@ -396,8 +400,8 @@ def _caller_audio(args: argparse.Namespace, rate: int) -> bytes:
 def _script(args: argparse.Namespace, pcm: bytes, greets: bool | None) -> list[Step]:
     """Listen to a greeting first, speak, press keys, listen to the reply, hang up."""
     script: list[Step] = [WaitForBot(10.0) if greets else Silence(0.3)]
-    if greets is None:
-        script = [WaitForBot(2.0)]
+    if greets is None:  # a bot served elsewhere: listen to a greeting if one starts within 2 s
+        script = [WaitForBot(10.0, start_s=2.0)]
     if pcm:
         script.append(Say(pcm))
     if args.dtmf:
