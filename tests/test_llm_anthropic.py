@@ -224,3 +224,48 @@ async def test_an_error_event_inside_the_stream_is_retried() -> None:
             said = await c.replies(1)
     assert said == ["Hello again."]
     assert len(api.requests) == 2
+
+
+async def test_the_next_turn_still_shows_the_tool_call_and_its_result() -> None:
+    async with FakeHTTPServer() as orders, FakeHTTPServer() as api:
+        orders.add(Reply(body={"order": "A12345", "status": "ships tomorrow"}))
+        api.add(
+            anthropic_reply(
+                "Let me check.",
+                tool=("toolu_03", "lookup_order", ['{"order_id": "A12345"}']),
+            ),
+            anthropic_reply("Order A12345 ships tomorrow."),
+            anthropic_reply("It ships tomorrow, as I said."),
+        )
+        yaml_text = bot_yaml(api.url, tools=LOOKUP_TOOL.format(url=orders.url))
+        async with await converse(yaml_text) as c:
+            await c.say("order A12345")
+            await c.replies(2)
+            await c.say("when again?")
+            said = await c.replies(3)
+    assert said[-1] == "It ships tomorrow, as I said."
+    assert len(orders.requests) == 1
+    messages = api.requests[2].json["messages"]
+    assert messages[0] == {"role": "user", "content": "order A12345"}
+    assert messages[1] == {
+        "role": "assistant",
+        "content": [
+            {
+                "type": "tool_use",
+                "id": "toolu_03",
+                "name": "lookup_order",
+                "input": {"order_id": "A12345"},
+            }
+        ],
+    }
+    (result,) = messages[2]["content"]
+    assert messages[2]["role"] == "user"
+    assert result["type"] == "tool_result" and result["tool_use_id"] == "toolu_03"
+    assert "ships tomorrow" in result["content"]
+    assert messages[3:] == [
+        {"role": "assistant", "content": "Let me check. Order A12345 ships tomorrow."},
+        {"role": "user", "content": "when again?"},
+    ]
+    tool_entry = c.call.history[1]
+    assert tool_entry["role"] == "tool"
+    assert tool_entry["calls"][0]["name"] == "lookup_order"

@@ -119,3 +119,38 @@ async def test_prepare_fails_fast_with_an_empty_api_key() -> None:
     bot = Bot.from_yaml(bot_yaml("http://127.0.0.1:9", '      api_key: ""'))
     with pytest.raises(ProviderError, match="api_key is empty"):
         await bot.prepare()
+
+
+async def test_the_next_turn_still_shows_the_tool_call_and_its_result() -> None:
+    async with FakeHTTPServer() as orders, FakeHTTPServer() as api:
+        orders.add(Reply(body={"status": "ships tomorrow"}))
+        api.add(
+            openai_reply(tool=("call_9", "lookup_order", ['{"order_id": "A12345"}'])),
+            openai_reply("Order A12345 ships tomorrow."),
+            openai_reply("Tomorrow, as I said."),
+        )
+        async with await converse(bot_yaml(api.url, tools=LOOKUP_TOOL.format(url=orders.url))) as c:
+            await c.say("order A12345")
+            await c.replies(2)
+            await c.say("when again?")
+            said = await c.replies(3)
+    assert said[-1] == "Tomorrow, as I said."
+    messages = api.requests[2].json["messages"]
+    assert messages[2] == {"role": "user", "content": "order A12345"}
+    assert messages[3] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_9",
+                "type": "function",
+                "function": {"name": "lookup_order", "arguments": '{"order_id": "A12345"}'},
+            }
+        ],
+    }
+    assert messages[4]["role"] == "tool" and messages[4]["tool_call_id"] == "call_9"
+    assert "ships tomorrow" in messages[4]["content"]
+    assert messages[5:] == [
+        {"role": "assistant", "content": "Order A12345 ships tomorrow."},
+        {"role": "user", "content": "when again?"},
+    ]

@@ -32,8 +32,12 @@ class CallController(Protocol):
 class Call:
     """One phone call: what every processor in that call's pipeline may read and update.
 
-    ``history`` is the dialogue in the form the LLM processors use: a list of
-    ``{"role": "user" | "assistant", "content": str}`` messages.
+    ``history`` is the dialogue in the form the LLM processors use, provider-neutral and
+    JSON-ready: ``{"role": "user" | "assistant", "content": str}`` messages (the assistant's
+    text as the caller heard it) and, for each round of tool calls, just before the text of the
+    reply that made it, ``{"role": "tool", "calls": [{"id": str, "name": str, "arguments":
+    dict, "result": str}]}`` (no ``content``). Each provider renders tool entries in its own
+    shape (Anthropic: tool_use / tool_result blocks; chat completions: tool_calls / tool).
     """
 
     call_id: str = field(default_factory=lambda: str(uuid.uuid4()))

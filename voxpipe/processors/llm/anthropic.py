@@ -62,31 +62,51 @@ class AnthropicSettings(LLMBaseSettings):
 def anthropic_messages(
     history: list[dict[str, Any]], rounds: list[ToolRound]
 ) -> list[dict[str, Any]]:
-    """The dialogue in the Messages API's shape: alternating roles, starting with the user."""
+    """The dialogue in the Messages API's shape: alternating roles, starting with the user.
+
+    A ``tool`` history entry, like a round of the reply being generated, becomes an assistant
+    message of ``tool_use`` blocks and a user message of ``tool_result`` blocks.
+    """
     messages: list[dict[str, Any]] = []
     for message in history:
-        if messages and messages[-1]["role"] == message["role"]:
-            messages[-1]["content"] += "\n" + message["content"]
+        if message["role"] == "tool":
+            _add_round(messages, ToolRound.of(message))
         else:
-            messages.append({"role": message["role"], "content": message["content"]})
+            _add(messages, message["role"], message["content"])
     if messages and messages[0]["role"] != "user":
         messages.insert(0, {"role": "user", "content": CALL_OPENING})
     for r in rounds:
-        content: list[dict[str, Any]] = [{"type": "text", "text": r.text}] if r.text else []
-        content += [
-            {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in r.calls
-        ]
-        messages.append({"role": "assistant", "content": content})
-        messages.append(
-            {
-                "role": "user",
-                "content": [
-                    {"type": "tool_result", "tool_use_id": c.id, "content": result}
-                    for c, result in zip(r.calls, r.results, strict=True)
-                ],
-            }
-        )
+        _add_round(messages, r)
     return messages
+
+
+def _add(messages: list[dict[str, Any]], role: str, content: str | list[dict[str, Any]]) -> None:
+    """Append a message, joining it to the last one when both have the same role."""
+    if not messages or messages[-1]["role"] != role:
+        messages.append({"role": role, "content": content})
+        return
+    last = messages[-1]
+    if isinstance(last["content"], str) and isinstance(content, str):
+        last["content"] += "\n" + content
+    else:
+        last["content"] = _blocks(last["content"]) + _blocks(content)
+
+
+def _blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": content}] if isinstance(content, str) else content
+
+
+def _add_round(messages: list[dict[str, Any]], r: ToolRound) -> None:
+    content: list[dict[str, Any]] = [{"type": "text", "text": r.text}] if r.text else []
+    content += [
+        {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments} for c in r.calls
+    ]
+    _add(messages, "assistant", content)
+    results = [
+        {"type": "tool_result", "tool_use_id": c.id, "content": result}
+        for c, result in zip(r.calls, r.results, strict=True)
+    ]
+    _add(messages, "user", results)
 
 
 class AnthropicClient(SDKClient[AnthropicSettings]):

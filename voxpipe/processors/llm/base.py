@@ -14,6 +14,8 @@ does the rest:
 * History: the user's text once per turn; the assistant's text as the caller heard it. Text-to-
   speech appends each ``Utterance`` it creates to ``call.data["utterances"]``, the list of the
   reply being spoken; on an interruption the reply's history entry becomes the words played.
+  Each tool round of a reply is kept as a ``tool`` entry (see ``Call``) just before the reply's
+  text, so that later turns still show the model what it looked up.
 * Tools run between rounds (at most ``max_tool_rounds``); a hangup or transfer ends the reply.
 * Failures: each request has an idle timeout and is retried with exponential backoff while
   nothing was spoken; then the bot speaks ``on_error.say`` and retries the turn once or says
@@ -77,6 +79,26 @@ class ToolRound:
     text: str
     calls: list[ToolCall]
     results: list[str]
+
+    def message(self) -> dict[str, Any]:
+        """This round's calls and results as a provider-neutral history entry (see ``Call``)."""
+        return {
+            "role": "tool",
+            "calls": [
+                {"id": c.id, "name": c.name, "arguments": c.arguments, "result": result}
+                for c, result in zip(self.calls, self.results, strict=True)
+            ],
+        }
+
+    @classmethod
+    def of(cls, message: dict[str, Any]) -> ToolRound:
+        """The round a ``tool`` history entry records (its text is in the assistant's entry)."""
+        calls = message["calls"]
+        return cls(
+            "",
+            [ToolCall(c["id"], c["name"], c["arguments"]) for c in calls],
+            [c["result"] for c in calls],
+        )
 
 
 class LLMClient(Protocol):
@@ -204,6 +226,7 @@ class _Speech:
 
     entry: dict[str, Any]
     utterances: list[Utterance] = field(default_factory=list)
+    tools: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, text: str) -> None:
         self.entry["content"] += text
@@ -351,8 +374,22 @@ class LLMProcessor(FrameProcessor):
                 return
 
     def _context(self, speech: _Speech) -> list[dict[str, Any]]:
-        """The dialogue for the model: every message but the reply being generated."""
-        return [m for m in self.call.history if m is not speech.entry and m["content"]]
+        """The dialogue for the model: every message but the reply being generated (its tool
+        rounds go to the client as ``rounds``)."""
+        own = {id(speech.entry), *map(id, speech.tools)}
+        return [
+            m
+            for m in self.call.history
+            if id(m) not in own and (m.get("content") or m.get("calls"))
+        ]
+
+    def _record_tools(self, speech: _Speech, tool_round: ToolRound) -> None:
+        """Keep a tool round in the history, just before the text of the reply it belongs to."""
+        entry = tool_round.message()
+        speech.tools.append(entry)
+        history = self.call.history
+        index = next((i for i, m in enumerate(history) if m is speech.entry), len(history))
+        history.insert(index, entry)
 
     # --- replies -----------------------------------------------------------------------------
 
@@ -390,9 +427,11 @@ class LLMProcessor(FrameProcessor):
                     if outcome.say:
                         await self._say_in_reply(speech, outcome.say)
                     if outcome.frame is not None:
+                        self._record_tools(speech, ToolRound(text, calls[: len(results)], results))
                         await self.push_frame(outcome.frame)
                         return
                 rounds.append(ToolRound(text, calls, results))
+                self._record_tools(speech, rounds[-1])
             self.call.log.warning("the model kept calling tools; reply cut after the cap")
         except ProviderFailed as exc:
             self.call.log.warning("%s failed: %s", self.client.provider, exc)

@@ -55,29 +55,36 @@ class OpenAICompatibleSettings(LLMBaseSettings):
 def openai_messages(
     system: str, history: list[dict[str, Any]], rounds: list[ToolRound]
 ) -> list[dict[str, Any]]:
-    """The dialogue in the chat completions shape, tool rounds included."""
+    """The dialogue in the chat completions shape, tool rounds included: a ``tool`` history
+    entry, like a round of the reply being generated, becomes an assistant message with
+    ``tool_calls`` and one ``tool`` message per result."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-    messages += [{"role": m["role"], "content": m["content"]} for m in history]
+    for m in history:
+        if m["role"] == "tool":
+            messages += _round_messages(ToolRound.of(m))
+        else:
+            messages.append({"role": m["role"], "content": m["content"]})
     for r in rounds:
-        messages.append(
-            {
-                "role": "assistant",
-                "content": r.text or None,
-                "tool_calls": [
-                    {
-                        "id": c.id,
-                        "type": "function",
-                        "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
-                    }
-                    for c in r.calls
-                ],
-            }
-        )
-        messages += [
+        messages += _round_messages(r)
+    return messages
+
+
+def _round_messages(r: ToolRound) -> list[dict[str, Any]]:
+    calls = [
+        {
+            "id": c.id,
+            "type": "function",
+            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+        }
+        for c in r.calls
+    ]
+    return [
+        {"role": "assistant", "content": r.text or None, "tool_calls": calls},
+        *(
             {"role": "tool", "tool_call_id": c.id, "content": result}
             for c, result in zip(r.calls, r.results, strict=True)
-        ]
-    return messages
+        ),
+    ]
 
 
 class OpenAICompatibleClient(SDKClient[OpenAICompatibleSettings]):
