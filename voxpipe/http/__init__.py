@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 from voxpipe import events
 from voxpipe.http.app import create_app
 from voxpipe.http.metrics import Metrics
+from voxpipe.http.outcomes import OutcomeLookup, RecordFetcher
 from voxpipe.http.server import HttpServer
 from voxpipe.http.state import CallList, CallTracker, ProviderWatch, ServiceState
 from voxpipe.pipelines.config import HttpSettings
+from voxpipe.sessions.outcomes import RETENTION_S, OutcomeLog
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.bot import Bot
@@ -45,15 +47,19 @@ class OperationsApi:
         *,
         shared_calls: Callable[[], Awaitable[CallList]] | None = None,
         store_status: Callable[[], Awaitable[str]] | None = None,
+        shared_record: RecordFetcher | None = None,
+        outcome_retention_s: float = RETENTION_S,
     ) -> None:
         self.metrics = Metrics()
         self.tracker = CallTracker()
+        self.outcomes = OutcomeLog(outcome_retention_s)
         self.state = ServiceState(
             bots, self.tracker, shared_calls=shared_calls, store_status=store_status
         )
         self.watch = ProviderWatch(self.state)
         token = settings.token.get_secret_value() if settings.token else None
-        self.app = create_app(self.state, self.metrics, token)
+        lookup = OutcomeLookup(self.outcomes, self.tracker, shared_record=shared_record)
+        self.app = create_app(self.state, self.metrics, token, lookup)
         self.server = HttpServer(self.app, settings.listen)
 
     @classmethod
@@ -92,7 +98,13 @@ class OperationsApi:
         async def store_status() -> str:
             return store.status()
 
-        return cls(settings, [bot.name], shared_calls=shared_calls, store_status=store_status)
+        return cls(
+            settings,
+            [bot.name],
+            shared_calls=shared_calls,
+            store_status=store_status,
+            shared_record=store.fetch,
+        )
 
     @property
     def port(self) -> int:
@@ -117,7 +129,7 @@ class OperationsApi:
             self._unsubscribe()
 
     def _observers(self) -> list[events.Observer]:
-        return [self.metrics, self.tracker, self.watch]
+        return [self.metrics, self.tracker, self.watch, self.outcomes]
 
     def _unsubscribe(self) -> None:
         for observer in self._observers():

@@ -3,6 +3,10 @@
 Bound to 127.0.0.1 unless configured otherwise; with ``http.token`` set, every request must
 carry ``Authorization: Bearer <token>``. ``PUT /calls/{uuid}/log-level`` raises or lowers the
 log level of one call of this worker while it runs (for debugging a single live call).
+``GET /calls/{uuid}/outcome`` tells the dialplan how a call ended, in plain text
+(``voxpipe.sessions.outcomes``): ``transfer,<context>,<extension>,<priority>``, ``hangup``,
+``caller`` or ``error``; 404 ``unknown``. The dialplan's ``CURL()`` sends the bearer token with
+``Set(CURLOPT(httpheader)=Authorization: Bearer <token>)``.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import hmac
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
 from voxpipe import logs
 from voxpipe.http.metrics import CONTENT_TYPE, Metrics
+from voxpipe.http.outcomes import OutcomeLookup
 from voxpipe.http.state import ServiceState
 
 
@@ -25,8 +30,14 @@ class LogLevel(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None
 
 
-def create_app(state: ServiceState, metrics: Metrics, token: str | None = None) -> FastAPI:
-    """Build the API over ``state`` and ``metrics``; ``token`` turns on bearer authentication."""
+def create_app(
+    state: ServiceState,
+    metrics: Metrics,
+    token: str | None = None,
+    outcomes: OutcomeLookup | None = None,
+) -> FastAPI:
+    """Build the API over ``state`` and ``metrics``; ``token`` turns on bearer authentication;
+    ``outcomes`` answers for the calls that ended."""
 
     def authorize(request: Request) -> None:
         if token is None:
@@ -69,5 +80,13 @@ def create_app(state: ServiceState, metrics: Metrics, token: str | None = None) 
             raise HTTPException(404, f"no call {call_id} on this worker")
         logs.set_call_level(call_id, body.level)
         return {"uuid": call_id, "level": body.level}
+
+    @app.get("/calls/{call_id}/outcome")
+    async def call_outcome(call_id: str) -> PlainTextResponse:
+        """How a call ended, one line the dialplan uses as is; 404 ``unknown``."""
+        found = await outcomes.outcome(call_id) if outcomes is not None else None
+        if found is None:
+            return PlainTextResponse("unknown", status_code=404)
+        return PlainTextResponse(found)
 
     return app

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from voxpipe.conversation.state import state_of
+from voxpipe.sessions.outcomes import RETENTION_S, outcome_of
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.bot import Bot
@@ -47,6 +48,7 @@ def snapshot(call: Call) -> dict[str, Any]:
         "started": round(now - call.duration_s, 3),
         "updated": round(now, 3),
         "worker": WORKER,
+        "outcome": outcome_of(call),
     }
 
 
@@ -77,6 +79,10 @@ class MemorySessionStore:
     def get(self, call_id: str) -> dict[str, Any] | None:
         """This process's record of a call."""
         return self._calls.get(call_id)
+
+    async def fetch(self, call_id: str) -> dict[str, Any] | None:
+        """The record of a call, live or recently ended, as every worker sees it."""
+        return self.get(call_id)
 
     async def list_calls(self) -> list[dict[str, Any]]:
         """Records of every live call this store can see."""
@@ -109,7 +115,9 @@ class RedisSessionStore(MemorySessionStore):
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
-        self._pending: dict[str, str | None] = {}
+        # Per call: the JSON record and its TTL in seconds, or None to delete it.
+        self._pending: dict[str, tuple[str, int] | None] = {}
+        self.outcome_ttl_s = int(RETENTION_S)
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._degraded = False
@@ -147,12 +155,30 @@ class RedisSessionStore(MemorySessionStore):
         self._queue(call.call_id, json.dumps(self._calls[call.call_id]))
 
     def end(self, call: Call, *, keep: bool = False) -> None:
+        """As in memory; a call with an outcome leaves a record of it (without its history)
+        for ``outcome_ttl_s``, so that any worker can tell the dialplan how it ended."""
         if keep:
             super().save(call)
             self._queue(call.call_id, json.dumps(self._calls[call.call_id]))
+        elif outcome_of(call) is not None:
+            record = {k: v for k, v in snapshot(call).items() if k != "history"}
+            self._queue(call.call_id, json.dumps(record), self.outcome_ttl_s)
         else:
             self._queue(call.call_id, None)
         super().end(call)
+
+    async def fetch(self, call_id: str) -> dict[str, Any] | None:
+        """The call's record in Redis (this process's while Redis is down)."""
+        if self._degraded:
+            return self.get(call_id)
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                value = await self._client.get(KEY_PREFIX + call_id)
+        except Exception as exc:
+            self._degrade(exc)
+            return self.get(call_id)
+        record: dict[str, Any] | None = json.loads(value) if value is not None else None
+        return record
 
     async def list_calls(self) -> list[dict[str, Any]]:
         """Every live call in Redis (all workers); this process's calls while Redis is down.
@@ -173,8 +199,8 @@ class RedisSessionStore(MemorySessionStore):
 
     # --- the background writer ---------------------------------------------------------------
 
-    def _queue(self, call_id: str, payload: str | None) -> None:
-        self._pending[call_id] = payload
+    def _queue(self, call_id: str, payload: str | None, ttl_s: int | None = None) -> None:
+        self._pending[call_id] = None if payload is None else (payload, ttl_s or self.ttl_s)
         self._wake.set()
         self._ensure_writer()
 
@@ -206,17 +232,17 @@ class RedisSessionStore(MemorySessionStore):
             if self._degraded:
                 self._recover()
 
-    async def _write(self, batch: dict[str, str | None]) -> None:
+    async def _write(self, batch: dict[str, tuple[str, int] | None]) -> None:
         """Write (or delete) each record; with nothing to write, just check Redis is back."""
         if not batch:
             await self._client.ping()
             return
         async with self._client.pipeline(transaction=False) as pipe:
-            for call_id, payload in batch.items():
-                if payload is None:
+            for call_id, entry in batch.items():
+                if entry is None:
                     pipe.delete(KEY_PREFIX + call_id)
                 else:
-                    pipe.set(KEY_PREFIX + call_id, payload, ex=self.ttl_s)
+                    pipe.set(KEY_PREFIX + call_id, entry[0], ex=entry[1])
             await pipe.execute()
         self.writes += len(batch)
 
@@ -232,7 +258,7 @@ class RedisSessionStore(MemorySessionStore):
         self._degraded = False
         log.warning("session store: Redis is back; writing %d live calls", len(self._calls))
         for call_id, record in self._calls.items():
-            self._pending.setdefault(call_id, json.dumps(record))
+            self._pending.setdefault(call_id, (json.dumps(record), self.ttl_s))
         if self._pending:
             self._wake.set()
 

@@ -32,6 +32,7 @@ from voxpipe.frames import (
     Utterance,
 )
 from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.sessions import outcomes
 from voxpipe.transports.audiosocket.pacing import FRAME_S, ticker
 from voxpipe.transports.audiosocket.protocol import (
     HEADER,
@@ -131,6 +132,7 @@ class AudioSocketInput(FrameProcessor):
                 elif kind is Kind.DTMF:
                     await self.push_frame(DTMFFrame(message.digit))
                 elif kind is Kind.HANGUP:
+                    outcomes.settle(call, outcomes.CALLER)
                     task.cancel("caller hung up")
                     return
                 elif kind is Kind.ERROR:
@@ -141,6 +143,8 @@ class AudioSocketInput(FrameProcessor):
                     call.log.debug("ignoring a repeated UUID message")
         except (EOFError, ConnectionError):
             if conn.closed_by != "bot":  # the bot's own hang-up ends the call by itself
+                if not conn.closed_by:
+                    outcomes.settle(call, outcomes.CALLER)
                 task.cancel(conn.closed_by or "caller hung up")
         except ProtocolError as exc:
             if conn.closed_by:
@@ -206,6 +210,7 @@ class AudioSocketOutput(FrameProcessor):
 
     async def cancel(self) -> None:
         ticker().unsubscribe(self)
+        outcomes.settle(self.call, outcomes.ERROR)
         if not self._conn.closed:
             self._conn.close("bot")
         self._wake_drain()
@@ -236,15 +241,16 @@ class AudioSocketOutput(FrameProcessor):
             self._flush_pending()
         elif isinstance(frame, EndFrame | HangupFrame):
             await self._play_out()
-            self._hang_up()
+            self._hang_up(outcomes.HANGUP)
         elif isinstance(frame, TransferFrame):
             await self._play_out()
             await self._transfer(frame)
-            self._hang_up()
+            self._hang_up(outcomes.transfer(frame.context, frame.extension, frame.priority))
             self.task.end("transferred")
         elif isinstance(frame, CancelFrame):
             self._stopping = True
             ticker().unsubscribe(self)
+            outcomes.settle(self.call, outcomes.ERROR)
             if not self._conn.closed:
                 self._conn.close("bot")
         await self.push_frame(frame, direction)
@@ -264,8 +270,10 @@ class AudioSocketOutput(FrameProcessor):
             )
             await self.push_error(f"transfer failed: {exc}")
 
-    def _hang_up(self) -> None:
+    def _hang_up(self, outcome: str) -> None:
+        """Settle the call's outcome, then hang up: the dialplan may ask for it at once."""
         ticker().unsubscribe(self)
+        outcomes.settle(self.call, outcome)
         if self._conn.send(HANGUP):
             self._conn.close("bot")
 
