@@ -83,6 +83,15 @@ def test_serve_refuses_an_invalid_file_and_starts_nothing(name: str) -> None:
     assert "; nothing started" in result.stderr
 
 
+def test_call_an_invalid_file_prints_each_problem_with_its_place() -> None:
+    bot = CONFIGS / "unknown_key.yaml"
+    result = run("call", str(bot), "--say", "hello")
+    assert result.returncode == 1
+    no_traceback(result)
+    assert "internal error" not in result.stderr
+    assert f"{bot}:2:1: trasport: unknown key 'trasport'" in result.stderr.splitlines()[0]
+
+
 def test_serve_reports_a_provider_that_cannot_start(tmp_path: Path) -> None:
     (tmp_path / "voxpipe_broken_provider.py").write_text(
         textwrap.dedent(

@@ -313,6 +313,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:
+        from voxpipe.pipelines.config import ConfigError
+
+        if isinstance(exc, ConfigError):  # a command that loads a bot itself (``call``)
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return 1
         if args.verbose:
             raise
         print(
