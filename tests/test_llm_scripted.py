@@ -6,21 +6,25 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from fakes.llm_chain import converse
+from fakes.llm_chain import Conversation, Listener, converse
 from helpers import AUDIO
 
 from voxpipe.frames import (
     UPSTREAM,
+    Direction,
     ErrorFrame,
+    Frame,
     HangupFrame,
     LLMResponseEndFrame,
     LLMResponseStartFrame,
+    LLMTextFrame,
     ToolCallFrame,
     TranscriptionFrame,
     TransferFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
+from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.config import ConfigError
 from voxpipe.processors.llm.scripted import ScriptedClient
 
@@ -292,3 +296,59 @@ async def test_a_tool_is_announced_and_its_result_read_back() -> None:
             "role": "assistant",
             "content": "Let me look that up. Order a12345 ships tomorrow.",
         }
+
+
+class VoiceLosesReplies(Listener):
+    """A voice that, while ``down``, speaks the fixed lines (its standby clips) but loses every
+    LLM reply at its first sentence, reporting it upstream like a TTS and making no audio."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+        self._losing = False
+        self._reported = False
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        if isinstance(frame, LLMResponseStartFrame):
+            self._losing = self.down
+            self._reported = False
+        if self._losing and isinstance(frame, LLMTextFrame | LLMResponseEndFrame):
+            self.frames.append(frame)
+            if isinstance(frame, LLMTextFrame) and not self._reported:
+                self._reported = True
+                error = ErrorFrame("tts.voice failed: unavailable", source="tts.voice")
+                await self.push_frame(error, UPSTREAM)
+            self._changed.set()
+            return
+        await super().process_frame(frame, direction)
+
+
+async def test_a_reply_the_voice_lost_is_not_kept_as_said() -> None:
+    voice = VoiceLosesReplies()
+    async with Conversation(Bot.from_yaml(DESK), voice) as c:
+        await c.replies(1)
+        await c.say("I want to check my order status")
+        await voice.wait_for(lambda: "Sorry, I'm having a technical problem." in voice.spoken())
+        await asyncio.sleep(0.05)
+        assert c.call.history == [
+            {"role": "assistant", "content": "Hello, ACME order desk."},
+            {"role": "user", "content": "I want to check my order status"},
+        ]
+        voice.down = False
+        await c.say("it is A12345")
+        await voice.wait_for(lambda: voice.spoken()[-1] == "Order A12345 ships tomorrow.")
+        await asyncio.sleep(0.05)
+        assert c.call.history[1:] == [
+            {"role": "user", "content": "I want to check my order status"},
+            {"role": "user", "content": "it is A12345"},
+            {"role": "assistant", "content": "Order A12345 ships tomorrow."},
+        ]
+
+
+async def test_a_first_reply_the_voice_lost_is_forgotten_even_without_a_greeting() -> None:
+    voice = VoiceLosesReplies()
+    async with Conversation(Bot.from_yaml(DESK.replace("greeting:", "# greeting:")), voice) as c:
+        await c.say("I want to check my order status")
+        await voice.wait_for(lambda: "Sorry, I'm having a technical problem." in voice.spoken())
+        await asyncio.sleep(0.05)
+        assert c.call.history == [{"role": "user", "content": "I want to check my order status"}]

@@ -14,7 +14,9 @@ does the rest:
 * History: the user's text once per turn; the assistant's text as the caller heard it. Text-to-
   speech appends each ``Utterance`` it creates to ``call.data["utterances"]``, the list of the
   reply being spoken; on an interruption the reply's history entry becomes the words played.
-  Each tool round of a reply is kept as a ``tool`` entry (see ``Call``) just before the reply's
+  When text-to-speech reports a lost sentence (an ``ErrorFrame`` from a ``tts.*`` processor),
+  it drops the rest of that reply: the entry then keeps only the sentences it made audio of,
+  and leaves the history if there were none. Each tool round of a reply is kept as a ``tool`` entry (see ``Call``) just before the reply's
   text, so that later turns still show the model what it looked up.
 * Tools run between rounds (at most ``max_tool_rounds``); a hangup or transfer ends the reply.
 * Failures: each request has an idle timeout and is retried with exponential backoff while
@@ -65,6 +67,9 @@ if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call
 
 log = logging.getLogger("voxpipe.llm")
+
+# The name of every text-to-speech processor starts so; its errors mean a sentence was lost.
+TTS_PREFIX = "tts."
 
 # Errors from other processors closer together than this get one filler, not one each.
 ERROR_QUIET_S = 3.0
@@ -227,9 +232,16 @@ class _Speech:
     entry: dict[str, Any]
     utterances: list[Utterance] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)
+    lost: bool = False
 
     def add(self, text: str) -> None:
-        self.entry["content"] += text
+        if not self.lost:
+            self.entry["content"] += text
+
+    def lose(self) -> None:
+        """Text-to-speech lost a sentence and drops what follows: keep what became audio."""
+        self.lost = True
+        self.entry["content"] = " ".join(u.text for u in self.utterances if u.text)
 
     def settle(self) -> None:
         """After an interruption: keep only what the caller heard."""
@@ -510,11 +522,24 @@ class LLMProcessor(FrameProcessor):
     def _on_error_frame(self, frame: ErrorFrame) -> None:
         if frame.fatal or not frame.source or frame.source == self.name:
             return
+        if frame.source.startswith(TTS_PREFIX):
+            self._lose_speech()
         now = time.monotonic()
         if now - self._last_error_at < ERROR_QUIET_S:
             return
         self._last_error_at = now
         self.create_task(self._recover(frame), name=f"{self.name}.recover")
+
+    def _lose_speech(self) -> None:
+        """Text-to-speech could not speak part of the current speech: the history keeps only
+        what it turned into audio, and nothing when that is nothing."""
+        self._tts_seen = True
+        speech = self._speech
+        if speech is None:
+            return
+        speech.lose()
+        if not speech.entry["content"]:
+            self._forget(speech)
 
     async def _recover(self, frame: ErrorFrame) -> None:
         self.call.log.warning("recovering from an error in %s: %s", frame.source, frame.error)
