@@ -16,8 +16,8 @@ does the rest:
   reply being spoken; on an interruption the reply's history entry becomes the words played.
   When text-to-speech reports a lost sentence (an ``ErrorFrame`` from a ``tts.*`` processor),
   it drops the rest of that reply: the entry then keeps only the sentences it made audio of,
-  and leaves the history if there were none. Each tool round of a reply is kept as a ``tool`` entry (see ``Call``) just before the reply's
-  text, so that later turns still show the model what it looked up.
+  and leaves the history if there were none. Each tool round of a reply is kept as a ``tool``
+  entry (see ``Call``) just before the reply's text, so later turns show what it looked up.
 * Tools run between rounds (at most ``max_tool_rounds``); a hangup or transfer ends the reply.
 * Failures: each request has an idle timeout and is retried with exponential backoff while
   nothing was spoken; then the bot speaks ``on_error.say`` and retries the turn once or says
