@@ -1,8 +1,9 @@
 """The Asterisk samples in asterisk/ hang together, and with the bots in configs/.
 
-Every context and extension the dialplan jumps to exists, every application is a real Asterisk
-application, the AudioSocket addresses are where a bot listens, the transfer targets of the
-bots exist, and ARI's user, port and app match the bots that use ARI.
+Every context and extension the dialplan jumps to exists, every application and function is a
+real Asterisk one, the AudioSocket addresses are where a bot listens, the outcome the dialplan
+asks for comes from that bot's HTTP API, the transfer targets of the bots exist, and ARI's user,
+port and app match the bots that use ARI.
 """
 
 from __future__ import annotations
@@ -45,9 +46,13 @@ ASTERISK_APPLICATIONS = frozenset(
     """.split()  # noqa: SIM905 - the list as the docs print it
 )
 
+# Dialplan functions used by the samples, from the same documentation (Dialplan_Functions).
+ASTERISK_FUNCTIONS = frozenset({"CALLERID", "CURL", "CURLOPT", "CUT", "UUID"})
+
 _CONTEXT = re.compile(r"^\[([^\]]+)\]")
 _EXTEN = re.compile(r"^exten\s*=>\s*([^,]+),\s*(\w+)\s*,\s*(\w+)\((.*)\)\s*$")
-_SAME = re.compile(r"^same\s*=>\s*(\w+)\s*,\s*(\w+)\((.*)\)\s*$")
+_SAME = re.compile(r"^same\s*=>\s*(\w+)(?:\((\w+)\))?\s*,\s*(\w+)\((.*)\)\s*$")
+_FUNCTION = re.compile(r"\$\{([A-Z_]+)\(")
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Step:
     app: str
     args: str
     line: int
+    label: str = ""
 
 
 @dataclass
@@ -98,7 +104,8 @@ def parse_dialplan(text: str) -> Dialplan:
             plan.contexts[context].add(extension)
             plan.steps.append(Step(context, extension, m.group(3), m.group(4), number))
         elif m := _SAME.match(line):
-            plan.steps.append(Step(context, extension, m.group(2), m.group(3), number))
+            step = Step(context, extension, m.group(3), m.group(4), number, m.group(2) or "")
+            plan.steps.append(step)
         elif context != "general":
             raise AssertionError(f"extensions.conf:{number}: cannot read {raw!r}")
     return plan
@@ -119,7 +126,11 @@ def parse_conf(text: str) -> dict[str, dict[str, str]]:
 
 
 def goto_targets(step: Step) -> list[tuple[str, str]]:
-    """(context, extension) each Goto/GotoIf/Dial(Local/...) of a step may jump to."""
+    """(context, extension) each Goto/GotoIf/Dial(Local/...) of a step may jump to.
+
+    A jump to a priority label stays in the step's extension (see ``test_every_label_exists``);
+    a target computed at run time (``${...}``, the bot's transfer) is checked against the bots.
+    """
     if step.app == "Goto":
         labels = [step.args]
     elif step.app == "GotoIf":
@@ -132,6 +143,8 @@ def goto_targets(step: Step) -> list[tuple[str, str]]:
         return []
     targets = []
     for label in labels:
+        if "${" in label:
+            continue
         parts = [p.strip() for p in label.split(",")]
         if len(parts) == 3:
             targets.append((parts[0], parts[1]))
@@ -177,6 +190,27 @@ def test_every_application_is_a_real_asterisk_application(plan: Dialplan) -> Non
     assert unknown == []
 
 
+def test_every_function_is_a_real_asterisk_function(plan: Dialplan) -> None:
+    used = {(s.line, f) for s in plan.steps for f in _FUNCTION.findall(s.args)}
+    assert {"CURL", "CUT", "UUID"} <= {f for _, f in used}
+    unknown = [f"line {n}: {f}" for n, f in sorted(used) if f not in ASTERISK_FUNCTIONS]
+    assert unknown == []
+
+
+def test_every_label_exists(plan: Dialplan) -> None:
+    labels = {(s.context, s.extension, s.label) for s in plan.steps if s.label}
+    jumps = [
+        (s, target)
+        for s in plan.steps
+        if s.app == "GotoIf"
+        for target in s.args.split("?", 1)[1].split(":")
+        if target and "," not in target
+    ]
+    assert jumps, "the outcome branches jump to labels"
+    missing = [f"line {s.line}: {t}" for s, t in jumps if (s.context, s.extension, t) not in labels]
+    assert missing == []
+
+
 def test_every_jump_lands_on_an_existing_extension(plan: Dialplan) -> None:
     targets = [(s, t) for s in plan.steps for t in goto_targets(s)]
     assert targets, "the samples jump to the transfer context"
@@ -198,7 +232,7 @@ def test_the_audiosocket_application_is_answered_first(plan: Dialplan) -> None:
                 for s in plan.steps
                 if (s.context, s.extension) == (step.context, step.extension) and s.line > step.line
             ]
-            assert after and goto_targets(after[0]), "the step after AudioSocket() transfers"
+            assert after and goto_targets(after[0]), "after AudioSocket() the dialplan goes on"
 
 
 def test_audiosocket_addresses_are_where_a_bot_listens(
@@ -208,11 +242,11 @@ def test_audiosocket_addresses_are_where_a_bot_listens(
     for step in plan.steps:
         if step.app == "AudioSocket":
             uuid_arg, address = step.args.split(",")[:2]
-            assert uuid_arg == "${UUID()}"
+            assert uuid_arg == "${VOXPIPE_ID}"
             addresses.append((step.line, address))
         elif step.app == "Dial" and step.args.startswith("AudioSocket/"):
             _tech, address, uuid_arg, *options = step.args.split(",")[0].split("/")
-            assert uuid_arg == "${UUID()}"
+            assert uuid_arg == "${VOXPIPE_ID}"
             assert options == ["c(slin16)"]
             addresses.append((step.line, address))
     assert len(addresses) == 2
@@ -228,6 +262,51 @@ def test_audiosocket_addresses_are_where_a_bot_listens(
         for settings in serving:
             networks = [ipaddress.ip_network(n, strict=False) for n in settings.allow_from]
             assert any(ipaddress.ip_address(host) in n for n in networks), address
+
+
+def test_after_the_bot_the_dialplan_asks_the_bot_how_the_call_ended(
+    plan: Dialplan, bots: dict[str, BotConfig]
+) -> None:
+    """100 and 200 give the call a UUID, pass it to the bot, then ask its HTTP API for the
+    outcome and branch on the lines it answers (voxpipe.sessions.outcomes)."""
+    bot_steps = [
+        s for s in plan.steps if s.app == "AudioSocket" or s.args.startswith("AudioSocket/")
+    ]
+    assert len(bot_steps) == 2
+    for bot_step in bot_steps:
+        own = [
+            s
+            for s in plan.steps
+            if (s.context, s.extension) == (bot_step.context, bot_step.extension)
+        ]
+        before = [s for s in own if s.line < bot_step.line]
+        after = [s for s in own if s.line > bot_step.line]
+        assert any(s.app == "Set" and s.args == "VOXPIPE_ID=${UUID()}" for s in before)
+        assert ("voxpipe-outcome", "s") in {t for s in after for t in goto_targets(s)}
+    asking = [s for s in plan.steps if "CURL(" in s.args]
+    assert len(asking) == 1 and asking[0].context == "voxpipe-outcome"
+    url = re.fullmatch(r"OUTCOME=\$\{CURL\((http://([^/]+)/[^)]*)\)\}", asking[0].args)
+    assert url, asking[0].args
+    assert url.group(1).endswith("/calls/${VOXPIPE_ID}/outcome")
+    host, _, port = url.group(2).rpartition(":")
+    addresses = [
+        s.args.split(",")[1] if s.app == "AudioSocket" else s.args.split("/")[1] for s in bot_steps
+    ]
+    audiosocket_ports = {int(address.rpartition(":")[2]) for address in addresses}
+    answering = [
+        name
+        for name, c in bots.items()
+        if c.http is not None
+        and c.http.listen.rpartition(":")[2] == port
+        and c.http.listen.rpartition(":")[0] in (host, "0.0.0.0")
+        and bot_port(c) in audiosocket_ports
+    ]
+    assert answering, f"no bot that Asterisk reaches has its HTTP API on {url.group(2)}"
+    branches = " ".join(s.args for s in plan.steps if s.context == "voxpipe-outcome")
+    for line in ("transfer", "hangup", "caller"):
+        assert f'"{line}"' in branches
+    transfer = [s for s in plan.steps if s.context == "voxpipe-outcome" and s.app == "Goto"]
+    assert transfer[0].args == ",".join(f"${{CUT(OUTCOME,\\,,{n})}}" for n in (2, 3, 4))
 
 
 def transfer_targets(loaded: LoadedConfig) -> set[tuple[str, str]]:
