@@ -92,6 +92,34 @@ def test_call_an_invalid_file_prints_each_problem_with_its_place() -> None:
     assert f"{bot}:2:1: trasport: unknown key 'trasport'" in result.stderr.splitlines()[0]
 
 
+def test_call_with_a_file_that_is_not_a_wav_is_one_clear_line(tmp_path: Path) -> None:
+    text = tmp_path / "words.wav"
+    text.write_text("hello, I would like to check my order\n" * 100)
+    result = run("call", str(CONFIGS / "valid.yaml"), "--wav", str(text))
+    assert result.returncode == 1
+    no_traceback(result)
+    assert (
+        result.stderr
+        == f"run-pipeline call: {text}: not a PCM WAV file (file does not start with RIFF id)\n"
+    )
+
+
+def test_call_refuses_a_record_path_it_cannot_write_before_calling(tmp_path: Path) -> None:
+    out = tmp_path / "no" / "such" / "dir" / "heard.wav"
+    result = run(
+        "call",
+        str(CONFIGS / "valid.yaml"),
+        "--wav",
+        str(AUDIO / "caller_yes_8k.wav"),
+        "--record",
+        str(out),
+    )
+    assert result.returncode == 1
+    no_traceback(result)
+    assert result.stdout == ""  # no call was placed
+    assert result.stderr.startswith("run-pipeline call: [Errno 2] No such file or directory")
+
+
 def test_serve_reports_a_provider_that_cannot_start(tmp_path: Path) -> None:
     (tmp_path / "voxpipe_broken_provider.py").write_text(
         textwrap.dedent(

@@ -334,11 +334,15 @@ def load_wav(path: str | os.PathLike[str], rate: int) -> bytes:
     """Read a 16-bit WAV file as PCM16 mono at ``rate`` (mixing down and resampling as needed)."""
     import numpy as np
 
-    with wave.open(str(path), "rb") as wav:
-        if wav.getsampwidth() != 2:
-            raise ValueError(f"{path}: expected 16-bit samples, got {8 * wav.getsampwidth()}-bit")
-        channels, file_rate = wav.getnchannels(), wav.getframerate()
-        pcm = wav.readframes(wav.getnframes())
+    try:
+        with wave.open(str(path), "rb") as wav:
+            width = wav.getsampwidth()
+            channels, file_rate = wav.getnchannels(), wav.getframerate()
+            pcm = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"{path}: not a PCM WAV file ({str(exc) or 'too short'})") from None
+    if width != 2:
+        raise ValueError(f"{path}: expected 16-bit samples, got {8 * width}-bit")
     if channels > 1:
         samples = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels).mean(axis=1)
         pcm = samples.astype("<i2").tobytes()
@@ -480,12 +484,14 @@ async def _call(args: argparse.Namespace) -> CallResult:
 def run_call_command(args: argparse.Namespace) -> int:
     """``run-pipeline call``: place one simulated call and print what happened."""
     try:
+        if args.record:  # a place it cannot write to fails now, not after the call
+            Path(args.record).open("ab").close()
         result = asyncio.run(_call(args))
+        if args.record:
+            write_wav(Path(args.record), result.received, result.rate)
     except (RuntimeError, OSError, ValueError) as exc:
         print(f"run-pipeline call: {exc}", file=sys.stderr)
         return 1
-    if args.record:
-        write_wav(Path(args.record), result.received, result.rate)
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     else:
