@@ -269,3 +269,17 @@ async def test_the_next_turn_still_shows_the_tool_call_and_its_result() -> None:
     tool_entry = c.call.history[1]
     assert tool_entry["role"] == "tool"
     assert tool_entry["calls"][0]["name"] == "lookup_order"
+
+
+async def test_a_turn_that_fails_twice_gets_one_filler_then_the_goodbye() -> None:
+    extra = "      retries: 0"
+    async with FakeHTTPServer() as api:
+        api.add(anthropic_error(529), anthropic_error(529))
+        async with await converse(bot_yaml(api.url, extra)) as c:
+            await c.say("hello")
+            await c.listener.wait_for(lambda: bool(c.listener.of(HangupFrame)))
+    assert c.listener.spoken() == [
+        "Sorry, I'm having a technical problem.",
+        "Please call again later. Goodbye.",
+    ]
+    assert len(api.requests) == 2

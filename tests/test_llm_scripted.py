@@ -21,6 +21,7 @@ from voxpipe.frames import (
     ToolCallFrame,
     TranscriptionFrame,
     TransferFrame,
+    TTSSpeakFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -352,3 +353,77 @@ async def test_a_first_reply_the_voice_lost_is_forgotten_even_without_a_greeting
         await voice.wait_for(lambda: "Sorry, I'm having a technical problem." in voice.spoken())
         await asyncio.sleep(0.05)
         assert c.call.history == [{"role": "user", "content": "I want to check my order status"}]
+
+
+FILLER = "Sorry, I'm having a technical problem."
+FAIL_AFTER_S = 0.1
+
+
+class VoiceKeepsFailing(Listener):
+    """A voice that is down: each sentence it is asked for fails ``FAIL_AFTER_S`` later, one
+    after another as a TTS works, reported upstream; it never makes audio."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+        self._busy = asyncio.Lock()
+
+    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+        self.frames.append(frame)
+        self._changed.set()
+        if isinstance(frame, TTSSpeakFrame):
+            self._fail(frame.text)
+        elif isinstance(frame, LLMTextFrame):
+            self._pending += frame.text
+        elif isinstance(frame, LLMResponseEndFrame):
+            self._fail(self._pending)
+            self._pending = ""
+        await self.push_frame(frame, direction)
+
+    def _fail(self, text: str) -> None:
+        self.asked.append(text)
+        self.create_task(self._report(text))
+
+    async def _report(self, text: str) -> None:
+        async with self._busy:
+            await asyncio.sleep(FAIL_AFTER_S)
+            error = ErrorFrame(f"tts.voice failed on {text!r}", source="tts.voice")
+            await self.push_frame(error, UPSTREAM)
+
+
+async def test_a_voice_that_keeps_failing_gets_one_filler_not_a_loop_of_them() -> None:
+    voice = VoiceKeepsFailing()
+    async with Conversation(Bot.from_yaml(DESK.replace("greeting:", "# greeting:")), voice) as c:
+        await c.say("I want to check my order status")
+        await voice.wait_for(lambda: FILLER in voice.asked)
+        # The caller speaks again while the filler is still with the failing voice: its error
+        # arrives in the new turn, and is the filler's own, not a new failure to answer.
+        await c.say("it is A12345")
+        await asyncio.sleep(8 * FAIL_AFTER_S)
+        await c.say("order status")
+        await asyncio.sleep(8 * FAIL_AFTER_S)
+    assert voice.asked == [
+        "Sure. What is your order number?",
+        FILLER,
+        "Order A12345 ships tomorrow.",
+        "Sure. What is your order number?",
+    ]
+    assert c.call.history == [
+        {"role": "user", "content": "I want to check my order status"},
+        {"role": "user", "content": "it is A12345"},
+        {"role": "user", "content": "order status"},
+    ]
+
+
+async def test_each_turn_that_fails_gets_its_filler_once_the_last_one_was_heard() -> None:
+    async with await converse(DESK) as c:
+        await c.replies(1)
+        await c.task.push_frame(ErrorFrame("recognition failed", source="stt.google"), UPSTREAM)
+        await c.listener.wait_for(lambda: c.listener.spoken()[1:] == [FILLER])
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await c.task.push_frame(ErrorFrame("recognition failed", source="stt.google"), UPSTREAM)
+        await c.listener.wait_for(lambda: c.listener.spoken()[1:] == [FILLER, FILLER])
+        await c.task.push_frame(ErrorFrame("recognition failed", source="stt.google"), UPSTREAM)
+        await asyncio.sleep(0.1)
+        assert c.listener.spoken()[1:] == [FILLER, FILLER]

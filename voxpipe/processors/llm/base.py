@@ -22,7 +22,10 @@ does the rest:
 * Failures: each request has an idle timeout and is retried with exponential backoff while
   nothing was spoken; then the bot speaks ``on_error.say`` and retries the turn once or says
   goodbye and hangs up. A non-fatal ``ErrorFrame`` from speech-to-text or text-to-speech is
-  answered the same way (``retry`` then means: listen again).
+  answered the same way (``retry`` then means: listen again). The caller hears at most one
+  filler per turn, and errors that arrive while the filler or goodbye is still with the voice
+  (not yet played, and no later speech made audio) are its own echo and not answered: a voice
+  that keeps failing does not make the bot loop filler after filler.
 """
 
 from __future__ import annotations
@@ -70,9 +73,6 @@ log = logging.getLogger("voxpipe.llm")
 
 # The name of every text-to-speech processor starts so; its errors mean a sentence was lost.
 TTS_PREFIX = "tts."
-
-# Errors from other processors closer together than this get one filler, not one each.
-ERROR_QUIET_S = 3.0
 
 SettingsT = TypeVar("SettingsT", bound="LLMBaseSettings")
 
@@ -233,6 +233,7 @@ class _Speech:
     utterances: list[Utterance] = field(default_factory=list)
     tools: list[dict[str, Any]] = field(default_factory=list)
     lost: bool = False
+    seq: int = 0
 
     def add(self, text: str) -> None:
         if not self.lost:
@@ -254,12 +255,15 @@ class LLMProcessor(FrameProcessor):
 
     __slots__ = (
         "_again",
-        "_last_error_at",
+        "_filler_turn",
         "_reply",
         "_speech",
+        "_speeches",
+        "_standby",
         "_stopped_at",
         "_texts",
         "_tts_seen",
+        "_turns",
         "_user_speaking",
         "_vad_seen",
         "client",
@@ -289,7 +293,10 @@ class LLMProcessor(FrameProcessor):
         self._again = False
         self._speech: _Speech | None = None
         self._tts_seen = False
-        self._last_error_at = float("-inf")
+        self._speeches = 0
+        self._standby: _Speech | None = None
+        self._turns = 0
+        self._filler_turn = -1
 
     # --- frames ------------------------------------------------------------------------------
 
@@ -306,6 +313,7 @@ class LLMProcessor(FrameProcessor):
             self._vad_seen = True
             self._user_speaking = False
             self._stopped_at = time.monotonic()
+            self._turns += 1
             if self._texts:
                 self._end_turn()
         elif isinstance(frame, StartFrame) and self.greeting:
@@ -343,6 +351,7 @@ class LLMProcessor(FrameProcessor):
     def _end_turn(self) -> None:
         text = " ".join(self._texts)
         self._texts.clear()
+        self._turns += 1
         self.call.history.append({"role": "user", "content": text})
         if self._reply is not None and not self._reply.done():
             self._again = True
@@ -360,7 +369,8 @@ class LLMProcessor(FrameProcessor):
     def _begin_speech(self, record: bool = True) -> _Speech:
         """Start a stretch of bot speech; text-to-speech appends its utterances to our list."""
         self._tts_seen = self._tts_seen or bool(self._speech and self._speech.utterances)
-        speech = _Speech({"role": "assistant", "content": ""})
+        self._speeches += 1
+        speech = _Speech({"role": "assistant", "content": ""}, seq=self._speeches)
         self.call.data["utterances"] = speech.utterances
         if record:
             self.call.history.append(speech.entry)
@@ -450,7 +460,8 @@ class LLMProcessor(FrameProcessor):
             events.emit.error(self.call, "provider")
             if not speech.entry["content"]:
                 self._forget(speech)
-            await self._speak_filler()
+            if self._claim_filler():
+                await self._speak_filler()
             if retry_allowed:
                 await self._answer(retry_allowed=False)
             else:
@@ -524,11 +535,29 @@ class LLMProcessor(FrameProcessor):
             return
         if frame.source.startswith(TTS_PREFIX):
             self._lose_speech()
-        now = time.monotonic()
-        if now - self._last_error_at < ERROR_QUIET_S:
+        if self._standby_pending() or not self._claim_filler():
             return
-        self._last_error_at = now
         self.create_task(self._recover(frame), name=f"{self.name}.recover")
+
+    def _claim_filler(self) -> bool:
+        """Whether the filler may be spoken now: once per turn of the caller, at most."""
+        if self._filler_turn == self._turns:
+            return False
+        self._filler_turn = self._turns
+        return True
+
+    def _standby_pending(self) -> bool:
+        """Whether the last filler or goodbye is still with the voice: not all of it played and
+        no later speech made audio (text-to-speech works in order). An error now is likely its
+        own failure, which another filler would only repeat."""
+        standby = self._standby
+        if standby is None:
+            return False
+        utterances = standby.utterances
+        played = bool(utterances) and all(u.finished for u in utterances)
+        later = self._speech
+        moved_on = later is not None and later.seq > standby.seq and bool(later.utterances)
+        return not (played or moved_on)
 
     def _lose_speech(self) -> None:
         """Text-to-speech could not speak part of the current speech: the history keeps only
@@ -548,12 +577,13 @@ class LLMProcessor(FrameProcessor):
             await self._goodbye()
 
     async def _speak_filler(self) -> None:
-        self._begin_speech(record=False)
+        self._standby = self._begin_speech(record=False)
         await self.push_frame(TTSSpeakFrame(self.settings.on_error.say))
 
     async def _goodbye(self) -> None:
         goodbye = self.settings.on_error.goodbye
-        self._begin_speech().add(goodbye)
+        self._standby = self._begin_speech()
+        self._standby.add(goodbye)
         await self.push_frame(TTSSpeakFrame(goodbye))
         await self.push_frame(HangupFrame(reason=f"{self.client.provider} failed"))
 
