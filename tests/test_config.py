@@ -217,6 +217,11 @@ def test_problems_in_the_whole_file_come_at_once_in_line_order(registry: Registr
         ("name: x\npipeline:\n  - echo: {}\n    vad: {}\n", "3:5: pipeline[0]: each pipeline step"),
         ("name: x\npipeline: []\n", "2:11: pipeline: List should have at least 1 item"),
         ("name: x\npipeline:\n  - echo:\n[1]: 2\n", "4:1: keys must be strings"),
+        (
+            "name: x\npipeline:\n\t- echo:\n",
+            "3:1: invalid YAML: while scanning for the next token"
+            " found character '\\t' that cannot start any token; YAML indents with spaces, not tabs",
+        ),
     ],
 )
 def test_malformed_documents(text: str, message: str) -> None:

@@ -367,6 +367,8 @@ def parse_bot(text: str, file: str = "<string>", registry: Registry | None = Non
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        if "'\\t'" in message:  # PyYAML's words for a tab where indentation goes
+            message += "; YAML indents with spaces, not tabs"
         start, end = exc.context_mark, exc.problem_mark
         if start is not None and end is not None and start.line != end.line:
             message += f" (it began at line {start.line + 1}, column {start.column + 1})"
