@@ -22,6 +22,7 @@ from voxpipe.frames import (
     TranscriptionFrame,
     TransferFrame,
     TTSSpeakFrame,
+    TTSStoppedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -427,3 +428,34 @@ async def test_each_turn_that_fails_gets_its_filler_once_the_last_one_was_heard(
         await c.task.push_frame(ErrorFrame("recognition failed", source="stt.google"), UPSTREAM)
         await asyncio.sleep(0.1)
         assert c.listener.spoken()[1:] == [FILLER, FILLER]
+
+
+async def test_history_keeps_the_sentences_a_real_voice_spoke_before_it_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from voxpipe.processors.tts.tone import ToneTTS
+
+    speak = ToneTTS.synthesize
+
+    async def fails_on_the_question(self: ToneTTS, text: str) -> tuple[bytes, int]:
+        if text == "What is your order number?":
+            raise ConnectionError("voice unavailable")
+        return await speak(self, text)
+
+    monkeypatch.setattr(ToneTTS, "synthesize", fails_on_the_question)
+    bot = DESK.replace(
+        "tools:\n  transfer", "  - tts: {provider: tone, word_ms: 20}\ntools:\n  transfer"
+    )
+    async with await converse(bot) as c:
+        await c.say("I want to check my order status")
+
+        def stopped() -> list[str]:
+            return [f.text for f in c.listener.of(TTSStoppedFrame)]
+
+        await c.listener.wait_for(lambda: FILLER in stopped())
+        assert stopped() == ["Hello, ACME order desk.", "Sure.", FILLER]
+        assert c.call.history == [
+            {"role": "assistant", "content": "Hello, ACME order desk."},
+            {"role": "user", "content": "I want to check my order status"},
+            {"role": "assistant", "content": "Sure."},
+        ]
