@@ -219,8 +219,8 @@ def test_problems_in_the_whole_file_come_at_once_in_line_order(registry: Registr
         ("name: x\npipeline:\n  - echo:\n[1]: 2\n", "4:1: keys must be strings"),
         (
             "name: x\npipeline:\n\t- echo:\n",
-            "3:1: invalid YAML: while scanning for the next token"
-            " found character '\\t' that cannot start any token; YAML indents with spaces, not tabs",
+            "3:1: invalid YAML: while scanning for the next token found character '\\t'"
+            " that cannot start any token; YAML indents with spaces, not tabs",
         ),
     ],
 )
