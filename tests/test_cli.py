@@ -50,6 +50,12 @@ def test_validate_a_valid_file() -> None:
     assert result.stdout == f"{CONFIGS / 'valid.yaml'}: valid ('front-desk', 2 steps)\n"
 
 
+def test_validate_counts_a_single_step_in_the_singular(tmp_path: Path) -> None:
+    bot = tmp_path / "one.yaml"
+    bot.write_text("name: one\npipeline: [echo: ]\n")
+    assert run("validate", str(bot)).stdout == f"{bot}: valid ('one', 1 step)\n"
+
+
 def test_validate_prints_every_problem_of_every_file_and_exits_1() -> None:
     valid, typos, wrong = (
         CONFIGS / n for n in ("valid.yaml", "unknown_key.yaml", "wrong_types.yaml")

@@ -73,7 +73,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(problem)
             continue
-        print(f"{file}: valid ({loaded.config.name!r}, {len(loaded.steps)} steps)")
+        count = len(loaded.steps)
+        print(f"{file}: valid ({loaded.config.name!r}, {count} step{'s' if count != 1 else ''})")
         for step in loaded.steps:
             log.debug(
                 "%s: pipeline[%d] %s %s",
