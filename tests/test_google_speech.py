@@ -380,8 +380,9 @@ async def test_missing_application_default_credentials_fail_prepare(
 ) -> None:
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "nowhere.json"))
     bot = Bot.from_yaml(bot_yaml(8000, "tts", {}))
-    with pytest.raises(ProviderError, match="GOOGLE_APPLICATION_CREDENTIALS"):
+    with pytest.raises(ProviderError, match="GOOGLE_APPLICATION_CREDENTIALS") as caught:
         await bot.prepare()
+    assert ".." not in str(caught.value)  # google-auth's own sentence ends with a period
 
 
 async def test_service_account_file_gives_one_client_per_bot(tmp_path: Path) -> None:

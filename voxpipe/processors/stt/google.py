@@ -105,7 +105,7 @@ class GoogleConnection(Settings):
         except (OSError, ValueError, GoogleAuthError) as exc:
             source = self.credentials_file or "Application Default Credentials"
             raise ProviderError(
-                f"{what}: no usable Google credentials from {source}: {exc}. Set "
+                f"{what}: no usable Google credentials from {source}: {str(exc).rstrip('.')}. Set "
                 "credentials_file to a service-account key or GOOGLE_APPLICATION_CREDENTIALS."
             ) from exc
 
