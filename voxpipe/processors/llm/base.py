@@ -560,10 +560,16 @@ class LLMProcessor(FrameProcessor):
         return not (played or moved_on)
 
     def _lose_speech(self) -> None:
-        """Text-to-speech could not speak part of the current speech: the history keeps only
-        what it turned into audio, and nothing when that is nothing."""
+        """Text-to-speech could not speak part of a speech: the history keeps only what it
+        turned into audio, and nothing when that is nothing. The first failure while the filler
+        or goodbye is pending with no audio is its own (the voice works in order); any other is
+        the current speech's."""
         self._tts_seen = True
-        speech = self._speech
+        standby = self._standby
+        if standby is not None and not standby.lost and not standby.utterances:
+            speech = standby if self._standby_pending() else self._speech
+        else:
+            speech = self._speech
         if speech is None:
             return
         speech.lose()
