@@ -8,7 +8,9 @@ mid-call) calls go on with the in-memory records, the outage is logged once, the
 live call's record is written anew.
 
 Writes happen on state and history changes (the conversation tracker calls ``save``), not per
-frame. One store is created per bot and kept in ``bot.shared["session_store"]``.
+frame. One store is created per bot and kept in ``bot.shared["session_store"]``. When a call
+ends, its Redis record is deleted, or replaced for ``outcome_ttl_s`` by one without the dialogue
+that keeps the call's outcome (``voxpipe.sessions.outcomes``) for the dialplan to ask any worker.
 """
 
 from __future__ import annotations
