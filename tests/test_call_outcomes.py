@@ -15,6 +15,7 @@ import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +23,8 @@ from pydantic import SecretStr
 
 from voxpipe.frames import Direction, DTMFFrame, Frame, HangupFrame, TransferFrame
 from voxpipe.http import OperationsApi
+from voxpipe.http.outcomes import OutcomeLookup
+from voxpipe.http.state import CallTracker
 from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.config import HttpSettings
@@ -251,3 +254,31 @@ async def test_with_redis_another_worker_answers_from_the_calls_record(redis_por
     assert record["state"] == "ended" and record["outcome"] == TRANSFER
     assert "history" not in record, "an ended call's dialogue is not kept for its outcome"
     assert 0 < ttl <= 300
+
+
+# --- asking while the call is still ending ----------------------------------------------------
+
+
+async def test_a_call_still_ending_on_another_worker_is_waited_for() -> None:
+    """Asterisk may ask before the worker that carried the call has written its outcome."""
+    records: list[dict[str, Any] | None] = [
+        {"call_id": "c1", "state": "transferring", "outcome": None},
+        {"call_id": "c1", "state": "transferring", "outcome": None},
+        {"call_id": "c1", "state": "ended", "outcome": TRANSFER},
+    ]
+
+    async def shared_record(call_id: str) -> dict[str, Any] | None:
+        return records.pop(0) if len(records) > 1 else records[0]
+
+    lookup = OutcomeLookup(OutcomeLog(), CallTracker(), shared_record=shared_record, wait_s=5.0)
+    assert await lookup.outcome("c1") == TRANSFER
+    assert len(records) == 1, "it asked again until the outcome was there"
+
+
+async def test_a_call_that_goes_on_is_unknown_after_the_wait() -> None:
+    tracker = CallTracker()
+    tracker.call_started(Call(call_id="c2", bot="keys"))
+    lookup = OutcomeLookup(OutcomeLog(), tracker, wait_s=0.3)
+    assert await lookup.outcome("c2") is None
+    tracker.call_ended(Call(call_id="c2", bot="keys"), "end")
+    assert await lookup.outcome("c2") is None, "a call nobody has is not waited for"
