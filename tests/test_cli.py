@@ -301,6 +301,22 @@ def test_serve_on_a_busy_port_is_a_clear_error(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"run-pipeline: error: cannot serve {bot}: ")
 
 
+def test_serve_names_the_http_listener_whose_port_is_busy(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        bot = tmp_path / "echo.yaml"
+        bot.write_text(
+            "name: e\ntransport: {audiosocket: {listen: '127.0.0.1:0'}}\npipeline: [echo: ]\n"
+            f"http: {{listen: '{listen}'}}\n"
+        )
+        result = run("serve", str(bot))
+    assert result.returncode == 1
+    no_traceback(result)
+    assert f"the HTTP API cannot listen on {listen}: Address already in use" in result.stderr
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     """``run-pipeline schema | head -c 10``: no traceback, no message."""
     proc = subprocess.Popen(

@@ -33,9 +33,9 @@ def bind(listen: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, int(port)))
-    except OSError:
+    except OSError as exc:  # say which listener failed: serve also binds the AudioSocket port
         sock.close()
-        raise
+        raise OSError(exc.errno, f"the HTTP API cannot listen on {listen}: {exc.strerror}") from exc
     sock.listen(128)
     sock.setblocking(False)
     return sock
