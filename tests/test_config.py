@@ -79,9 +79,9 @@ EXPECTED = {
         "wrong_types.yaml:4:13: transport.audiosocket.listen: "
         "expected host:port, for example '0.0.0.0:9092'",
         "wrong_types.yaml:5:18: transport.audiosocket.sample_rate: "
-        "Input should be 8000, 12000, 16000, 24000, 32000, 44100 or 48000",
+        "Input should be 8000, 12000, 16000, 24000, 32000, 44100 or 48000 (got 11025)",
         "wrong_types.yaml:6:16: transport.audiosocket.max_calls: "
-        "Input should be a valid integer, unable to parse string as an integer",
+        "Input should be a valid integer, unable to parse string as an integer (got 'many')",
         "wrong_types.yaml:9:20: pipeline[0].echo.passthrough: Input should be a valid boolean",
         "wrong_types.yaml:10:11: pipeline[1].echo: expected a mapping of settings, got 5",
     ],
@@ -194,6 +194,17 @@ def test_a_numeric_variable_fits_number_and_text_settings(monkeypatch: pytest.Mo
     assert config.name == "8000"
     assert config.transport.audiosocket.sample_rate == 8000
     assert config.transport.audiosocket.max_calls == 8000
+
+
+def test_a_wrong_value_from_a_variable_is_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file says ``${VOXPIPE_RATE}``; only the message can tell what the variable held."""
+    monkeypatch.setenv("VOXPIPE_RATE", "16k")
+    text = (
+        "name: b\ntransport: {audiosocket: {sample_rate: '${VOXPIPE_RATE}'}}\npipeline: [echo: ]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_bot(text, "b.yaml")
+    assert str(caught.value).endswith("48000 (got '16k')")
 
 
 def test_problems_in_the_whole_file_come_at_once_in_line_order(registry: Registry) -> None:

@@ -284,7 +284,15 @@ def _report(doc: _Document, prefix: Path_, data: Any, error: ValidationError, mo
         elif kind == "value_error":
             doc.problem(path, str(err.get("ctx", {}).get("error", err["msg"])))
         else:
-            doc.problem(path, err["msg"])
+            doc.problem(path, err["msg"] + _got(kind, err.get("input")))
+
+
+def _got(kind: str, value: Any) -> str:
+    """`` (got 'ten')`` after a wrong scalar, which may have come from an environment variable."""
+    wrong_scalar = kind.endswith("_parsing") or kind in ("literal_error", "enum")
+    if wrong_scalar and isinstance(value, str | int | float) and len(repr(value)) <= 40:
+        return f" (got {value!r})"
+    return ""
 
 
 def _tags(model: Any, key: str) -> list[str]:
