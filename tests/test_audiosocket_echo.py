@@ -91,6 +91,20 @@ async def test_the_caller_notes_a_silent_bot_and_gives_up_at_its_time_limit(
     assert 0.4 < stuck.timeline[-1].t < 1.5
 
 
+async def test_a_bot_that_closes_without_a_hangup_message_hung_up(echo_yaml: Path) -> None:
+    """A refused call (``max_calls``) is a closed connection: the caller must not wait on."""
+    words = bytes(range(256)) * 25
+    async with running_bot(echo_yaml, max_calls=1) as server:
+        first = asyncio.create_task(place_call("127.0.0.1", server.port, [Silence(3.0), Hangup()]))
+        await asyncio.sleep(0.5)
+        refused = await place_call(
+            "127.0.0.1", server.port, [Silence(0.3), Say(words), WaitForBot(5)], max_duration_s=8
+        )
+        await first
+    assert refused.hung_up_by == "bot"
+    assert refused.timeline[-1].what == "hung up" and not refused.received
+
+
 def test_run_pipeline_call_connects_to_a_bot_already_serving(
     echo_yaml: Path, audio_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -168,6 +168,7 @@ class _Line:
         self.said = asyncio.Event()
         self.said.set()
         self.bot_gone = asyncio.Event()
+        self.hung_up = False  # the caller closed the line itself
         self.last_voice = -1.0
         self.received = bytearray()
         self.kind = KIND_OF_RATE[result.rate]
@@ -225,7 +226,7 @@ class _Line:
             pass
         except ProtocolError as exc:
             self.note("bot", f"protocol error: {exc}")
-        if not self.writer.is_closing():
+        if not self.hung_up:  # a bot that just closes the connection (a refusal) hung up too
             self.bot_gone.set()
 
     async def run_step(self, step: Step) -> None:
@@ -314,6 +315,7 @@ async def place_call(
     else:
         line.note("caller", "hung up" if result.hung_up_by == "caller" else "gave up (timeout)")
     sender.cancel()
+    line.hung_up = True
     writer.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(receiver, 2.0)
