@@ -317,6 +317,31 @@ def test_serve_names_the_http_listener_whose_port_is_busy(tmp_path: Path) -> Non
     assert f"the HTTP API cannot listen on {listen}: Address already in use" in result.stderr
 
 
+def test_serve_on_ipv6_prints_bracketed_addresses_asterisk_can_dial(tmp_path: Path) -> None:
+    bot = tmp_path / "echo.yaml"
+    bot.write_text("name: e\npipeline: [echo: ]\n")
+    proc = subprocess.Popen(
+        [str(SCRIPT), "serve", str(bot), "--host", "::1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    banner = []
+    try:
+        for line in proc.stdout:
+            banner.append(line)
+            if "test call:" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    text = "".join(banner)
+    assert "listening for AudioSocket on [::1]:" in text, text
+    assert "AudioSocket(${UUID()},[::1]:" in text and "--connect [::1]:" in text, text
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
     """``run-pipeline schema | head -c 10``: no traceback, no message."""
     proc = subprocess.Popen(

@@ -25,18 +25,23 @@ def _banner(bot: Bot, server: AudioSocketServer) -> str:
     settings = server.settings
     connect_host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
     bot_file = bot.loaded.path if bot.loaded.path != "<string>" else "BOT.yaml"
+    listening, connect = _address(server.host, server.port), _address(connect_host, server.port)
     return "\n".join(
         [
             f"voxpipe: bot {bot.name!r} listening for AudioSocket on "
-            f"{server.host}:{server.port} (pipeline {settings.sample_rate} Hz, "
+            f"{listening} (pipeline {settings.sample_rate} Hz, "
             f"up to {settings.max_calls} calls)",
-            f"  Asterisk dialplan: AudioSocket(${{UUID()}},{connect_host}:{server.port})",
-            f"  test call:         run-pipeline call {bot_file} "
-            f"--connect {connect_host}:{server.port} --say 'hello'",
+            f"  Asterisk dialplan: AudioSocket(${{UUID()}},{connect})",
+            f"  test call:         run-pipeline call {bot_file} --connect {connect} --say 'hello'",
             "  stop:              Ctrl-C or SIGTERM (running calls get "
             f"{settings.drain_s:g} s to finish)",
         ]
     )
+
+
+def _address(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets (``[::1]:9092``), as Asterisk's dialplan needs."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _start_api(bot: Bot) -> OperationsApi | None:
