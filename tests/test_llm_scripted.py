@@ -459,3 +459,38 @@ async def test_history_keeps_the_sentences_a_real_voice_spoke_before_it_failed(
             {"role": "user", "content": "I want to check my order status"},
             {"role": "assistant", "content": "Sure."},
         ]
+
+
+@pytest.mark.parametrize(
+    ("intent", "message"),
+    [
+        (
+            "{regex: 'order (\\d+)', reply: 'Order {number} ships tomorrow.'}",
+            "reply uses {number}, which no group of `regex` fills (groups: 0, 1)",
+        ),
+        (
+            "{keywords: [order], reply: 'Order {1}?'}",
+            "reply uses {1}, which no group of `regex` fills (groups: none",
+        ),
+        (
+            "{keywords: [order], regex: 'order (?P<n>\\d+)', reply: 'Order {n}.'}",
+            "a match by `keywords` fills no groups",
+        ),
+    ],
+)
+def test_a_template_field_no_match_can_fill_is_a_load_error(intent: str, message: str) -> None:
+    text = "name: t\npipeline:\n  - llm:\n      provider: scripted\n      intents:\n"
+    text += f"        - {intent}\n"
+    with pytest.raises(ConfigError) as caught:
+        Bot.from_yaml(text, "bot.yaml")
+    problem = caught.value.problems[0]
+    assert message in problem.message
+    assert problem.path.startswith("pipeline[0].llm")
+
+
+def test_template_fields_filled_by_the_regex_load() -> None:
+    text = (
+        "name: t\npipeline:\n  - llm:\n      provider: scripted\n      intents:\n"
+        "        - {regex: 'order (?P<n>\\d+)', reply: 'Order {n}, {1}, {0}.'}\n"
+    )
+    assert Bot.from_yaml(text).steps[0].type_name == "llm"

@@ -54,12 +54,41 @@ class Intent(Settings):
             raise ValueError("an intent needs `keywords` or `regex`")
         if self.reply is None and self.tool is None:
             raise ValueError("an intent needs a `reply`, a `tool`, or both")
+        groups: set[str] = set()
         if self.regex is not None:
             try:
-                re.compile(self.regex)
+                compiled = re.compile(self.regex)
             except re.error as exc:
                 raise ValueError(f"invalid regex: {exc}") from None
+            groups = {str(i) for i in range(compiled.groups + 1)} | set(compiled.groupindex)
+        self._check_fields(groups)
         return self
+
+    def _check_fields(self, groups: set[str]) -> None:
+        """Every ``{field}`` a template uses must be filled by a match, or the caller would
+        hear the braces read out."""
+        templates = [("reply", self.reply), ("after_tool", self.after_tool)]
+        if self.tool is not None:
+            templates += [
+                (f"tool.arguments.{k}", v)
+                for k, v in self.tool.arguments.items()
+                if isinstance(v, str)
+            ]
+        for where, template in templates:
+            for field in _FIELD.findall(template or ""):
+                if where == "after_tool" and field == "result":
+                    continue
+                if field not in groups:
+                    known = ", ".join(sorted(groups)) or "none: the intent has no regex"
+                    raise ValueError(
+                        f"{where} uses {{{field}}}, which no group of `regex` fills "
+                        f"(groups: {known})"
+                    )
+                if self.keywords:
+                    raise ValueError(
+                        f"{where} uses {{{field}}}, but a match by `keywords` fills no groups: "
+                        "give such an intent a `regex` only"
+                    )
 
 
 class ScriptedSettings(LLMBaseSettings):
