@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import AUDIO
+from helpers import AUDIO, RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -21,3 +22,12 @@ def audio_dir() -> Path:
 def echo_yaml() -> Path:
     """The echo bot's file."""
     return CONFIGS / "echo.yaml"
+
+
+@pytest.fixture
+def redis_port() -> Iterator[int]:
+    """The port of a real redis-server started for this test (and answering pings)."""
+    server = RedisServer()
+    server.start()
+    yield server.port
+    server.stop()

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -198,31 +195,11 @@ def test_the_log_keeps_at_most_its_size_and_forgets_after_retention() -> None:
 # --- Redis: any worker can answer -------------------------------------------------------------
 
 
-@pytest.fixture
-def redis_port() -> Iterator[int]:
-    """A real redis-server on a free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    server = subprocess.Popen([*command, "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    yield port
-    server.kill()
-    server.wait(10)
-
-
 async def test_with_redis_another_worker_answers_from_the_calls_record(redis_port: int) -> None:
     import redis.asyncio as redis
 
     url = f"redis://127.0.0.1:{redis_port}/0"
     raw = redis.Redis(port=redis_port)
-    for _ in range(200):
-        try:
-            await raw.ping()
-            break
-        except redis.ConnectionError:
-            await asyncio.sleep(0.05)
     bot = keys_bot(f"session_store: {{redis: {{url: '{url}'}}}}\n")
     other_worker = RedisSessionStore(url, ttl_s=1800)
     await other_worker.start()

@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-import redis
-from helpers import Started
+from helpers import RedisServer, Started, free_port
 
 from voxpipe.conversation import CallState, move
 from voxpipe.conversation.tracker import ConversationTracker
@@ -28,49 +24,6 @@ from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.sessions.store import KEY_PREFIX, RedisSessionStore, session_store
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A real redis-server on a loopback port, which a test can stop and start again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.command = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        self.command += ["--save", "", "--appendonly", "no"]
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if self.client().ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(5)
-            self.process = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2)
 
 
 @pytest.fixture
