@@ -204,16 +204,19 @@ class AudioSocketOutput(FrameProcessor):
         ticker().subscribe(self)
 
     async def stop(self) -> None:
-        ticker().unsubscribe(self)
-        if not self._conn.closed:
-            self._conn.close("bot")
+        self._close_now()
 
     async def cancel(self) -> None:
+        self._close_now(outcomes.ERROR)
+        self._wake_drain()
+
+    def _close_now(self, outcome: str | None = None) -> None:
+        """Stop sending and close the connection at once (settling ``outcome`` first)."""
         ticker().unsubscribe(self)
-        outcomes.settle(self.call, outcomes.ERROR)
+        if outcome is not None:
+            outcomes.settle(self.call, outcome)
         if not self._conn.closed:
             self._conn.close("bot")
-        self._wake_drain()
 
     def interrupt(self) -> None:
         """Drop every queued frame now: the caller stops hearing the bot within one slot."""
@@ -249,10 +252,7 @@ class AudioSocketOutput(FrameProcessor):
             self.task.end("transferred")
         elif isinstance(frame, CancelFrame):
             self._stopping = True
-            ticker().unsubscribe(self)
-            outcomes.settle(self.call, outcomes.ERROR)
-            if not self._conn.closed:
-                self._conn.close("bot")
+            self._close_now(outcomes.ERROR)
         await self.push_frame(frame, direction)
 
     async def _transfer(self, frame: TransferFrame) -> None:
