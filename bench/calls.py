@@ -30,7 +30,7 @@ import numpy as np
 from _machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
-AUDIO = REPO / ".." / "shared" / "audio" / "caller_order_status_8k.wav"
+AUDIO = REPO / "tests" / "audio" / "caller_order_status_8k.wav"
 FRAME_S = 0.02
 
 

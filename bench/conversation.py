@@ -43,7 +43,7 @@ from voxpipe.transports.audiosocket.caller import (  # noqa: E402
 )
 from voxpipe.transports.audiosocket.protocol import RATE_OF_KIND  # noqa: E402
 
-AUDIO = ROOT / ".." / "shared" / "audio"
+AUDIO = ROOT / "tests" / "audio"
 DEMO = ROOT / "configs" / "demo.yaml"
 CALLS = 5
 GREETING = (

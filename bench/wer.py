@@ -21,7 +21,7 @@ from _machine import machine
 from voxpipe.pipelines.bot import Bot
 from voxpipe.processors.stt.base import LocalSTTProcessor
 
-AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
+AUDIO = Path(__file__).resolve().parents[1] / "tests" / "audio"
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PROVIDERS: dict[str, dict[str, Any]] = {
     "whisper (tiny.en, int8, 1 thread)": {"provider": "whisper"},

@@ -21,7 +21,7 @@ from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 
-AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
+AUDIO = Path(__file__).resolve().parent / "audio"
 
 # An HTTP tool the LLM tests offer the model; format with the order server's ``url``.
 LOOKUP_TOOL = """

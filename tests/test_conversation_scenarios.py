@@ -1,7 +1,7 @@
 """Conversations with audio in the loop: a simulated caller over real AudioSocket (loopback TCP).
 
 The bot speaks with the tone text-to-speech (a beep per word, so its audio is easy to find on
-the socket); the caller speaks recorded utterances from ../shared/audio, or noise, or nothing.
+the socket); the caller speaks recorded utterances from tests/audio, or noise, or nothing.
 """
 
 from __future__ import annotations

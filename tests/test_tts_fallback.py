@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from fakes.google_speech import FakeGoogleServer
+from helpers import AUDIO
 
 from voxpipe.pipelines.bot import Bot
 from voxpipe.processors.tts.base import PhraseCache, standby_lines
@@ -33,7 +34,6 @@ from voxpipe.transports.audiosocket.caller import (
     running_bot,
 )
 
-AUDIO = Path(__file__).resolve().parents[1] / ".." / "shared" / "audio"
 MS_PER_CHAR = 40
 FILLER = "Sorry, I'm having a technical problem."
 GOODBYE = ["Please call again later.", "Goodbye."]
