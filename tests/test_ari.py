@@ -614,6 +614,51 @@ async def test_end_to_end_a_bot_that_refuses_the_call_hands_the_caller_back(
     assert_nothing_left_but(fake, caller)
 
 
+async def test_end_to_end_a_setup_failing_after_the_bot_took_the_call_is_an_error(
+    fake: FakeAri,
+) -> None:
+    """Asterisk connected and sent the UUID, but the channel never entered Stasis: the caller
+    goes back to the dialplan, and the bot's call ends as an error, not a caller hang-up."""
+    fake.connect_media, fake.media_start = True, "never"
+    ended: list[Call] = []
+    async with running_bot(Bot.from_yaml(ECHO_BOT)) as server:
+        ctl = AriController(settings_for(fake, media_timeout_s=0.5), f"127.0.0.1:{server.port}")
+
+        async def keep(call: Call) -> None:
+            ended.append(call)
+
+        server.on_call_start.extend([ctl.attach, keep])
+        await ctl.start()
+        try:
+            await wait_until(lambda: len(fake.sockets) == 1)
+            caller = await fake.place_call()
+            await wait_until(lambda: len(server.calls) == 1)
+            await wait_until(lambda: not ctl.calls and not server.calls)
+        finally:
+            await ctl.stop()
+
+    assert sent_back(fake, caller)
+    assert_nothing_left_but(fake, caller)
+    (call,) = ended
+    assert outcomes.outcome_of(call) == outcomes.ERROR
+
+
+async def test_callers_still_being_set_up_at_shutdown_go_back_to_the_dialplan(
+    fake: FakeAri,
+) -> None:
+    fake.media_start = "never"
+    ctl = AriController(settings_for(fake, media_timeout_s=30.0), BOT_ADDRESS)
+    await ctl.start()
+    await wait_until(lambda: len(fake.sockets) == 1)
+    caller = await fake.place_call()
+    await wait_until(lambda: bool(fake.made("POST", "/channels/externalMedia")))
+
+    await ctl.stop()
+
+    assert sent_back(fake, caller)
+    assert_nothing_left_but(fake, caller)
+
+
 async def test_no_bot_listening_sends_the_caller_back(fake: FakeAri) -> None:
     """Asterisk cannot connect to external_host: externalMedia answers 500."""
     fake.connect_media = True

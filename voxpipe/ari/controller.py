@@ -118,7 +118,10 @@ class AriController:
             self._runner = asyncio.create_task(self._run(), name=f"ari-{self.app}")
 
     async def stop(self) -> None:
-        """Stop listening, tear down the calls still in the app, close the HTTP client."""
+        """Stop listening, tear down the calls still in the app, close the HTTP client.
+
+        Callers still being set up go back to the dialplan; the others are hung up.
+        """
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,7 +129,10 @@ class AriController:
             self._runner = None
         self.connected.clear()
         await asyncio.gather(
-            *(self._teardown(c, "shutdown") for c in list(self.calls.values())),
+            *(
+                self._teardown(c, "shutdown", caller="hangup" if c.bridged else "continue")
+                for c in list(self.calls.values())
+            ),
             return_exceptions=True,
         )
         for task in list(self._tasks):
