@@ -1,14 +1,22 @@
-"""The ARI controller against a fake Asterisk (real HTTP and WebSocket on 127.0.0.1)."""
+"""The ARI controller against a fake Asterisk (real HTTP and WebSocket on 127.0.0.1).
+
+The fake creates externalMedia channels the way Asterisk 22 does (see ``tests/fakes/ari.py``):
+the channel enters Stasis only after the REST reply, or before it, late, or never; the
+controller is run against each order, against REST errors at every step of a set-up, and
+against callers who hang up while their call is being set up.
+"""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from fakes.ari import FakeAri, FakeChannel, wait_until
+from fakes.ari import FakeAri, FakeChannel, MediaStart, wait_until
 from helpers import AUDIO
 from pydantic import SecretStr
 
@@ -17,14 +25,8 @@ from voxpipe.frames import TransferFrame
 from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.config import AriSettings
-from voxpipe.transports.audiosocket.caller import (
-    CallResult,
-    Say,
-    WaitForHangup,
-    load_wav,
-    place_call,
-    running_bot,
-)
+from voxpipe.sessions import outcomes
+from voxpipe.transports.audiosocket.caller import load_wav, running_bot
 
 BOT_ADDRESS = "127.0.0.1:9092"
 
@@ -73,7 +75,8 @@ def media_request(fake: FakeAri, caller_id: str) -> dict[str, str]:
 
 
 async def connected_call(fake: FakeAri, controller: AriController) -> tuple[str, AriCall]:
-    """Place a call and wait until the caller and the bot's leg share a bridge."""
+    """Place a call, wait until the caller and the bot's leg share a bridge, and let the bot
+    take it (what the AudioSocket server's ``on_call_start`` hook does with the UUID)."""
     caller = await fake.place_call()
 
     def bridged() -> bool:
@@ -82,7 +85,20 @@ async def connected_call(fake: FakeAri, controller: AriController) -> tuple[str,
 
     await wait_until(bridged)
     ari_call = next(c for c in controller.calls.values() if c.caller_id == caller)
+    await wait_until(lambda: ari_call.bridged)
+    await controller.attach(Call(call_id=ari_call.uuid))
     return caller, ari_call
+
+
+def sent_back(fake: FakeAri, caller: str) -> bool:
+    """Whether the caller was returned to the dialplan after Stasis() (a bare /continue)."""
+    return [r.params for r in fake.made("POST", f"/channels/{caller}/continue")] == [{}]
+
+
+def assert_nothing_left_but(fake: FakeAri, *channels: str) -> None:
+    """No bridge and no channel of the bot's remain in the fake Asterisk."""
+    assert fake.bridges == {}
+    assert set(fake.channels) == set(channels)
 
 
 async def test_caller_is_answered_bridged_to_the_bot_and_cleaned_up_on_hangup(
@@ -147,6 +163,226 @@ async def test_bot_leg_ending_hangs_up_the_caller(fake: FakeAri, controller: Ari
     assert fake.bridges == {}
 
 
+@pytest.mark.parametrize(
+    ("media_start", "delay_s"),
+    [("before_reply", 0.0), ("after_reply", 0.2), ("after_reply", 1.0)],
+    ids=["before-the-reply", "after-the-reply", "late"],
+)
+async def test_the_media_channel_is_bridged_once_it_is_in_stasis_whenever_that_is(
+    fake: FakeAri, media_start: MediaStart, delay_s: float
+) -> None:
+    """The REST reply and the channel's StasisStart come in either order; with the
+    StasisStart after the reply, bridging at once is the 422 a real Asterisk gave."""
+    fake.media_start, fake.media_delay_s = media_start, delay_s
+    ctl = AriController(settings_for(fake, media_timeout_s=3.0), BOT_ADDRESS)
+    await ctl.start()
+    try:
+        await wait_until(lambda: len(fake.sockets) == 1)
+        caller, ari_call = await connected_call(fake, ctl)
+
+        assert set(fake.bridges[ari_call.bridge_id].channels) == {caller, ari_call.media_id}
+        # One addChannel for each leg: none was refused and retried.
+        assert len(fake.made("POST", f"/bridges/{ari_call.bridge_id}/addChannel")) == 2
+        assert fake.made("POST", f"/channels/{caller}/continue") == []
+    finally:
+        await ctl.stop()
+
+
+@pytest.mark.parametrize(
+    ("media_start", "delay_s"),
+    [("never", 0.0), ("after_reply", 1.5)],
+    ids=["never", "later-than-the-bound"],
+)
+async def test_a_media_channel_that_does_not_enter_stasis_in_time_sends_the_caller_back(
+    fake: FakeAri, media_start: MediaStart, delay_s: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.media_start, fake.media_delay_s = media_start, delay_s
+    ctl = AriController(settings_for(fake, media_timeout_s=0.3), BOT_ADDRESS)
+    await ctl.start()
+    try:
+        await wait_until(lambda: len(fake.sockets) == 1)
+        with caplog.at_level(logging.INFO, logger="voxpipe.ari"):
+            caller = await fake.place_call()
+            await wait_until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
+            await wait_until(lambda: not ctl.calls)
+        (media,) = fake.made("POST", "/channels/externalMedia")
+        call_uuid = media.params["data"]
+
+        assert sent_back(fake, caller)
+        assert fake.channels[caller].in_stasis is False
+        assert fake.made("DELETE", f"/channels/{media.params['channelId']}")
+        assert_nothing_left_but(fake, caller)
+        assert fake.made("POST", f"/bridges/voxpipe-{call_uuid}/addChannel") != []
+        (failure,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert call_uuid in failure.getMessage()
+        assert "did not enter 'voxpipe' within 0.3 s" in failure.getMessage()
+        await asyncio.sleep(delay_s)  # a StasisStart that would have come late never does
+        assert_nothing_left_but(fake, caller)
+    finally:
+        await ctl.stop()
+
+
+async def test_a_media_channel_whose_dial_fails_sends_the_caller_back_at_once(
+    fake: FakeAri,
+) -> None:
+    """Destroyed without entering Stasis: the controller does not wait out its bound."""
+    fake.media_start = "dial_fails"
+    ctl = AriController(settings_for(fake, media_timeout_s=60.0), BOT_ADDRESS)
+    await ctl.start()
+    try:
+        await wait_until(lambda: len(fake.sockets) == 1)
+        caller = await fake.place_call()
+        await wait_until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
+        await wait_until(lambda: not ctl.calls)
+
+        assert sent_back(fake, caller)
+        assert_nothing_left_but(fake, caller)
+    finally:
+        await ctl.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "status", "message", "leg"),
+    [
+        ("POST", "/answer", 500, "Internal Server Error", "caller"),
+        ("POST", "/answer", 412, "Channel in invalid state", "caller"),
+        ("POST", "/bridges", 500, "Allocation failed", ""),
+        ("POST", "/bridges", 409, "Bridge with the same bridgeId already exists", ""),
+        ("POST", "/addChannel", 422, "Channel not in Stasis application", "caller"),
+        ("POST", "/addChannel", 404, "Bridge not found", "caller"),
+        ("POST", "/externalMedia", 500, "Allocation failed", ""),
+        ("POST", "/externalMedia", 400, "external_host must be <host>:<port>", ""),
+        ("POST", "/addChannel", 422, "Channel not in Stasis application", "media"),
+        ("POST", "/addChannel", 500, "Internal Server Error", "media"),
+    ],
+    ids=[
+        "answer-500",
+        "answer-412",
+        "bridge-500",
+        "bridge-409",
+        "add-caller-422",
+        "add-caller-404",
+        "external-media-500",
+        "external-media-400",
+        "add-media-422",
+        "add-media-500",
+    ],
+)
+async def test_a_rest_error_at_any_step_of_the_setup_cleans_up_and_sends_the_caller_back(
+    fake: FakeAri,
+    controller: AriController,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    suffix: str,
+    status: int,
+    message: str,
+    leg: str,
+) -> None:
+    def which(params: dict[str, str]) -> bool:
+        channel = params.get("channel", "")
+        return not leg or (leg == "media") == channel.startswith("voxpipe-media-")
+
+    fake.fail(method, suffix, status, message, when=which)
+    with caplog.at_level(logging.INFO, logger="voxpipe.ari"):
+        caller = await fake.place_call()
+        await wait_until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
+        await wait_until(lambda: not controller.calls)
+
+    assert fake.failures == []  # the error was given
+    assert sent_back(fake, caller)
+    assert_nothing_left_but(fake, caller)
+    (entered,) = [r for r in caplog.records if r.getMessage().startswith("caller ")]
+    call_uuid = entered.getMessage().rsplit(" ", 1)[-1]
+    (failure,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    text = failure.getMessage()
+    assert f"setting up call {call_uuid} failed" in text
+    assert f"{status} {message}" in text
+    assert f"sending caller {caller} back to the dialplan" in text
+
+
+async def test_a_caller_the_dialplan_cannot_take_back_is_hung_up_not_left_in_silence(
+    fake: FakeAri,
+) -> None:
+    fake.media_start = "never"
+    fake.fail("POST", "/continue", 500, "Internal Server Error")
+    ctl = AriController(settings_for(fake, media_timeout_s=0.2), BOT_ADDRESS)
+    await ctl.start()
+    try:
+        await wait_until(lambda: len(fake.sockets) == 1)
+        caller = await fake.place_call()
+        await wait_until(lambda: bool(fake.made("DELETE", f"/channels/{caller}")))
+        await wait_until(lambda: not ctl.calls)
+
+        assert fake.made("POST", f"/channels/{caller}/continue")
+        assert fake.made("DELETE", f"/channels/{caller}")
+        assert_nothing_left_but(fake)
+    finally:
+        await ctl.stop()
+
+
+@pytest.mark.parametrize(
+    "during", ["waiting-for-the-media-channel", "creating-the-media-channel", "answering"]
+)
+async def test_a_caller_who_hangs_up_during_setup_leaves_nothing_behind(
+    fake: FakeAri, controller: AriController, during: str
+) -> None:
+    if during == "waiting-for-the-media-channel":
+        fake.media_start = "never"
+        request = ("POST", "/channels/externalMedia")
+    elif during == "creating-the-media-channel":
+        fake.stall("POST", "/externalMedia")
+        request = ("POST", "/channels/externalMedia")
+    else:
+        fake.stall("POST", "/answer")
+        request = ("POST", "")
+    caller = await fake.place_call()
+    path = request[1] or f"/channels/{caller}/answer"
+    await wait_until(lambda: bool(fake.made(request[0], path)))
+
+    await fake.caller_hangs_up(caller)
+    await wait_until(lambda: not controller.calls)
+
+    assert fake.made("POST", f"/channels/{caller}/continue") == []
+    assert fake.made("DELETE", f"/channels/{caller}") == []  # it was gone already
+    assert_nothing_left_but(fake)
+
+
+async def test_a_media_channel_of_an_ended_call_that_enters_stasis_late_is_hung_up(
+    fake: FakeAri, controller: AriController
+) -> None:
+    """The caller hung up while Asterisk was still creating the bot's leg."""
+    leftover = FakeChannel(
+        id=f"voxpipe-media-{uuid.uuid4()}", name="AudioSocket/127.0.0.1:9092-x", state="Up"
+    )
+    fake.channels[leftover.id] = leftover
+    other = FakeChannel(id="other-app-media", name="AudioSocket/10.0.0.9:4000-y", state="Up")
+    fake.channels[other.id] = other
+
+    await fake.emit({"type": "StasisStart", "args": [], "channel": other.json()})
+    await fake.emit({"type": "StasisStart", "args": [], "channel": leftover.json()})
+
+    await wait_until(lambda: leftover.id not in fake.channels)
+    assert fake.made("DELETE", f"/channels/{other.id}") == []
+    assert controller.calls == {}
+
+
+async def test_the_bots_leg_ending_before_the_bot_took_the_call_sends_the_caller_back(
+    fake: FakeAri, controller: AriController
+) -> None:
+    """A bot at max_calls (or draining) closes the connection at once: that caller goes on in
+    the dialplan (to its operators), it is not hung up."""
+    caller = await fake.place_call()
+    await wait_until(lambda: any(c.bridged for c in controller.calls.values()))
+    (ari_call,) = controller.calls.values()
+
+    await fake.caller_hangs_up(ari_call.media_id)  # Asterisk hangs up the refused leg
+
+    await wait_until(lambda: not controller.calls)
+    assert sent_back(fake, caller)
+    assert fake.made("DELETE", f"/channels/{caller}") == []
+    assert_nothing_left_but(fake, caller)
+
+
 async def test_reconnects_after_the_events_websocket_drops(
     fake: FakeAri, controller: AriController
 ) -> None:
@@ -208,10 +444,10 @@ async def test_a_stalled_request_is_given_up_after_the_timeout(
     try:
         with caplog.at_level(logging.WARNING, logger="voxpipe.ari"):
             caller = await fake.place_call()
-            await wait_until(lambda: bool(fake.made("DELETE", f"/channels/{caller}")))
+            await wait_until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
             await wait_until(lambda: not ctl.calls)
         assert any("no answer within 0.3 s" in r.getMessage() for r in caplog.records)
-        assert caller not in fake.channels
+        assert sent_back(fake, caller)
         assert fake.made("POST", "/channels/externalMedia") == []
 
         fake.stalls.clear()
@@ -313,22 +549,13 @@ async def test_end_to_end_a_stasis_caller_talks_to_the_bot_and_is_transferred(
     fake: FakeAri,
 ) -> None:
     """The fake Asterisk connects the externalMedia channel to the real AudioSocket server
-    with the UUID from ``data``; a TransferFrame in the bot's pipeline ends in /continue."""
-    results: list[CallResult] = []
+    with the UUID from ``data`` and puts it in Stasis after its reply, as Asterisk 22 does; a
+    TransferFrame in the bot's pipeline ends in /continue, and the bot records a transfer even
+    though Asterisk closes the bot's socket (the leg is hung up) before the transfer returns."""
     voice = load_wav(AUDIO / "caller_operator_16k.wav", 16000)[: 16000 * 2]
+    fake.connect_media, fake.media_start, fake.media_audio = True, "after_reply", voice
 
     async with running_bot(Bot.from_yaml(ECHO_BOT)) as server:
-
-        async def connect_media(channel: FakeChannel, params: dict[str, str]) -> None:
-            host, _, port = params["external_host"].rpartition(":")
-            script = [Say(voice), WaitForHangup(timeout_s=20.0)]
-            results.append(
-                await place_call(host, int(port), script, rate=16000, call_id=params["data"])
-            )
-            if channel.id in fake.channels:  # the socket closed: Asterisk hangs the leg up
-                await fake.caller_hangs_up(channel.id)
-
-        fake.on_external_media = connect_media
         ctl = AriController(settings_for(fake), f"127.0.0.1:{server.port}")
         server.on_call_start.append(ctl.attach)
         await ctl.start()
@@ -340,26 +567,116 @@ async def test_end_to_end_a_stasis_caller_talks_to_the_bot_and_is_transferred(
             ari_call = active.call.controller
             assert isinstance(ari_call, AriCall)
             assert ari_call.caller_id == caller
-            await wait_until(lambda: len(fake.bridges[ari_call.bridge_id].channels) == 2)
+            await wait_until(lambda: ari_call.bridged)
             assert media_request(fake, caller)["data"] == active.call.call_id
 
-            await wait_until(lambda: active.rate is not None)
+            await wait_until(lambda: active.rate == 16000)
             await asyncio.sleep(1.0)  # the caller talks for a while, and hears their echo
             active.task.queue_frame(TransferFrame(context="transfer-to-operator", extension="100"))
 
-            await wait_until(lambda: bool(results), timeout_s=20)
             await wait_until(lambda: not ctl.calls and not server.calls)
         finally:
             await ctl.stop()
 
-    (result,) = results
-    assert result.hung_up_by == "bot"
-    assert result.bot_segments  # the caller heard the bot (their own voice, echoed)
+    leg = fake.media_legs[ari_call.media_id]
+    heard = array.array("h", bytes(leg.received))
+    assert max(map(abs, heard), default=0) > 1000  # the caller heard their own voice, echoed
+    assert not leg.closed_by_bot  # Asterisk closed it: the controller hung the leg up
     (moved,) = fake.made("POST", f"/channels/{caller}/continue")
     assert moved.params == {"context": "transfer-to-operator", "extension": "100", "priority": "1"}
     assert fake.made("DELETE", f"/channels/{caller}") == []
-    assert set(fake.channels) == {caller}
-    assert fake.bridges == {}
+    assert outcomes.outcome_of(active.call) == "transfer,transfer-to-operator,100,1"
+    assert active.task.end_reason == "transferred"
+    assert_nothing_left_but(fake, caller)
+
+
+async def test_end_to_end_a_bot_that_refuses_the_call_hands_the_caller_back(
+    fake: FakeAri,
+) -> None:
+    """A draining bot closes the AudioSocket connection at once; Asterisk hangs that leg up,
+    and the controller returns the caller to the dialplan (its operators)."""
+    fake.connect_media, fake.media_start = True, "after_reply"
+    async with running_bot(Bot.from_yaml(ECHO_BOT)) as server:
+        server.draining = True
+        ctl = AriController(settings_for(fake), f"127.0.0.1:{server.port}")
+        server.on_call_start.append(ctl.attach)
+        await ctl.start()
+        try:
+            await wait_until(lambda: len(fake.sockets) == 1)
+            caller = await fake.place_call()
+            await wait_until(lambda: bool(fake.made("POST", "/channels/externalMedia")))
+            await wait_until(lambda: not ctl.calls)
+        finally:
+            await ctl.stop()
+
+    assert sent_back(fake, caller)
+    assert fake.made("DELETE", f"/channels/{caller}") == []
+    assert_nothing_left_but(fake, caller)
+
+
+async def test_end_to_end_a_setup_failing_after_the_bot_took_the_call_is_an_error(
+    fake: FakeAri,
+) -> None:
+    """Asterisk connected and sent the UUID, but the channel never entered Stasis: the caller
+    goes back to the dialplan, and the bot's call ends as an error, not a caller hang-up."""
+    fake.connect_media, fake.media_start = True, "never"
+    ended: list[Call] = []
+    async with running_bot(Bot.from_yaml(ECHO_BOT)) as server:
+        ctl = AriController(settings_for(fake, media_timeout_s=0.5), f"127.0.0.1:{server.port}")
+
+        async def keep(call: Call) -> None:
+            ended.append(call)
+
+        server.on_call_start.extend([ctl.attach, keep])
+        await ctl.start()
+        try:
+            await wait_until(lambda: len(fake.sockets) == 1)
+            caller = await fake.place_call()
+            await wait_until(lambda: len(server.calls) == 1)
+            await wait_until(lambda: not ctl.calls and not server.calls)
+        finally:
+            await ctl.stop()
+
+    assert sent_back(fake, caller)
+    assert_nothing_left_but(fake, caller)
+    (call,) = ended
+    assert outcomes.outcome_of(call) == outcomes.ERROR
+
+
+async def test_callers_still_being_set_up_at_shutdown_go_back_to_the_dialplan(
+    fake: FakeAri,
+) -> None:
+    fake.media_start = "never"
+    ctl = AriController(settings_for(fake, media_timeout_s=30.0), BOT_ADDRESS)
+    await ctl.start()
+    await wait_until(lambda: len(fake.sockets) == 1)
+    caller = await fake.place_call()
+    await wait_until(lambda: bool(fake.made("POST", "/channels/externalMedia")))
+
+    await ctl.stop()
+
+    assert sent_back(fake, caller)
+    assert_nothing_left_but(fake, caller)
+
+
+async def test_no_bot_listening_sends_the_caller_back(fake: FakeAri) -> None:
+    """Asterisk cannot connect to external_host: externalMedia answers 500."""
+    fake.connect_media = True
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    ctl = AriController(settings_for(fake), f"127.0.0.1:{closed_port}")
+    await ctl.start()
+    try:
+        await wait_until(lambda: len(fake.sockets) == 1)
+        caller = await fake.place_call()
+        await wait_until(lambda: bool(fake.made("POST", "/channels/externalMedia")))
+        await wait_until(lambda: not ctl.calls)
+    finally:
+        await ctl.stop()
+
+    assert sent_back(fake, caller)
+    assert_nothing_left_but(fake, caller)
 
 
 async def test_serve_starts_the_controller_for_a_bot_with_an_ari_block(fake: FakeAri) -> None:

@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+from fakes.ari import FakeAri, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from voxpipe.ari import AriController
 from voxpipe.frames import Direction, DTMFFrame, Frame, HangupFrame, TransferFrame
 from voxpipe.http import OperationsApi
 from voxpipe.http.outcomes import OutcomeLookup
 from voxpipe.http.state import CallTracker
 from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import HttpSettings
-from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.pipelines.config import AriSettings, HttpSettings
+from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
 from voxpipe.pipelines.registry import ProcessorType, Registry
 from voxpipe.pipelines.settings import ProcessorSettings
 from voxpipe.sessions.outcomes import OutcomeLog
@@ -43,10 +47,11 @@ from voxpipe.transports.audiosocket.server import AudioSocketServer
 TRANSFER = "transfer,transfer-to-operator,100,2"
 
 
-class Keys(FrameProcessor):
-    """A stand-in bot that obeys the caller's keys."""
+class Keys(QueuedProcessor):
+    """A stand-in bot that obeys the caller's keys, on a task of its own as an LLM does (so
+    the transport's reader goes on reading while a transfer is carried out)."""
 
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
+    async def handle_frame(self, frame: Frame, direction: Direction) -> None:
         await self.push_frame(frame, direction)
         if isinstance(frame, DTMFFrame):
             if frame.digit == "0":
@@ -116,6 +121,76 @@ async def test_a_transfer_is_told_apart_from_a_goodbye(
     assert (transfer_answer.status_code, transfer_answer.text) == (200, TRANSFER)
     assert transfer_answer.headers["content-type"].startswith("text/plain")
     assert (goodbye_answer.status_code, goodbye_answer.text) == (200, "hangup")
+
+
+async def transfer_through_ari(server: AudioSocketServer) -> str:
+    """A caller in Stasis presses 0 through a fake Asterisk that bridges them to ``server``;
+    the bot's ARI controller moves them on. Returns the call's UUID."""
+    fake = FakeAri()
+    fake.connect_media, fake.media_start = True, "after_reply"  # as Asterisk 22 does
+    await fake.start()
+    settings = AriSettings(url=fake.url, username=fake.username, password=fake.password)
+    controller = AriController(settings, f"127.0.0.1:{server.port}")
+    server.on_call_start.append(controller.attach)
+    await controller.start()
+    try:
+        await wait_until(lambda: len(fake.sockets) == 1)
+        caller = await fake.place_call()
+        await wait_until(lambda: any(c.bridged for c in controller.calls.values()))
+        (ari_call,) = controller.calls.values()
+        await fake.press(caller, "0")
+        await wait_until(lambda: not controller.calls and not server.calls)
+        moved = [r.params for r in fake.made("POST", f"/channels/{caller}/continue")]
+        assert moved == [{"context": "transfer-to-operator", "extension": "100", "priority": "2"}]
+        assert not fake.media_legs[ari_call.media_id].closed_by_bot  # Asterisk closed it
+        return ari_call.uuid
+    finally:
+        await controller.stop()
+        await fake.stop()
+
+
+def calls_ended(metrics_text: str) -> dict[str, float]:
+    """``voxpipe_calls_ended_total`` by reason, from a /metrics page."""
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == "voxpipe_calls_ended_total"
+    }
+
+
+@pytest.mark.parametrize("way_in", ["audiosocket-application", "audiosocket-channel", "ari"])
+async def test_a_transfer_is_reported_as_transferred_whichever_way_the_call_came_in(
+    served: tuple[AudioSocketServer, OperationsApi],
+    caplog: pytest.LogCaptureFixture,
+    way_in: str,
+) -> None:
+    """The caller presses 0. The outcome API, the call's last log line and the calls-ended
+    metric all say transferred: with the AudioSocket() application (8 kHz), the channel
+    driver (slin16), and ARI, where Asterisk closes the bot's socket (the controller hangs
+    the bot's leg up) before the transfer returns."""
+    server, api = served
+    with caplog.at_level(logging.INFO, logger="voxpipe"):
+        if way_in == "ari":
+            call_id = await transfer_through_ari(server)
+        else:
+            rate = 8000 if way_in == "audiosocket-application" else 16000
+            script = [Silence(0.1), Dtmf("0"), WaitForHangup(5.0)]
+            result = await place_call("127.0.0.1", server.port, script, rate=rate)
+            assert result.hung_up_by == "bot"
+            call_id = result.call_id
+        answer = await outcome(api, call_id)
+    async with client(api, timeout=10.0) as http:
+        metrics = (await http.get("/metrics")).text
+
+    assert (answer.status_code, answer.text) == (200, TRANSFER)
+    (ended,) = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith(f"[call {call_id}] call ended after")
+    ]
+    assert ended.endswith(": transferred")
+    assert calls_ended(metrics) == {"transferred": 1.0}
 
 
 async def test_a_caller_hangup_and_a_failed_call(

@@ -1,9 +1,21 @@
 """A local fake of Asterisk's ARI: REST over HTTP and the events WebSocket on one port.
 
 Resources and events have the JSON shapes of Asterisk's ``rest-api/api-docs`` (Channel, Bridge,
-StasisStart, StasisEnd, ChannelDestroyed; errors as ``{"message": ...}``) and the status codes it
-documents (404 unknown channel or bridge, 409/422 channel not in Stasis, 400 bad parameters).
-Every REST request is recorded; a request can be made to stall; the WebSocket can be dropped.
+StasisStart, StasisEnd, ChannelStateChange, ChannelDestroyed; errors as ``{"message": ...}``) and
+the status codes it documents (404 unknown channel or bridge, 409/422 channel not in Stasis, 400
+bad parameters). Every REST request is recorded; a request can be made to stall or to fail; the
+WebSocket can be dropped.
+
+An externalMedia channel goes through the steps Asterisk 22's ``res/ari/resource_channels.c``
+and ``channels/chan_audiosocket.c`` take: the TCP connection to ``external_host`` is opened
+before the REST reply (a bot that is not listening is a 500), the channel is created ``Down``
+and outside Stasis, and only the dial thread, started just before the reply, sends the UUID
+message, answers the channel and runs ``Stasis(<app>,<data>)``: a StasisStart whose ``args`` are
+``[data]``. Until then ``addChannel`` answers 422 "Channel not in Stasis application".
+``media_start`` picks when that StasisStart comes relative to the reply: ``before_reply``,
+``after_reply`` (``media_delay_s`` later), ``never``, or ``dial_fails`` (the channel is
+destroyed without entering Stasis). Hanging the channel up closes its socket, and a socket the
+bot closes hangs the channel up, as Asterisk does.
 """
 
 from __future__ import annotations
@@ -15,19 +27,34 @@ import itertools
 import json
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from voxpipe.transports.audiosocket.protocol import (
+    KIND_OF_RATE,
+    RATE_OF_KIND,
+    Kind,
+    ProtocolError,
+    encode,
+    read_message,
+)
+
 ASTERISK_ID = "02:42:ac:11:00:02"
+# The slin formats an externalMedia AudioSocket channel may speak, by ARI format name.
+SLIN_RATES = {"slin": 8000, "slin12": 12000, "slin16": 16000, "slin24": 24000, "slin48": 48000}
+
+MediaStart = Literal["before_reply", "after_reply", "never", "dial_fails"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +79,7 @@ class FakeChannel:
     exten: str = "200"
     priority: int = 2
     created: str = ""
+    app_data: str = "voxpipe"
 
     def json(self) -> dict[str, Any]:
         return {
@@ -67,7 +95,7 @@ class FakeChannel:
                 "exten": self.exten,
                 "priority": self.priority,
                 "app_name": "Stasis" if self.in_stasis else "",
-                "app_data": "voxpipe" if self.in_stasis else "",
+                "app_data": self.app_data if self.in_stasis else "",
             },
             "creationtime": self.created,
             "language": "en",
@@ -98,6 +126,76 @@ class FakeBridge:
         }
 
 
+class MediaLeg:
+    """The AudioSocket connection of one externalMedia channel, run as chan_audiosocket does.
+
+    Once dialled it sends the UUID message, then one 20 ms frame of what the bridge gives it
+    (``audio``, then silence) at real time, and keeps what the bot sends in ``received``.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        rate: int,
+        on_bot_hangup: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.rate = rate
+        self.received = bytearray()
+        self.closed_by_bot = False
+        self.hung_up = False
+        self._on_bot_hangup = on_bot_hangup
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def dial(self, call_uuid: str, audio: bytes) -> None:
+        """``audiosocket_call``: send the UUID, then start the audio both ways."""
+        self.writer.write(encode(Kind.UUID, uuid.UUID(call_uuid).bytes))
+        self._tasks = [asyncio.create_task(self._send(audio)), asyncio.create_task(self._read())]
+
+    def send_dtmf(self, digit: str) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode(Kind.DTMF, digit.encode("ascii")))
+
+    def close(self) -> None:
+        """``audiosocket_hangup``: close the socket."""
+        self.hung_up = True
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.writer.close()
+
+    async def _send(self, audio: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        size = self.rate // 50 * 2
+        kind = KIND_OF_RATE[self.rate]
+        slot = loop.time()
+        position = 0
+        while not self.writer.is_closing():
+            frame = audio[position : position + size].ljust(size, b"\0")
+            position += size
+            self.writer.write(encode(kind, frame))
+            slot += 0.02
+            await asyncio.sleep(max(0.0, slot - loop.time()))
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                message = await read_message(self.reader, 30.0)
+                if message.kind in RATE_OF_KIND:
+                    self.received += message.payload
+                elif message.kind is Kind.HANGUP:
+                    break
+        except (EOFError, ConnectionError, ProtocolError, TimeoutError):
+            pass
+        if self.hung_up:
+            return  # Asterisk hung the channel up itself
+        self.closed_by_bot = True
+        self.close()
+        await self._on_bot_hangup()
+
+
 def _now() -> str:
     """ARI's timestamp format, e.g. ``2026-11-25T18:55:00.123+0000``."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
@@ -120,10 +218,12 @@ class FakeAri:
         self.connections = 0
         self.rejected = 0
         self.stalls: list[tuple[str, str]] = []
-        self.on_external_media: Callable[[FakeChannel, dict[str, str]], Awaitable[None]] | None = (
-            None
-        )
-        self.on_hangup: Callable[[FakeChannel], Awaitable[None]] | None = None
+        self.failures: list[tuple[str, str, int, str, Callable[[dict[str, str]], bool]]] = []
+        self.media_start: MediaStart = "before_reply"
+        self.media_delay_s = 0.2
+        self.connect_media = False
+        self.media_audio = b""
+        self.media_legs: dict[str, MediaLeg] = {}  # by channel id, hung up ones included
         self._ids = itertools.count(1)
         self._release = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -159,6 +259,8 @@ class FakeAri:
 
     async def stop(self) -> None:
         self._release.set()
+        for leg in self.media_legs.values():
+            leg.close()
         await self.drop_events()
         for task in list(self._tasks):
             task.cancel()
@@ -197,6 +299,27 @@ class FakeAri:
     def stall(self, method: str, path_suffix: str) -> None:
         """Make matching requests hang until the fake stops."""
         self.stalls.append((method, path_suffix))
+
+    def fail(
+        self,
+        method: str,
+        path_suffix: str,
+        status: int,
+        message: str,
+        when: Callable[[dict[str, str]], bool] = lambda params: True,
+    ) -> None:
+        """Answer the next matching request (``when`` its parameters) with an error."""
+        self.failures.append((method, path_suffix, status, message, when))
+
+    async def press(self, caller_id: str, digits: str) -> None:
+        """The caller presses keys: the bridge passes each digit to the bot's leg."""
+        bridge = self.bridge_of(caller_id)
+        others = bridge.channels if bridge is not None else []
+        legs = [self.media_legs[c] for c in others if c in self.media_legs]
+        for digit in digits:
+            for leg in legs:
+                leg.send_dtmf(digit)
+            await asyncio.sleep(0.1)
 
     async def emit(self, event: dict[str, Any]) -> None:
         """Send an event (with ARI's common fields) to every connected WebSocket."""
@@ -253,6 +376,11 @@ class FakeAri:
         if any(request.method == m and path.endswith(s) for m, s in self.stalls):
             await self._release.wait()
             return _error(503, "stalled")
+        for failure in self.failures:
+            method, suffix, status, message, when = failure
+            if request.method == method and path.endswith(suffix) and when(params):
+                self.failures.remove(failure)
+                return _error(status, message)
         parts = path.strip("/").split("/")
         route = (request.method, parts[0], len(parts), parts[-1] if len(parts) == 3 else "")
         handlers: dict[tuple[str, str, int, str], Callable[..., Awaitable[Response]]] = {
@@ -285,20 +413,70 @@ class FakeAri:
         channel_id = params.get("channelId") or f"{int(time.time())}.{next(self._ids)}"
         if channel_id in self.channels:
             return _error(409, "Channel with given unique ID already exists")
+        host = params["external_host"]
+        data = params.get("data", "")
         channel = FakeChannel(
             id=channel_id,
-            name=f"AudioSocket/{params['external_host']}-{next(self._ids):08x}",
-            state="Up",
+            name=f"AudioSocket/{host}-{data}",
+            state="Down",
+            in_stasis=False,
             context="default",
             exten="s",
             priority=1,
             created=_now(),
+            app_data=f"{params['app']},{data}",
         )
+        leg = None
+        if self.connect_media:  # audiosocket_request connects before the channel exists
+            address, _, port = host.rpartition(":")
+            try:
+                reader, writer = await asyncio.open_connection(address, int(port))
+            except OSError:
+                return _error(500, "Allocation failed")
+            rate = SLIN_RATES.get(params["format"], 8000)
+            leg = MediaLeg(reader, writer, rate, lambda: self._bot_hung_up(channel))
+            self.media_legs[channel_id] = leg
         self.channels[channel_id] = channel
-        await self.emit({"type": "StasisStart", "args": [], "channel": channel.json()})
-        if self.on_external_media is not None:
-            self._spawn(self.on_external_media(channel, params))
-        return JSONResponse(channel.json())
+        snapshot = channel.json()  # taken before the dial thread starts
+        mode = self.media_start
+        if mode == "before_reply":
+            await self._dial(channel, leg, data, mode)
+            return JSONResponse(snapshot)
+        # The dial thread runs on its own: let it start once the reply is on its way.
+        later = self._dial_later(channel, leg, data, mode)
+        return JSONResponse(snapshot, background=BackgroundTask(self._start, later))
+
+    async def _start(self, coro: Awaitable[None]) -> None:
+        self._spawn(coro)
+
+    async def _dial_later(
+        self, channel: FakeChannel, leg: MediaLeg | None, data: str, mode: MediaStart
+    ) -> None:
+        await asyncio.sleep(self.media_delay_s)
+        await self._dial(channel, leg, data, mode)
+
+    async def _dial(
+        self, channel: FakeChannel, leg: MediaLeg | None, data: str, mode: MediaStart
+    ) -> None:
+        """The dial thread: ``audiosocket_call`` (the UUID), answer, ``Stasis(app,data)``."""
+        if self.channels.get(channel.id) is not channel:
+            return  # hung up before it was dialled
+        if mode == "dial_fails":
+            await self._destroy(channel, cause=0, cause_txt="Unknown")
+            return
+        if leg is not None:
+            leg.dial(data, self.media_audio)
+        if mode == "never":
+            return
+        channel.state = "Up"
+        await self.emit({"type": "ChannelStateChange", "channel": channel.json()})
+        channel.in_stasis = True
+        await self.emit({"type": "StasisStart", "args": [data], "channel": channel.json()})
+
+    async def _bot_hung_up(self, channel: FakeChannel) -> None:
+        """The bot closed the leg's socket: Asterisk hangs the channel up."""
+        if self.channels.get(channel.id) is channel:
+            await self._destroy(channel, cause=16, cause_txt="Normal Clearing")
 
     async def _channel_get(self, parts: list[str], params: dict[str, str]) -> Response:
         channel = self.channels.get(parts[1])
@@ -384,6 +562,9 @@ class FakeAri:
 
     async def _destroy(self, channel: FakeChannel, cause: int, cause_txt: str) -> None:
         self.channels.pop(channel.id, None)
+        leg = self.media_legs.get(channel.id)  # kept: tests read what the leg heard
+        if leg is not None:
+            leg.close()
         self._leave_bridges(channel.id)
         if channel.in_stasis:
             await self.emit({"type": "StasisEnd", "channel": channel.json()})
@@ -395,8 +576,6 @@ class FakeAri:
                 "channel": channel.json(),
             }
         )
-        if self.on_hangup is not None:
-            self._spawn(self.on_hangup(channel))
 
     def _leave_bridges(self, channel_id: str) -> None:
         for bridge in self.bridges.values():

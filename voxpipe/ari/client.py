@@ -136,14 +136,19 @@ class AriClient:
         )
 
     async def continue_in_dialplan(
-        self, channel_id: str, context: str, extension: str, priority: int
+        self,
+        channel_id: str,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
     ) -> None:
-        """Let a channel leave Stasis and go on at ``context``/``extension``/``priority``."""
-        await self.request(
-            "POST",
-            f"/channels/{channel_id}/continue",
-            {"context": context, "extension": extension, "priority": priority},
-        )
+        """Let a channel leave Stasis and go on at ``context``/``extension``/``priority``.
+
+        Without a target it goes on at the priority after its ``Stasis()``.
+        """
+        target = {"context": context, "extension": extension, "priority": priority}
+        params = {name: value for name, value in target.items() if value is not None}
+        await self.request("POST", f"/channels/{channel_id}/continue", params)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -2,10 +2,21 @@
 
 For each caller (``StasisStart``): answer, create a mixing bridge, add the caller, create an
 externalMedia channel (AudioSocket over TCP, slin16 by default) whose ``data`` is a fresh UUID,
-and add it to the bridge. Asterisk then connects to the bot's AudioSocket server with that UUID; the
-server's ``on_call_start`` hook (``attach``) gives the call an ``AriCall`` as its controller, so
-the bot can transfer or hang up the caller. When either channel leaves (``StasisEnd``,
-``ChannelDestroyed``), whatever is left is hung up and the bridge destroyed, once.
+wait for that channel's own ``StasisStart``, and add it to the bridge. Asterisk then connects to
+the bot's AudioSocket server with that UUID; the server's ``on_call_start`` hook (``attach``)
+gives the call an ``AriCall`` as its controller, so the bot can transfer or hang up the caller.
+When either channel leaves (``StasisEnd``, ``ChannelDestroyed``), whatever is left is hung up and
+the bridge destroyed, once.
+
+Asterisk answers the externalMedia request as soon as the channel exists, but only its dial
+thread puts the channel into Stasis, a moment later: until then ``addChannel`` fails with 422.
+So the controller waits for the media channel's StasisStart (which may also come before the
+reply), for at most ``media_timeout_s``.
+
+A set-up that fails (a REST error at any step, the media channel never entering Stasis, the
+bot's leg ending before the bot took the call) deletes what was created and sends the caller
+back to the dialplan with a bare ``/continue``: it goes on after ``Stasis()``, where the
+dialplan has its fallback. The caller is never dropped for the bot's trouble.
 
 Channel and bridge ids are chosen here, before the requests are sent: Asterisk's events about a
 new channel may arrive before the response that creates it, and cleanup after a timeout still
@@ -21,9 +32,10 @@ import logging
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from voxpipe.ari.client import AriClient, AriError
+from voxpipe.sessions import outcomes
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call
@@ -32,6 +44,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("voxpipe.ari")
 
 _MEDIA_PREFIXES = ("AudioSocket/", "UnicastRTP/", "WebSocket/")
+MEDIA_ID_PREFIX = "voxpipe-media-"
+
+# What ending a call does to the caller's channel: hang it up, send it back to the dialplan
+# (a failed set-up), or leave it alone (it left the app itself, or was transferred).
+CallerFate = Literal["hangup", "continue", "leave"]
+
+
+class ControlError(Exception):
+    """Call control failed for a reason other than a failed request (``AriError``)."""
 
 
 @dataclass(eq=False)
@@ -48,12 +69,17 @@ class AriCall:
     bridge_id: str
     media_id: str
     setup: asyncio.Task[None] | None = None
+    call: Call | None = None
+    bridged: bool = False
     ended: bool = False
-    transferred: bool = False
+    media_started: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def transfer(self, context: str, extension: str, priority: int = 1) -> None:
-        """Blind-transfer the caller to ``context``/``extension`` and drop the bot's leg."""
+        """Blind-transfer the caller to ``context``/``extension`` and drop the bot's leg.
+
+        Raises when the caller could not be moved (the call is over either way).
+        """
         await self.controller.transfer(self, context, extension, priority)
 
     async def hangup(self) -> None:
@@ -92,7 +118,10 @@ class AriController:
             self._runner = asyncio.create_task(self._run(), name=f"ari-{self.app}")
 
     async def stop(self) -> None:
-        """Stop listening, tear down the calls still in the app, close the HTTP client."""
+        """Stop listening, tear down the calls still in the app, close the HTTP client.
+
+        Callers still being set up go back to the dialplan; the others are hung up.
+        """
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -100,7 +129,10 @@ class AriController:
             self._runner = None
         self.connected.clear()
         await asyncio.gather(
-            *(self._teardown(c, "shutdown") for c in list(self.calls.values())),
+            *(
+                self._teardown(c, "shutdown", caller="hangup" if c.bridged else "continue")
+                for c in list(self.calls.values())
+            ),
             return_exceptions=True,
         )
         for task in list(self._tasks):
@@ -115,7 +147,8 @@ class AriController:
         except ValueError:
             return
         ari_call = self.calls.get(key)
-        if ari_call is not None:
+        if ari_call is not None and not ari_call.ended:
+            ari_call.call = call
             call.controller = ari_call
             call.data["ari_channel"] = ari_call.caller_id
 
@@ -180,20 +213,42 @@ class AriController:
         elif kind in ("StasisEnd", "ChannelDestroyed"):
             ari_call = self._by_channel.get(channel["id"])
             if ari_call is not None:
-                self._spawn(self._teardown(ari_call, f"{kind} of {channel.get('name', '?')}"))
+                self._on_channel_left(ari_call, channel, f"{kind} of {channel.get('name', '?')}")
+
+    def _on_channel_left(self, ari_call: AriCall, channel: dict[str, Any], why: str) -> None:
+        if ari_call.ended:
+            return
+        if channel["id"] == ari_call.caller_id:
+            # The caller hung up or left the app: nothing is left to do for it.
+            self._spawn(self._teardown(ari_call, why, caller="leave"))
+        elif ari_call.bridged and ari_call.call is not None:
+            self._spawn(self._teardown(ari_call, why))  # the bot's leg ended: the call is over
+        else:
+            # The bot's leg ended before the call was set up, or before the bot took the call
+            # (a bot at max_calls or draining closes the connection at once).
+            self._spawn(self._fail_setup(ari_call, f"the bot's media channel ended ({why})"))
 
     def _on_stasis_start(self, channel: dict[str, Any]) -> None:
         channel_id: str = channel["id"]
         name = str(channel.get("name", ""))
-        if channel_id in self._by_channel or name.startswith(_MEDIA_PREFIXES):
-            return  # our own externalMedia channel, or a caller we already have
+        known = self._by_channel.get(channel_id)
+        if known is not None:
+            if channel_id == known.media_id:
+                known.media_started.set()  # it can be bridged now
+            return
+        if name.startswith(_MEDIA_PREFIXES):
+            if channel_id.startswith(MEDIA_ID_PREFIX):
+                # The media channel of a call that ended while Asterisk was still creating it.
+                log.info("hanging up %s, left over from an ended call", name)
+                self._spawn(self._quietly(self.client.hangup(channel_id), channel_id))
+            return  # some other application's media channel
         call_uuid = str(uuid.uuid4())
         ari_call = AriCall(
             controller=self,
             uuid=call_uuid,
             caller_id=channel_id,
             bridge_id=f"voxpipe-{call_uuid}",
-            media_id=f"voxpipe-media-{call_uuid}",
+            media_id=f"{MEDIA_ID_PREFIX}{call_uuid}",
         )
         self.calls[call_uuid] = ari_call
         self._by_channel[channel_id] = ari_call
@@ -210,7 +265,7 @@ class AriController:
                 log.warning("checking call %s after reconnecting: %s", ari_call.uuid, exc)
                 continue
             if channel is None:
-                await self._teardown(ari_call, "caller gone while disconnected")
+                await self._teardown(ari_call, "caller gone while disconnected", caller="leave")
 
     # --- one call --------------------------------------------------------------------------
 
@@ -227,13 +282,44 @@ class AriController:
                 ari_call.uuid,
                 self.settings.media_format,
             )
+            await self._media_in_stasis(ari_call)
             await client.add_channel(ari_call.bridge_id, ari_call.media_id)
-        except AriError as exc:
-            log.error("setting up call %s failed: %s", ari_call.uuid, exc)
-            await self._teardown(ari_call, "setup failed")
+        except (AriError, ControlError) as exc:
+            await self._fail_setup(ari_call, str(exc))
+            return
+        ari_call.bridged = True
+        log.info("call %s set up: caller %s bridged to the bot", ari_call.uuid, ari_call.caller_id)
 
-    async def _teardown(self, ari_call: AriCall, reason: str) -> None:
-        """Hang up what is left of a call and destroy its bridge; runs once per call."""
+    async def _media_in_stasis(self, ari_call: AriCall) -> None:
+        """Wait (bounded) until Asterisk's dial thread has put the media channel in Stasis."""
+        timeout_s = self.settings.media_timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                await ari_call.media_started.wait()
+        except TimeoutError:
+            raise ControlError(
+                f"the bot's media channel did not enter {self.app!r} within {timeout_s:g} s"
+            ) from None
+
+    async def _fail_setup(self, ari_call: AriCall, problem: str) -> None:
+        """Give up on a call being set up: clean up and send the caller back to the dialplan."""
+        if ari_call.ended:
+            return
+        log.error(
+            "setting up call %s failed: %s; sending caller %s back to the dialplan",
+            ari_call.uuid,
+            problem,
+            ari_call.caller_id,
+        )
+        if ari_call.call is not None:
+            # The bot took the call already: its end is this failure, not a caller hang-up.
+            outcomes.settle(ari_call.call, outcomes.ERROR)
+        await self._teardown(ari_call, "setup failed", caller="continue")
+
+    async def _teardown(
+        self, ari_call: AriCall, reason: str, caller: CallerFate = "hangup"
+    ) -> None:
+        """Deal with the caller, hang up the bot's leg and destroy the bridge; once per call."""
         if ari_call.ended:
             await ari_call.done.wait()
             return
@@ -245,45 +331,62 @@ class AriController:
                 with contextlib.suppress(asyncio.CancelledError):
                     await setup
             log.info("ending call %s: %s", ari_call.uuid, reason)
-            steps: list[Coroutine[Any, Any, None]] = [self.client.hangup(ari_call.media_id)]
-            if not ari_call.transferred:
-                steps.append(self.client.hangup(ari_call.caller_id))
-            for step in steps:
-                await self._quietly(step, ari_call)
-            await self._quietly(self.client.delete_bridge(ari_call.bridge_id), ari_call)
+            if caller == "continue":
+                await self._send_back(ari_call)
+            elif caller == "hangup":
+                await self._quietly(self.client.hangup(ari_call.caller_id), ari_call.uuid)
+            await self._quietly(self.client.hangup(ari_call.media_id), ari_call.uuid)
+            await self._quietly(self.client.delete_bridge(ari_call.bridge_id), ari_call.uuid)
         finally:
             self.calls.pop(ari_call.uuid, None)
             self._by_channel.pop(ari_call.caller_id, None)
             self._by_channel.pop(ari_call.media_id, None)
             ari_call.done.set()
 
-    async def _quietly(self, step: Coroutine[Any, Any, None], ari_call: AriCall) -> None:
+    async def _send_back(self, ari_call: AriCall) -> None:
+        """A bare ``/continue``: the caller goes on after ``Stasis()`` (leaving the bridge).
+
+        If Asterisk refuses that for a reason other than the caller being gone, the caller is
+        hung up rather than left in silence in an app that no longer looks after it.
+        """
+        try:
+            await self.client.continue_in_dialplan(ari_call.caller_id)
+        except AriError as exc:
+            if exc.status in (404, 409):
+                return  # hung up, or already out of Stasis
+            log.error(
+                "call %s: could not send the caller back to the dialplan (%s); hanging up",
+                ari_call.uuid,
+                exc,
+            )
+            await self._quietly(self.client.hangup(ari_call.caller_id), ari_call.uuid)
+
+    async def _quietly(self, step: Coroutine[Any, Any, None], call_uuid: str) -> None:
         try:
             await step
         except AriError as exc:
-            log.warning("cleanup of call %s: %s", ari_call.uuid, exc)
+            log.warning("cleanup of call %s: %s", call_uuid, exc)
 
     async def transfer(
         self, ari_call: AriCall, context: str, extension: str, priority: int
     ) -> None:
         """Move the caller out of the bridge and Stasis to the dialplan, then drop the rest.
 
-        Raises ``AriError`` when Asterisk refused the move (the call is torn down anyway).
+        Raises ``AriError`` when Asterisk refused the move (the call is torn down anyway), and
+        ``ControlError`` when the call had already ended.
         """
         if ari_call.ended:
-            log.warning("call %s ended before its transfer to %s", ari_call.uuid, context)
-            return
-        ari_call.transferred = True
+            raise ControlError(f"call {ari_call.uuid} ended before its transfer to {context}")
         log.info("transferring call %s to %s,%s,%d", ari_call.uuid, context, extension, priority)
         try:
             await self.client.remove_channel(ari_call.bridge_id, ari_call.caller_id)
             await self.client.continue_in_dialplan(ari_call.caller_id, context, extension, priority)
         except AriError as exc:
             log.error("transfer of call %s failed: %s", ari_call.uuid, exc)
-            ari_call.transferred = False
             await self._teardown(ari_call, "transfer failed")
             raise
-        await self._teardown(ari_call, f"transferred to {context},{extension},{priority}")
+        target = f"{context},{extension},{priority}"
+        await self._teardown(ari_call, f"transferred to {target}", caller="leave")
 
     async def hangup(self, ari_call: AriCall) -> None:
         """Hang up the caller, the bot's leg and the bridge."""

@@ -66,6 +66,12 @@ class AriSettings(Settings):
         None, description="host:port Asterisk should connect to for this bot's AudioSocket."
     )
     timeout_s: float = Field(5.0, gt=0, description="Timeout of every ARI REST request.")
+    media_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="How long to wait for the bot's externalMedia channel to enter the Stasis "
+        "app; after that the set-up is given up and the caller sent back to the dialplan.",
+    )
     reconnect_step_s: float = Field(
         5.0, gt=0, description="Events WebSocket lost: wait this, then twice this, ... to retry."
     )

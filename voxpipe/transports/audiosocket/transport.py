@@ -92,10 +92,14 @@ class Connection:
 
     def close(self, by: str) -> None:
         """Close the socket (Asterisk takes that as a hangup); ``by`` says why, for the reader."""
-        if not self.closed_by:
-            self.closed_by = by
+        self.expect_close(by)
         self.closed = True
         self.writer.close()
+
+    def expect_close(self, by: str) -> None:
+        """The peer is about to close the socket because of ``by``: not a caller hang-up."""
+        if not self.closed_by:
+            self.closed_by = by
 
 
 class AudioSocketInput(FrameProcessor):
@@ -247,21 +251,28 @@ class AudioSocketOutput(FrameProcessor):
             self._hang_up(outcomes.HANGUP)
         elif isinstance(frame, TransferFrame):
             await self._play_out()
-            await self._transfer(frame)
-            self._hang_up(outcomes.transfer(frame.context, frame.extension, frame.priority))
-            self.task.end("transferred")
+            if await self._transfer(frame):
+                self._hang_up(outcomes.transfer(frame.context, frame.extension, frame.priority))
+                self.task.end("transferred")
+            else:
+                self._hang_up(outcomes.ERROR)
+                self.task.end("transfer failed")
         elif isinstance(frame, CancelFrame):
             self._stopping = True
             self._close_now(outcomes.ERROR)
         await self.push_frame(frame, direction)
 
-    async def _transfer(self, frame: TransferFrame) -> None:
+    async def _transfer(self, frame: TransferFrame) -> bool:
+        """Carry the transfer out; whether the caller was handed on."""
         controller = self.call.controller
         if controller is None:
             # With the AudioSocket() application, hanging up continues the dialplan, whose
             # next step is the transfer.
             self.call.log.info("transfer: handing the caller back to the dialplan")
-            return
+            return True
+        # The controller (ARI) drops the bot's leg as part of the transfer: Asterisk closes this
+        # socket before the transfer returns, and that is the bot's doing, not a caller hang-up.
+        self._conn.expect_close("bot")
         try:
             await controller.transfer(frame.context, frame.extension, frame.priority)
         except Exception as exc:
@@ -269,6 +280,8 @@ class AudioSocketOutput(FrameProcessor):
                 "transfer to %s/%s failed: %r", frame.context, frame.extension, exc
             )
             await self.push_error(f"transfer failed: {exc}")
+            return False
+        return True
 
     def _hang_up(self, outcome: str) -> None:
         """Settle the call's outcome, then hang up: the dialplan may ask for it at once."""
