@@ -76,6 +76,7 @@ class Supervisor:
         # Dead workers ("host:pid") whose calls are still to be ended in Redis, with the time
         # after which their records have expired on their own.
         self.orphans: dict[str, float] = {}
+        self.orphans_told: set[str] = set()
         self.orphans_retry_at = 0.0
 
     def spawn(self, index: int) -> None:
@@ -138,7 +139,11 @@ class Supervisor:
         self.end_orphaned_calls()
 
     def end_orphaned_calls(self) -> None:
-        """End the dead workers' calls in Redis; when it does not answer, try again later."""
+        """End the dead workers' calls in Redis; when it does not answer, try again later.
+
+        The first failure for a worker is logged; the retries are quiet until Redis answers, or
+        until the records have expired by themselves (or the supervisor stops), said once too.
+        """
         assert self.store is not None
         from voxpipe.sessions.store import end_worker_calls
 
@@ -147,20 +152,27 @@ class Supervisor:
             try:
                 ended = end_worker_calls(url, worker, self.store.ttl_s)
             except Exception as exc:
+                self.orphans_retry_at = time.monotonic() + ORPHAN_RETRY_S
                 if time.monotonic() >= expires or self.stopping:
                     del self.orphans[worker]
-                    log.warning("calls of dead worker %s left in Redis until their TTL", worker)
-                else:
+                    log.warning(
+                        "session store: the calls of dead worker %s stay in Redis until their "
+                        "TTL (%s)",
+                        worker,
+                        exc or type(exc).__name__,
+                    )
+                elif worker not in self.orphans_told:
+                    self.orphans_told.add(worker)
                     log.warning(
                         "session store: cannot end the calls of dead worker %s (%s); "
-                        "retrying in %g s",
+                        "retrying every %g s",
                         worker,
                         exc or type(exc).__name__,
                         ORPHAN_RETRY_S,
                     )
-                self.orphans_retry_at = time.monotonic() + ORPHAN_RETRY_S
                 continue
             del self.orphans[worker]
+            self.orphans_told.discard(worker)
             if ended:
                 log.warning(
                     "worker %s died with %d call(s) in progress; ended as failed: %s",
