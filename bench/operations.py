@@ -4,13 +4,16 @@
 
 Prints microseconds per call event with the operations observers subscribed (metrics, call
 tracker, provider watch) and with none, per log line (JSON and text, secrets masked), and per
-rendering of ``/metrics`` after 1000 calls.
+rendering of ``/metrics`` after 1000 calls, and per ``GET /health`` on one keep-alive
+connection to the running API (real loopback TCP).
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import re
 import time
 from collections.abc import Callable
 
@@ -46,6 +49,25 @@ def one_call(call: Call) -> None:
     emit.call_ended(call, "caller hung up")
 
 
+async def keep_alive_ms(count: int = 500) -> float:
+    """Milliseconds per ``GET /health``, sent one after another on one keep-alive connection."""
+    api = OperationsApi(HttpSettings(listen="127.0.0.1:0"), bots=["desk"])
+    await api.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    request = b"GET /health HTTP/1.1\r\nHost: bot\r\n\r\n"
+    started = time.perf_counter()
+    for _ in range(count):
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+    elapsed = time.perf_counter() - started
+    writer.close()
+    await writer.wait_closed()
+    await api.stop()
+    return elapsed / count * 1e3
+
+
 def main() -> None:
     print(f"machine: {machine()}")
     call = Call(bot="desk")
@@ -73,6 +95,8 @@ def main() -> None:
     scrape = per_op_us(api.metrics.render, 200)
     size = len(api.metrics.render())
     print(f"/metrics render after 1000 calls:  {scrape:6.0f} us ({size} bytes)")
+    keep_alive = asyncio.run(keep_alive_ms())
+    print(f"GET /health on one keep-alive connection: {keep_alive:.2f} ms per request")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import re
+import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -216,6 +218,39 @@ async def test_a_busy_port_fails_at_start(api: OperationsApi) -> None:
     with pytest.raises(OSError):
         await clash.start()
     assert clash.metrics not in events.emit.observers  # type: ignore[attr-defined]
+
+
+async def keep_alive_requests(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: int
+) -> float:
+    """Seconds for ``count`` ``GET /health`` requests, one after another, on one connection."""
+    request = b"GET /health HTTP/1.1\r\nHost: bot\r\n\r\n"
+    started = time.perf_counter()
+    for _ in range(count):
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        assert length is not None, head
+        await reader.readexactly(int(length.group(1)))
+    return time.perf_counter() - started
+
+
+async def test_requests_on_one_keep_alive_connection_are_not_held_by_nagle(
+    api: OperationsApi,
+) -> None:
+    # With Nagle's algorithm on, the body (uvicorn's second write) waits for the ACK of the
+    # headers, which the client delays about 40 ms: 100 requests would take 4 s or more.
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    elapsed = await keep_alive_requests(reader, writer, 100)
+    server = api.server._server
+    assert server is not None
+    sockets = [conn.transport.get_extra_info("socket") for conn in server.server_state.connections]
+    writer.close()
+    await writer.wait_closed()
+    assert elapsed < 2.0, f"100 requests on one connection took {elapsed:.2f} s"
+    assert len(sockets) == 1
+    assert sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
 def test_reasons_become_bounded_labels() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from helpers import AUDIO
 
 from voxpipe.transports.audiosocket.caller import (
@@ -282,6 +284,59 @@ async def test_workers_share_one_audiosocket_port_and_a_dead_one_is_restarted(
 
     supervisor.popen.send_signal(signal.SIGTERM)
     assert supervisor.popen.wait(30) == 0, supervisor.output()
+
+
+async def test_calls_of_a_killed_worker_leave_calls_and_redis_at_once(
+    processes: list[Process], tmp_path: Path, redis_port: int
+) -> None:
+    supervisor, port, http_port = serve(processes, tmp_path, "killed", redis_port, "--workers", "2")
+    await wait_healthy(supervisor, http_port)
+    await wait_healthy(supervisor, http_port + 1)
+    victim = await worker_pid(http_port + 1)
+    victim_name = f"{socket.gethostname()}:{victim}"
+    # The kernel picks the worker of each call: place calls until both workers carry some.
+    script = [Say(SPEECH[:4800]), Silence(8.0), Hangup()]
+    calls: list[asyncio.Task[CallResult]] = []
+    carried: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
+        for _ in range(20):
+            calls.append(asyncio.create_task(place_call("127.0.0.1", port, script)))
+            for _ in range(40):
+                await asyncio.sleep(0.05)
+                listed = (await http.get("/calls")).json()["calls"]
+                carried = {entry["uuid"]: entry["worker"] for entry in listed}
+                if len(carried) == len(calls):
+                    break
+            if len(set(carried.values())) == 2:
+                break
+        doomed = {uuid for uuid, worker in carried.items() if worker == victim_name}
+        assert doomed and len(doomed) < len(carried), (carried, supervisor.output())
+
+        os.kill(victim, signal.SIGKILL)
+        # Each record would stay listed for its TTL (60 s) if nobody ended it.
+        for _ in range(100):
+            listed = (await http.get("/calls")).json()["calls"]
+            if not doomed & {entry["uuid"] for entry in listed}:
+                break
+            await asyncio.sleep(0.05)
+        survivors = {entry["uuid"] for entry in listed}
+        outcomes = [(await http.get(f"/calls/{uuid}/outcome")).text for uuid in doomed]
+    results = await asyncio.gather(*calls)
+
+    assert survivors == set(carried) - doomed, supervisor.output()
+    assert outcomes == ["error"] * len(doomed)
+    records = redis.Redis(port=redis_port)
+    for uuid in doomed:
+        record = json.loads(records.get(f"call_session:{uuid}") or "null")
+        assert record["state"] == "ended", record
+        assert "history" in record  # kept for whoever investigates, as a failed call's
+    by_id = {result.call_id: result for result in results}
+    assert {by_id[uuid].hung_up_by for uuid in doomed} == {"bot"}
+    assert {by_id[uuid].hung_up_by for uuid in survivors} == {"caller"}
+    assert f"worker {victim_name} died with {len(doomed)} call(s)" in supervisor.output()
+
+    supervisor.popen.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(supervisor.popen.wait, 30) == 0, supervisor.output()
 
 
 async def test_sigterm_drains_the_call_in_progress_then_exits_cleanly(

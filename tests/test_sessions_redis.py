@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from helpers import RedisServer, Started, free_port
+from pydantic import SecretStr
 
 from voxpipe.conversation import CallState, move
 from voxpipe.conversation.tracker import ConversationTracker
@@ -22,8 +23,16 @@ from voxpipe.frames import (
 )
 from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
+from voxpipe.pipelines.config import RedisStoreSettings
 from voxpipe.pipelines.task import PipelineTask
-from voxpipe.sessions.store import KEY_PREFIX, RedisSessionStore, session_store
+from voxpipe.sessions.store import (
+    KEY_PREFIX,
+    RedisSessionStore,
+    end_worker_calls,
+    session_store,
+    worker_id,
+)
+from voxpipe.workers import Supervisor
 
 
 @pytest.fixture
@@ -178,3 +187,50 @@ async def test_a_failed_call_leaves_its_record_but_is_not_listed(
     await asyncio.wait_for(runner, 5)
     await until(lambda: (record(server, task.call) or {}).get("state") == "ended")
     assert await store.list_calls() == []
+
+
+def live_record(call_id: str, worker: str, **fields: Any) -> str:
+    record = {"call_id": call_id, "bot": "desk", "state": "listening", "worker": worker}
+    record.update(history=[{"role": "user", "content": "my order is 1234"}], outcome=None)
+    return json.dumps({**record, **fields})
+
+
+def test_the_calls_of_a_dead_worker_end_as_failed_calls_and_no_others(
+    server: RedisServer,
+) -> None:
+    client = server.client()
+    client.set(KEY_PREFIX + "a1", live_record("a1", "host:1"), ex=1800)
+    client.set(KEY_PREFIX + "a2", live_record("a2", "host:1", outcome="transfer,ops,100,1"))
+    client.set(KEY_PREFIX + "a3", live_record("a3", "host:1", state="ended", outcome="hangup"))
+    client.set(KEY_PREFIX + "b1", live_record("b1", "host:2"), ex=1800)
+
+    ended = end_worker_calls(server.url, "host:1", ttl_s=60)
+
+    records = {key: json.loads(client.get(KEY_PREFIX + key)) for key in ("a1", "a2", "a3", "b1")}
+    assert sorted(ended) == ["a1", "a2"]
+    assert [records[key]["state"] for key in ("a1", "a2", "b1")] == ["ended", "ended", "listening"]
+    assert records["a1"]["outcome"] == "error"
+    assert records["a2"]["outcome"] == "transfer,ops,100,1"  # settled before the worker died
+    assert records["a1"]["history"] == [{"role": "user", "content": "my order is 1234"}]
+    assert 0 < client.ttl(KEY_PREFIX + "a1") <= 60
+    assert client.ttl(KEY_PREFIX + "b1") > 60
+
+
+def test_the_supervisor_ends_a_dead_workers_calls_once_redis_answers_again(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = RedisStoreSettings(url=SecretStr(server.url), ttl_s=60)
+    supervisor = Supervisor(2, ["serve", "bot.yaml"], settings)
+    server.client().set(KEY_PREFIX + "a1", live_record("a1", worker_id(4242)), ex=1800)
+    server.stop()
+    with caplog.at_level(logging.WARNING, logger="voxpipe.workers"):
+        supervisor.worker_died(4242)
+        supervisor.end_orphaned_calls()  # a retry while Redis is still down: not logged again
+        assert worker_id(4242) in supervisor.orphans
+        assert caplog.text.count("cannot end the calls of dead worker") == 1
+        server.start()
+        server.client().set(KEY_PREFIX + "a1", live_record("a1", worker_id(4242)), ex=1800)
+        supervisor.end_orphaned_calls()
+    assert supervisor.orphans == {}
+    assert json.loads(server.client().get(KEY_PREFIX + "a1"))["state"] == "ended"  # type: ignore[arg-type]
+    assert f"worker {worker_id(4242)} died with 1 call(s) in progress" in caplog.text

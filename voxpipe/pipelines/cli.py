@@ -41,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         from voxpipe.workers import supervise, worker_argv
 
-        return supervise(args.workers, worker_argv(args))
+        return supervise(args.workers, worker_argv(args), bot.config.session_store.redis)
     from voxpipe.pipelines.serve import serve
 
     try:

@@ -11,6 +11,10 @@ Writes happen on state and history changes (the conversation tracker calls ``sav
 frame. One store is created per bot and kept in ``bot.shared["session_store"]``. When a call
 ends, its Redis record is deleted, or replaced for ``outcome_ttl_s`` by one without the dialogue
 that keeps the call's outcome (``voxpipe.sessions.outcomes``) for the dialplan to ask any worker.
+
+Each record names the process that carries the call (``worker``, ``host:pid``). A process that
+dies without ending its calls (SIGKILL, the OOM killer) cannot delete them; the ``serve
+--workers`` supervisor, which sees it die, ends them with ``end_worker_calls``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from voxpipe.conversation.state import state_of
-from voxpipe.sessions.outcomes import RETENTION_S, outcome_of
+from voxpipe.sessions.outcomes import ERROR, RETENTION_S, outcome_of
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.bot import Bot
@@ -34,7 +38,14 @@ log = logging.getLogger("voxpipe.sessions")
 
 KEY_PREFIX = "call_session:"
 SHARED_KEY = "session_store"
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_id(pid: int | None = None) -> str:
+    """``host:pid`` of a process on this host (this one by default), as call records name it."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+WORKER = worker_id()
 
 Status = Literal["ok", "degraded"]
 
@@ -263,6 +274,37 @@ class RedisSessionStore(MemorySessionStore):
             self._pending.setdefault(call_id, (json.dumps(record), self.ttl_s))
         if self._pending:
             self._wake.set()
+
+
+def end_worker_calls(url: str, worker: str, ttl_s: int, *, timeout_s: float = 1.0) -> list[str]:
+    """End the calls a dead ``worker`` (``host:pid``) left in Redis as live; return their ids.
+
+    Each becomes what a failed call leaves (state ``ended``, outcome ``error`` unless one was
+    settled, the dialogue kept for ``ttl_s``): ``/calls`` no longer lists it, and the dialplan
+    asking for its outcome gets ``error`` at once. Blocking (the supervisor has no event loop);
+    raises ``redis.RedisError`` when Redis does not answer within ``timeout_s``.
+    """
+    from redis import Redis
+
+    client = Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        keys = list(client.scan_iter(f"{KEY_PREFIX}*", 500))
+        values = client.mget(keys) if keys else []
+        ended: list[str] = []
+        pipe = client.pipeline(transaction=False)
+        for key, value in zip(keys, values, strict=True):
+            record = json.loads(value) if value is not None else None
+            if not record or record.get("worker") != worker or record.get("state") == "ended":
+                continue
+            record.update(state="ended", outcome=record.get("outcome") or ERROR)
+            record["updated"] = round(time.time(), 3)
+            pipe.set(key, json.dumps(record), ex=ttl_s, xx=True)  # xx: never revive an expired one
+            ended.append(str(record.get("call_id")))
+        if ended:
+            pipe.execute()
+        return ended
+    finally:
+        client.close()
 
 
 SessionStore = MemorySessionStore
