@@ -96,7 +96,7 @@ def fields_of(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo]]:
     """The settings a user writes (a provider's ``provider`` key is shown in its heading)."""
     for name, field in model.model_fields.items():
         if name != "provider":
-            yield name, field
+            yield field.alias or name, field
 
 
 # --- markdown --------------------------------------------------------------------------------
