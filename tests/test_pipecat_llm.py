@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from fakes.anthropic_sse import FakeHTTPServer, Reply, anthropic_reply
 from fakes.llm_chain import converse
 from fakes.openai_sse import openai_error, openai_reply

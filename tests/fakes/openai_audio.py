@@ -74,6 +74,7 @@ class FakeOpenAIAudio:
         self.transcripts: collections.deque[Answer] = collections.deque()
         self.speeches: collections.deque[Answer] = collections.deque()
         self.requests: list[AudioRequest] = []
+        self.arrived = asyncio.Event()
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
 
@@ -98,6 +99,13 @@ class FakeOpenAIAudio:
     def of(self, path: str) -> list[AudioRequest]:
         """The requests to ``path`` (``/v1/audio/speech``...)."""
         return [r for r in self.requests if r.path == path]
+
+    async def wait_for(self, path: str, count: int = 1, limit_s: float = 5.0) -> None:
+        """Wait until ``count`` requests to ``path`` have arrived."""
+        async with asyncio.timeout(limit_s):
+            while len(self.of(path)) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
 
     # --- HTTP ------------------------------------------------------------------------------
 
@@ -132,6 +140,7 @@ class FakeOpenAIAudio:
         else:
             body = bytearray(await reader.readexactly(int(headers.get("content-length", "0"))))
         request = AudioRequest(path.split("?")[0], headers)
+        self.arrived.set()
         if request.path.endswith("/audio/transcriptions"):
             _parse_multipart(request, bytes(body), headers.get("content-type", ""))
             self.requests.append(request)

@@ -19,6 +19,7 @@ of the service unchanged is given back as the very same voxpipe frame.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -204,6 +205,16 @@ class Translator:
 _KEYS = {entry.value for entry in KeypadEntry}
 
 
+async def _close_client(processor: Any) -> None:
+    """Close the SDK client a hosted service built for its call (Pipecat leaves that to the
+    garbage collector, which closes it later, on a loop that may be gone)."""
+    close = getattr(getattr(processor, "_client", None), "close", None)
+    if callable(close):
+        result = close()
+        if inspect.isawaitable(result):
+            await result
+
+
 def _now() -> str:
     from pipecat.utils.time import time_now_iso8601
 
@@ -358,6 +369,7 @@ class PipecatHost:
         self._running = False
         try:
             await self._pipeline.cleanup()
+            await _close_client(self.processor)
         except Exception:
             log.warning("%s: cleanup failed", self.name, exc_info=True)
 
