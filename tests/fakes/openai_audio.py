@@ -6,6 +6,8 @@
 * ``POST /v1/audio/speech``: a JSON body (``model``, ``voice``, ``input``,
   ``response_format``); answers raw PCM16 mono at 24 kHz (a tone per word: it cannot speak)
   in HTTP chunks, as the real endpoint streams it.
+* ``POST /v1/chat/completions``: answers the scripted ``chats`` (``openai_sse.openai_reply``),
+  so one fake serves a whole OpenAI-speaking bot.
 
 Each endpoint answers from its own script (``transcripts``, ``speeches``) in order: a status, a
 delay before answering, or a stall (the server goes silent mid-answer). An empty transcript
@@ -25,6 +27,8 @@ import struct
 import wave
 from dataclasses import dataclass, field
 from typing import Any
+
+from fakes.anthropic_sse import Reply
 
 SPEECH_RATE = 24000
 WORD_MS = 200
@@ -73,6 +77,7 @@ class FakeOpenAIAudio:
     def __init__(self) -> None:
         self.transcripts: collections.deque[Answer] = collections.deque()
         self.speeches: collections.deque[Answer] = collections.deque()
+        self.chats: collections.deque[Reply] = collections.deque()
         self.requests: list[AudioRequest] = []
         self.arrived = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -145,6 +150,10 @@ class FakeOpenAIAudio:
             _parse_multipart(request, bytes(body), headers.get("content-type", ""))
             self.requests.append(request)
             await self._transcribe(request, writer)
+        elif request.path.endswith("/chat/completions"):
+            request.json = json.loads(body)
+            self.requests.append(request)
+            await self._chat(writer)
         elif request.path.endswith("/audio/speech"):
             request.json = json.loads(body)
             self.requests.append(request)
@@ -178,6 +187,20 @@ class FakeOpenAIAudio:
             await asyncio.sleep(3600)
         done = {"type": "transcript.text.done", "text": answer.text}
         await _chunk(writer, f"data: {json.dumps(done)}\n\n".encode())
+        await _chunk(writer, b"")
+
+    async def _chat(self, writer: asyncio.StreamWriter) -> None:
+        reply = self.chats.popleft() if self.chats else Reply(status=500, body={})
+        if not reply.events:
+            await _json(writer, reply.status, reply.body or {})
+            return
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
+        )
+        for _name, data in reply.events:
+            text = data if isinstance(data, str) else json.dumps(data)
+            await _chunk(writer, f"data: {text}\n\n".encode())
         await _chunk(writer, b"")
 
     async def _speak(self, request: AudioRequest, writer: asyncio.StreamWriter) -> None:
