@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fakes.anthropic_sse import FakeHTTPServer
+from fakes.deepgram_live import FakeDeepgram
 from fakes.openai_audio import WORD_MS, Answer, FakeOpenAIAudio
 from fakes.openai_sse import openai_reply
 from helpers import AUDIO, Recorder, RunningCalls
@@ -23,6 +24,7 @@ from voxpipe.frames import (
     EndFrame,
     ErrorFrame,
     InputAudioFrame,
+    InterimTranscriptionFrame,
     InterruptionFrame,
     OutputAudioFrame,
     TranscriptionFrame,
@@ -292,3 +294,56 @@ pipeline:
     # The caller heard the greeting (6 words) and the reply (2 + 5 words) of 200 ms beeps.
     heard_s = sum(end - start for start, end in result.bot_segments)
     assert 12 * WORD_MS / 1000 <= heard_s <= 13 * WORD_MS / 1000 + 0.2
+
+
+# --- streaming speech-to-text over a WebSocket -------------------------------------------------
+
+
+DEEPGRAM = "pipecat.services.deepgram.stt.DeepgramSTTService"
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+async def test_pipecat_deepgram_streams_the_caller_and_its_interims_and_final_come_back(
+    start_call: Callable[..., Any], rate: int
+) -> None:
+    async with FakeDeepgram() as deepgram:
+        deepgram.transcripts.append("please transfer me to an operator")
+        step = {
+            "class": DEEPGRAM,
+            "args": {
+                "api_key": "dg-key",
+                "base_url": deepgram.url,
+                "settings": {"model": "nova-3"},
+            },
+        }
+        call = await start_call(rate, step)
+        audio = caller_audio(rate)
+        await speak(call, audio, rate)
+        await call.down.wait_for(lambda: bool(call.down.of(TranscriptionFrame)))
+        (session,) = deepgram.sessions
+    interims = [f.text for f in call.down.of(InterimTranscriptionFrame)]
+    assert interims[:2] == ["please", "please transfer"]
+    assert [f.text for f in call.down.of(TranscriptionFrame)] == [
+        "please transfer me to an operator"
+    ]
+    assert session.authorization == "Token dg-key"
+    assert session.options["encoding"] == "linear16"
+    assert session.options["sample_rate"] == str(rate)
+    assert session.options["model"] == "nova-3"
+    # The whole line streamed, speech and silence, and a Finalize at the VAD's stop.
+    assert bytes(session.audio) == audio
+    assert "Finalize" in session.controls
+
+
+async def test_a_refused_deepgram_key_is_a_non_fatal_error_and_the_call_goes_on(
+    start_call: Callable[..., Any],
+) -> None:
+    async with FakeDeepgram() as deepgram:
+        deepgram.refuse.add("bad-key")
+        step = {"class": DEEPGRAM, "args": {"api_key": "bad-key", "base_url": deepgram.url}}
+        call = await start_call(8000, step)
+        await call.up.wait_for(lambda: bool(call.up.of(ErrorFrame)))
+    (error,) = call.up.of(ErrorFrame)
+    assert error.source == "stt.DeepgramSTTService" and not error.fatal
+    assert "401" in error.error
+    assert not call.task.done
