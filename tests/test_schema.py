@@ -50,9 +50,9 @@ def test_the_reference_documents_every_type_and_setting(builtin: Registry) -> No
     for ptype in builtin:
         assert f"### `{ptype.name}`" in text
         for model in ptype.models:
-            for name in model.model_fields:
+            for name, field in model.model_fields.items():
                 if name != "provider":
-                    assert f"| `{name}` |" in text
+                    assert f"| `{field.alias or name}` |" in text
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)

@@ -358,7 +358,7 @@ def _field_names(model: Any, inner: Path_) -> list[str]:
             models = nxt
     names: list[str] = []
     for m in models:
-        names.extend(m.model_fields)
+        names.extend(field.alias or name for name, field in m.model_fields.items())
     return names
 
 

@@ -96,7 +96,7 @@ def fields_of(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo]]:
     """The settings a user writes (a provider's ``provider`` key is shown in its heading)."""
     for name, field in model.model_fields.items():
         if name != "provider":
-            yield name, field
+            yield field.alias or name, field
 
 
 # --- markdown --------------------------------------------------------------------------------
@@ -217,7 +217,8 @@ def _key_settings(settings: BaseModel, limit: int = 3) -> str:
         if isinstance(value, SecretStr | BaseModel | dict | list):
             continue
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        shown.append(f"{name}={text if len(text) <= 24 else text[:23] + '…'}")
+        key = fields[name].alias or name
+        shown.append(f"{key}={text if len(text) <= 24 else text[:23] + '…'}")
         if len(shown) == limit:
             break
     return ", ".join(shown)

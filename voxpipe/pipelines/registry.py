@@ -33,6 +33,7 @@ BUILTIN: dict[str, str] = {
     "stt": "voxpipe.processors.stt:STTSettings",
     "tts": "voxpipe.processors.tts:TTSSettings",
     "llm": "voxpipe.processors.llm:LLMSettings",
+    "pipecat": "voxpipe.processors.pipecat:PipecatSettings",
 }
 
 

@@ -10,11 +10,12 @@ from pydantic import Field
 
 from voxpipe.processors.tts.espeak import EspeakSettings
 from voxpipe.processors.tts.google import GoogleTTSSettings
+from voxpipe.processors.tts.openai_compatible import OpenAICompatibleTTSSettings
 from voxpipe.processors.tts.piper import PiperSettings, offline_say
 from voxpipe.processors.tts.tone import ToneSettings
 
 TTSSettings = Annotated[
-    PiperSettings | EspeakSettings | ToneSettings | GoogleTTSSettings,
+    PiperSettings | EspeakSettings | ToneSettings | GoogleTTSSettings | OpenAICompatibleTTSSettings,
     Field(discriminator="provider"),
     "Text-to-speech: speaks the bot's replies, sentence by sentence.",
 ]
@@ -22,6 +23,7 @@ TTSSettings = Annotated[
 __all__ = [
     "EspeakSettings",
     "GoogleTTSSettings",
+    "OpenAICompatibleTTSSettings",
     "PiperSettings",
     "TTSSettings",
     "ToneSettings",

@@ -194,8 +194,9 @@ def standby_lines(bot: Bot) -> list[str]:
 
     lines: list[str] = []
     for step in bot.steps:
-        if isinstance(step.settings, LLMBaseSettings):
-            lines += [step.settings.on_error.say, step.settings.on_error.goodbye]
+        settings = step.settings
+        if isinstance(settings, LLMBaseSettings) and getattr(settings, "kind", "llm") == "llm":
+            lines += [settings.on_error.say, settings.on_error.goodbye]
     sentences: list[str] = []
     for line in lines:
         complete, rest = split_sentences(line)

@@ -1,0 +1,1 @@
+"""Bridges between voxpipe and other voice frameworks (``pipecat``: Pipecat transports)."""
