@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from voxpipe.pipelines.registry import Registry, default_registry
 from voxpipe.pipelines.settings import ProcessorSettings, Settings
+from voxpipe.records.settings import CallerSettings, CallRecordsSettings, HooksSettings
 from voxpipe.tools.settings import ToolSettings
 from voxpipe.transports.audiosocket.settings import TransportSettings
 
@@ -114,6 +115,17 @@ class BotConfig(Settings):
     logging: LoggingSettings = Field(
         default_factory=LoggingSettings,  # type: ignore[arg-type]
         description="Logging.",
+    )
+    call_records: CallRecordsSettings | None = Field(
+        None, description="Keep every call and its transcript in a database."
+    )
+    hooks: HooksSettings = Field(
+        default_factory=HooksSettings,  # type: ignore[arg-type]
+        description="HTTP callbacks on call events.",
+    )
+    caller: CallerSettings = Field(
+        default_factory=CallerSettings,  # type: ignore[arg-type]
+        description="What the bot learns about the caller when a call starts.",
     )
 
 
