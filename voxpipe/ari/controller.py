@@ -4,7 +4,8 @@ For each caller (``StasisStart``): answer, create a mixing bridge, add the calle
 externalMedia channel (AudioSocket over TCP, slin16 by default) whose ``data`` is a fresh UUID,
 and add it to the bridge. Asterisk then connects to the bot's AudioSocket server with that UUID; the
 server's ``on_call_start`` hook (``attach``) gives the call an ``AriCall`` as its controller, so
-the bot can transfer or hang up the caller. When either channel leaves (``StasisEnd``,
+the bot can transfer or hang up the caller, and its caller context (number, name and the
+channel's ``channelvars``, from ``StasisStart``). When either channel leaves (``StasisEnd``,
 ``ChannelDestroyed``), whatever is left is hung up and the bridge destroyed, once.
 
 Channel and bridge ids are chosen here, before the requests are sent: Asterisk's events about a
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from voxpipe.ari.client import AriClient, AriError
+from voxpipe.caller_context import CallerContext
+from voxpipe.records.context import context_from_channel
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call
@@ -48,6 +51,7 @@ class AriCall:
     bridge_id: str
     media_id: str
     setup: asyncio.Task[None] | None = None
+    caller: CallerContext | None = None
     ended: bool = False
     transferred: bool = False
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -117,6 +121,7 @@ class AriController:
         ari_call = self.calls.get(key)
         if ari_call is not None:
             call.controller = ari_call
+            call.caller = ari_call.caller
             call.data["ari_channel"] = ari_call.caller_id
 
     # --- the events WebSocket ----------------------------------------------------------------
@@ -194,6 +199,7 @@ class AriController:
             caller_id=channel_id,
             bridge_id=f"voxpipe-{call_uuid}",
             media_id=f"voxpipe-media-{call_uuid}",
+            caller=context_from_channel(channel),
         )
         self.calls[call_uuid] = ari_call
         self._by_channel[channel_id] = ari_call
