@@ -70,7 +70,7 @@ class ConversationTracker(FrameProcessor):
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if type(frame) in _AUDIO:
             if type(frame) is OutputAudioFrame and frame.utterance is not None:
-                self._turns.utterance(frame.utterance)
+                self._turns.utterance(self.call, frame.utterance)
             await self.push_frame(frame, direction)
             return
         self._measure_turn(frame)
@@ -101,6 +101,8 @@ class ConversationTracker(FrameProcessor):
             self._turns.close(self.call)
         elif isinstance(frame, InterruptionFrame):
             self._turns.close(self.call, cut_short=True)
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._turns.bot_stopped()
         elif isinstance(frame, DTMFFrame):
             self._turns.digit(self.call, frame.digit)
         elif isinstance(frame, ToolCallFrame):

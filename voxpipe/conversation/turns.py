@@ -4,7 +4,8 @@ The conversation tracker, just before the output transport, sees every sentence 
 speaks (each ``OutputAudioFrame`` carries its sentence's ``Utterance``): the greeting, replies,
 tool announcements, silence prompts, fillers. Sentences in a row make one bot turn; the turn is
 over when the caller has spoken (the VAD's stop, or a transcript), when the caller cut it
-short (an interruption: what was played of it is then final), or when the call ends. A turn
+short (an interruption: what was played of it is then final), when the bot speaks again after
+``PAUSE_S`` of quiet (silence prompts), or when the call ends. A turn
 cut short records what the caller heard of it. Keys the caller pressed in a row make one
 ``dtmf`` turn.
 """
@@ -21,11 +22,22 @@ from voxpipe.frames import ToolCallFrame, Utterance
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call
 
+# Bot speech after this long a quiet spell (the bot stopped speaking) is a new turn.
+PAUSE_S = 1.0
+
 
 class TurnLog:
     """Gathers the current bot turn and the keys being pressed; reports each when it is over."""
 
-    __slots__ = ("_digits", "_digits_at", "_last", "_latency_ms", "_started_at", "_utterances")
+    __slots__ = (
+        "_digits",
+        "_digits_at",
+        "_last",
+        "_latency_ms",
+        "_quiet_since",
+        "_started_at",
+        "_utterances",
+    )
 
     def __init__(self) -> None:
         self._utterances: list[Utterance] = []
@@ -34,15 +46,25 @@ class TurnLog:
         self._latency_ms: float | None = None
         self._digits = ""
         self._digits_at = 0.0
+        self._quiet_since: float | None = None
 
-    def utterance(self, utterance: Utterance) -> None:
+    def utterance(self, call: Call, utterance: Utterance) -> None:
         """A frame of bot audio for ``utterance`` is on its way to the caller."""
         if utterance is self._last:
             return
         self._last = utterance
+        quiet = self._quiet_since
+        if quiet is not None:
+            self._quiet_since = None
+            if time.monotonic() - quiet >= PAUSE_S:
+                self.close(call)
         if not self._utterances:
             self._started_at = time.time()
         self._utterances.append(utterance)
+
+    def bot_stopped(self) -> None:
+        """The bot's audio stopped (its queue ran dry, or was dropped)."""
+        self._quiet_since = time.monotonic()
 
     def latency(self, seconds: float) -> None:
         """The bot's first audio came ``seconds`` after the caller stopped speaking."""
