@@ -172,7 +172,8 @@ class RedisServer:
 class PostgresServer:
     """A real PostgreSQL server of its own (initdb in a temporary directory, a free loopback
     port), which a test can stop and start again. Run as root, the server runs as the
-    ``postgres`` user, since PostgreSQL refuses to run as root."""
+    ``postgres`` user (PostgreSQL refuses to run as root), started straight under that user
+    so that signals reach it."""
 
     def __init__(self) -> None:
         import glob
@@ -186,10 +187,10 @@ class PostgresServer:
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="voxpipe-pg-"))
         self.data = self.root / "data"
-        self.as_user: list[str] = []
+        self.as_user: dict[str, Any] = {}
         if os.geteuid() == 0:
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-            shutil.chown(self.root, "postgres")
+            self.as_user = {"user": "postgres", "group": "postgres", "extra_groups": []}
+            shutil.chown(self.root, "postgres", "postgres")
         self.process: subprocess.Popen[bytes] | None = None
         self._run(
             [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"],
@@ -198,7 +199,7 @@ class PostgresServer:
 
     def _run(self, command: list[str], what: str) -> None:
         done = subprocess.run(
-            [*self.as_user, *command], capture_output=True, timeout=120, check=False
+            command, capture_output=True, timeout=120, check=False, cwd=self.root, **self.as_user
         )
         if done.returncode != 0:
             raise RuntimeError(f"{what} failed: {done.stderr.decode(errors='replace')}")
@@ -218,7 +219,11 @@ class PostgresServer:
         command += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
         command += ["-c", "full_page_writes=off", "-c", "max_connections=60"]
         self.process = subprocess.Popen(
-            [*self.as_user, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.root,
+            **self.as_user,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -473,12 +473,13 @@ async def test_recording_is_stereo_caller_left_bot_right_and_playable_during_the
 
     caller, bot_side = frames[:, 0], frames[:, 1]
     greeting_end = result.bot_segments[0][1]
-    # The greeting is on the right only; the caller's words on the left only.
+    # The greeting is on the right only; the caller's words on the left only, after it.
     assert loud(bot_side, 0.0, greeting_end) > 300 and loud(caller, 0.0, greeting_end) < 50
-    speech_start = greeting_end + 1.5
-    speech_end = speech_start + len(caller_audio) / 16000
-    assert loud(caller, speech_start, speech_end) > 300
-    assert loud(bot_side, speech_start + 0.2, speech_end - 0.2) < 50
+    windows = [i / 10 for i in range(int(seconds * 10))]
+    spoke = [t for t in windows if loud(caller, t, t + 0.1) > 300]
+    assert spoke and spoke[0] > greeting_end
+    assert spoke[-1] - spoke[0] < len(caller_audio) / 16000 + 0.3
+    assert max(loud(bot_side, t, t + 0.1) for t in spoke) < 50
 
 
 async def test_history_call_and_audio_endpoints_behind_the_token(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from voxpipe import events
 from voxpipe.caller_context import Customer
 from voxpipe.events import ToolUse, Turn
+from voxpipe.logs import trace_of
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.records import migrate, queries
 from voxpipe.records.audio import CallAudioRecorder
@@ -327,7 +328,7 @@ class CallRecords(events.Observer):
             "way_in": caller.way_in if caller is not None else "audiosocket",
             "caller_number": (caller.number or None) if caller is not None else None,
             "caller_name": (caller.name or None) if caller is not None else None,
-            "trace_id": call.data.get("trace_id"),
+            "trace_id": call.data.get("trace_id") or trace_of(call.call_id),
             "recording": entry.recording,
             "context": _context(call),
         }
