@@ -9,7 +9,8 @@ customer whose phone is the caller's number.
 Greetings, system prompts and tool arguments may use ``{caller.number}``, ``{caller.name}``,
 ``{caller.VARIABLE}``, ``{customer.name}``, ``{customer.phone}`` and ``{customer.KEY}`` (a key
 of the customer's data); ``{customer.name|there}`` gives what to say when it is unknown
-(without a default, nothing). Values are data: they are put in as they are, in one pass, so a
+(without a default, nothing), and ``{customer.name|caller.name|there}`` tries another field
+first. Values are data: they are put in as they are, in one pass, so a
 caller name holding ``{x}`` or ``${VAR}`` comes out literally, never read as a template.
 """
 
@@ -20,7 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-FIELD = re.compile(r"\{(caller|customer)\.([A-Za-z_][A-Za-z0-9_]*)(?:\|([^{}]*))?\}")
+FIELD = re.compile(r"\{(caller|customer)\.([A-Za-z_][A-Za-z0-9_]*)((?:\|[^{}|]*)*)\}")
+_NAME = re.compile(r"(caller|customer)\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
 @dataclass(slots=True)
@@ -74,7 +76,16 @@ def render(template: str, caller: CallerContext | None) -> str:
 
     def fill(match: re.Match[str]) -> str:
         value = caller.value(match.group(1), match.group(2)) if caller is not None else ""
-        return value or (match.group(3) or "")
+        if value:
+            return value
+        for fallback in match.group(3).split("|")[1:]:
+            field = _NAME.fullmatch(fallback.strip())
+            if field is None:
+                return fallback
+            value = caller.value(field.group(1), field.group(2)) if caller is not None else ""
+            if value:
+                return value
+        return ""
 
     return FIELD.sub(fill, template)
 
