@@ -593,3 +593,66 @@ def test_bad_call_records_settings_are_reported_with_file_line_and_column() -> N
         "caller.variables: 'not a name' is not a channel variable name" in line for line in lines
     )
     assert "mysql://root" not in "\n".join(lines)  # the URL may hold a password
+
+
+SERVE = """
+import asyncio, sys
+from voxpipe.pipelines.bot import Bot
+from voxpipe.pipelines.serve import serve
+sys.exit(asyncio.run(serve(Bot.load(sys.argv[1]), host="127.0.0.1", port=0)))
+"""
+
+
+async def test_nothing_is_lost_across_a_sigterm_drain(postgres_url: str, tmp_path: Path) -> None:
+    import re
+    import signal
+    import sys
+
+    from voxpipe.records import queries
+
+    bot_file = tmp_path / "bot.yaml"
+    # Records wait 30 s to be batched: only the drain at shutdown can write them in time.
+    bot_file.write_text(
+        PROMPTING_BOT.format(
+            name="drained", greeting="Hello there.", url=postgres_url, after_s=1.2
+        ).replace("flush_interval_s: 0.05", "flush_interval_s: 30, batch_size: 10000")
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SERVE,
+        str(bot_file),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    try:
+        port = 0
+        async with asyncio.timeout(60):
+            while not port:
+                line = (await proc.stdout.readline()).decode()
+                assert line, "serve exited before listening"
+                found = re.search(r"listening for AudioSocket on 127\.0\.0\.1:(\d+)", line)
+                port = int(found.group(1)) if found else 0
+        call = asyncio.create_task(place_call("127.0.0.1", port, [WaitForHangup(30)]))
+        await asyncio.sleep(4.0)  # the greeting and a few prompts
+        proc.send_signal(signal.SIGTERM)
+        result = await call
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert result.hung_up_by == "bot"
+    heard = len(result.bot_segments)
+    engine = make_engine(postgres_url)
+    try:
+        record = await queries.get_call(engine, result.call_id)
+    finally:
+        await engine.dispose()
+    assert record is not None
+    assert record["outcome"] == "error" and "shutting down" in record["error"]
+    texts = [t["text"] for t in record["turns"]]
+    assert texts[0] == "Hello there."
+    assert len(texts) == heard  # every stretch of bot speech the caller heard is a turn

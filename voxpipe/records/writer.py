@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from typing import Any, Literal
@@ -63,6 +64,7 @@ class RecordWriter:
         self._queue: collections.deque[tuple[Kind, dict[str, Any]]] = collections.deque()
         self._batch: list[tuple[Kind, dict[str, Any]]] = []
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()  # closing: stop waiting for batches to fill
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -114,6 +116,7 @@ class RecordWriter:
     async def close(self, drain_s: float = 10.0) -> None:
         """Write what is queued (for up to ``drain_s``), then stop; what is left is counted
         as dropped."""
+        self._hurry.set()
         if self._task is not None and self.pending:
             await self.flushed(drain_s)
         if self._task is not None:
@@ -137,7 +140,7 @@ class RecordWriter:
                     self._wake.clear()
                     await self._wake.wait()
                 if len(self._queue) < self.batch_size:
-                    await asyncio.sleep(self.flush_interval_s)  # let a batch gather
+                    await self._pause(self.flush_interval_s)  # let a batch gather
                 while self._queue and len(self._batch) < self.batch_size:
                     self._batch.append(self._queue.popleft())
             try:
@@ -147,7 +150,7 @@ class RecordWriter:
                 raise
             except Exception as exc:
                 self._failed(exc)
-                await asyncio.sleep(backoff)
+                await self._pause(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             self.written += len(self._batch)
@@ -158,6 +161,15 @@ class RecordWriter:
                     "call records: the database is back; %d records waiting", len(self._queue)
                 )
                 self._problem = ""
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less once ``close`` is in a hurry."""
+        if self._hurry.is_set():
+            await asyncio.sleep(min(seconds, 0.2))
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._hurry.wait()
 
     async def _write(self, batch: list[tuple[Kind, dict[str, Any]]]) -> None:
         groups: dict[Kind, list[dict[str, Any]]] = {kind: [] for kind in ORDER}
