@@ -64,7 +64,7 @@ def test_values_are_put_in_literally_once() -> None:
     }
 
 
-def test_a_posted_context_keeps_number_name_and_variables_as_data() -> None:
+async def test_a_posted_context_keeps_number_name_and_variables_as_data() -> None:
     context = context_from_form(
         {"number": "5551234", "name": TRICKY + "\x07", "ACCOUNT": "42", "bad key": "x"}
     )
@@ -72,8 +72,25 @@ def test_a_posted_context_keeps_number_name_and_variables_as_data() -> None:
     assert context.variables == {"ACCOUNT": "42"}
     assert context_from_form({"caller": "100"}).number == "100"
     pending = PendingContexts(keep_s=60)
-    pending.put("a", context)
-    assert pending.take("a") is context and pending.take("a") is None
+    await pending.put("a", context)
+    assert await pending.take("a") is context and await pending.take("a") is None
+
+
+async def test_a_context_posted_to_one_worker_reaches_another_through_redis(
+    redis_port: int,
+) -> None:
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    posted_to, taking = PendingContexts(redis_url=url), PendingContexts(redis_url=url)
+    try:
+        await posted_to.put("c1", CallerContext("5550100", "{x}", {"ACCOUNT": "7"}))
+        found = await taking.take("c1")
+        assert found is not None
+        assert (found.number, found.name, found.variables) == ("5550100", "{x}", {"ACCOUNT": "7"})
+        assert await posted_to.take("c1") is not None  # its own copy
+        assert await taking.take("c1") is None  # taken once
+    finally:
+        await posted_to.aclose()
+        await taking.aclose()
 
 
 async def test_the_dialplan_posts_the_caller_and_the_bot_greets_the_customer(

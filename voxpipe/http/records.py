@@ -67,7 +67,7 @@ class RecordsRoutes:
             body = await request.body()
             if len(body) > MAX_CONTEXT_BYTES:
                 raise HTTPException(413, f"a caller context is at most {MAX_CONTEXT_BYTES} bytes")
-            self.contexts.put(key, context_from_form(_fields(request, body)))
+            await self.contexts.put(key, context_from_form(_fields(request, body)))
             return PlainTextResponse("ok")
 
         @app.get("/calls/history")
