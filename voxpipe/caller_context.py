@@ -16,7 +16,6 @@ caller name holding ``{x}`` or ``${VAR}`` comes out literally, never read as a t
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +65,11 @@ class CallerContext:
         value = customer.data.get(key)
         if value is None:
             return ""
-        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if isinstance(value, str):
+            return value
+        import json
+
+        return json.dumps(value, ensure_ascii=False)
 
 
 def render(template: str, caller: CallerContext | None) -> str:
