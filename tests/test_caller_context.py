@@ -191,16 +191,17 @@ async def test_ari_gives_the_caller_and_the_listed_channel_variables(tmp_path: P
     assert call.caller.variables == {"ACCOUNT": "42"}
 
 
-async def test_a_system_prompt_naming_the_caller_is_filled_per_call() -> None:
+async def test_a_system_prompt_naming_the_caller_is_filled_per_call(tmp_path: Path) -> None:
     bot = Bot.from_yaml(
-        """
+        f"""
 name: assistant
+call_records: {{url: "sqlite+aiosqlite:///{tmp_path / 'calls.db'}", migrate: true}}
 pipeline:
   - llm:
       provider: openai_compatible
       model: m
       base_url: "http://127.0.0.1:9/v1"
-      system: "You talk to {caller.name|a caller} ({customer.tier|new customer})."
+      system: "You talk to {{caller.name|a caller}} ({{customer.tier|new customer}})."
 """
     )
     await bot.prepare()
@@ -246,3 +247,31 @@ def test_caller_variables_are_checked(variables: list[str]) -> None:
 
     with pytest.raises(ConfigError, match=r"caller\.variables"):
         parse_bot(f"name: x\npipeline: [{{vad: {{}}}}]\ncaller: {{variables: {variables}}}\n")
+
+
+def test_templates_asking_for_context_the_bot_cannot_have_are_load_errors() -> None:
+    from voxpipe.pipelines.config import ConfigError, parse_bot
+
+    bot = """name: x
+greeting: "Hi {customer.name|caller.nick|there}."
+pipeline:
+  - llm:
+      provider: scripted
+      tools: [note]
+      intents:
+        - {keywords: [hi], reply: "Hello {caller.name}"}
+        - {keywords: [note], tool: {name: note, arguments: {phone: "{caller.number}"}}}
+tools:
+  note: {python: "test_caller_context:remember"}
+"""
+    with pytest.raises(ConfigError) as error:
+        parse_bot(bot, "x.yaml")
+    lines = [str(p) for p in error.value.problems]
+    assert lines == [
+        "x.yaml:2:11: greeting: {customer.name} needs the customers of call_records "
+        "(a call_records: block, and caller.customers: true)",
+        "x.yaml:2:11: greeting: {caller.nick} is not kept: list nick under caller.variables "
+        "(kept: none)",
+        "x.yaml:8:11: pipeline[0].llm.intents[0]: reply uses {caller.name}: the caller context "
+        "fills the greeting, system prompts and tool arguments, not scripted replies",
+    ]
