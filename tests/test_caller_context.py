@@ -195,7 +195,7 @@ async def test_a_system_prompt_naming_the_caller_is_filled_per_call(tmp_path: Pa
     bot = Bot.from_yaml(
         f"""
 name: assistant
-call_records: {{url: "sqlite+aiosqlite:///{tmp_path / 'calls.db'}", migrate: true}}
+call_records: {{url: "sqlite+aiosqlite:///{tmp_path / "calls.db"}", migrate: true}}
 pipeline:
   - llm:
       provider: openai_compatible

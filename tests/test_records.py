@@ -656,3 +656,19 @@ async def test_nothing_is_lost_across_a_sigterm_drain(postgres_url: str, tmp_pat
     texts = [t["text"] for t in record["turns"]]
     assert texts[0] == "Hello there."
     assert len(texts) == heard  # every stretch of bot speech the caller heard is a turn
+
+
+async def test_a_burst_of_callers_is_recorded_whole(postgres_url: str) -> None:
+    bot = prompting_bot(postgres_url, after_s=30)
+    async with running_bot(bot, max_calls=30) as server:
+        results = await asyncio.gather(
+            *(place_call("127.0.0.1", server.port, [WaitForBot(10), Hangup()]) for _ in range(20))
+        )
+        records = [
+            await written(bot, r.call_id, lambda r: r["outcome"] is not None) for r in results
+        ]
+        listed = await records_of(bot).list_calls(limit=100)  # type: ignore[union-attr]
+    await bot.close()
+    assert {r["outcome"] for r in records} == {"caller"}
+    assert all(r["turns"][0]["text"] == "Hello there." for r in records)
+    assert {c["uuid"] for c in listed} == {r.call_id for r in results}

@@ -11,12 +11,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from voxpipe.records.models import VERSION_TABLE
 
 SCRIPTS = "voxpipe.records:migrations"
+# The advisory lock taken while migrating or making partitions (any number unique to voxpipe).
+LOCK_KEY = 0x766F7870
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -35,9 +37,19 @@ def head() -> str:
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the database up to ``revision`` (the newest by default)."""
+    """Bring the database up to ``revision`` (the newest by default).
+
+    On PostgreSQL an advisory lock makes workers starting together migrate one at a time.
+    """
     async with engine.begin() as conn:
+        await lock(conn)
         await conn.run_sync(lambda c: command.upgrade(alembic_config(c), revision))
+
+
+async def lock(conn: AsyncConnection) -> None:
+    """PostgreSQL: hold the records' schema lock until ``conn``'s transaction ends."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:

@@ -189,11 +189,14 @@ class CallRecords(events.Observer):
         settings = self.settings
         when = now or datetime.now(UTC)
         async with self.engine.begin() as conn:
+            await migrate.lock(conn)  # workers starting together take turns
             await conn.run_sync(upkeep, when, settings.keep_days, settings.months_ahead)
 
     async def _upkeep_loop(self) -> None:
+        """Every hour, upkeep (``start`` did the first); until the database is ready, every
+        ``RETRY_EVERY_S``, try to get it ready."""
         while True:
-            delay = UPKEEP_EVERY_S
+            await asyncio.sleep(UPKEEP_EVERY_S if self.ready else RETRY_EVERY_S)
             try:
                 if self.ready:
                     await self.run_upkeep()
@@ -202,11 +205,8 @@ class CallRecords(events.Observer):
                     log.warning("call records: the database answers; records are written")
             except SchemaError as exc:
                 log.error("call records: %s", exc)
-                delay = RETRY_EVERY_S
             except Exception as exc:
                 log.warning("call records upkeep failed (%s); retrying", _short(exc))
-                delay = RETRY_EVERY_S
-            await asyncio.sleep(delay if self.ready else RETRY_EVERY_S)
 
     # --- what the bot asks for -----------------------------------------------------------------
 
