@@ -113,11 +113,10 @@ class Bot:
     async def start_call(self, call: Call) -> None:
         """Settle who is calling before the call's pipeline is built: the context the dialplan
         posted (or ARI gave) and, with call records, the customer with that number."""
-        if call.caller is None and "caller_contexts" not in self.shared:
-            return
-        from voxpipe.records.context import settle_caller
+        from voxpipe.records.context import SHARED_KEY, settle_caller
 
-        await settle_caller(self, call)
+        if call.caller is not None or SHARED_KEY in self.shared:
+            await settle_caller(self, call)
 
     def create_processors(self, call: Call) -> list[FrameProcessor]:
         """Build the chain of processors for one call."""
