@@ -167,3 +167,113 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2)
+
+
+class PostgresServer:
+    """A real PostgreSQL server of its own (initdb in a temporary directory, a free loopback
+    port), which a test can stop and start again. Run as root, the server runs as the
+    ``postgres`` user (PostgreSQL refuses to run as root), started straight under that user
+    so that signals reach it."""
+
+    def __init__(self) -> None:
+        import glob
+        import os
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=_version_key)
+        if not found:
+            raise RuntimeError("PostgreSQL is not installed (Debian package postgresql)")
+        self.bin = Path(found[-1]).parent
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="voxpipe-pg-"))
+        self.data = self.root / "data"
+        self.as_user: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            self.as_user = {"user": "postgres", "group": "postgres", "extra_groups": []}
+            shutil.chown(self.root, "postgres", "postgres")
+        self.process: subprocess.Popen[bytes] | None = None
+        self._run(
+            [str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"],
+            "initdb",
+        )
+
+    def _run(self, command: list[str], what: str) -> None:
+        done = subprocess.run(
+            command, capture_output=True, timeout=120, check=False, cwd=self.root, **self.as_user
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{what} failed: {done.stderr.decode(errors='replace')}")
+
+    def url(self, database: str = "postgres") -> str:
+        """The SQLAlchemy URL of ``database`` on this server (asyncpg driver)."""
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> None:
+        command = [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port)]
+        command += [
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={self.root}",
+        ]
+        command += ["-c", "fsync=off", "-c", "synchronous_commit=off"]
+        command += ["-c", "full_page_writes=off", "-c", "max_connections=60"]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.root,
+            **self.as_user,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready = subprocess.run(
+                [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)],
+                check=False,
+            )
+            if ready.returncode == 0:
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"PostgreSQL did not start on port {self.port}")
+
+    def stop(self) -> None:
+        """Stop at once (fast shutdown: open connections are cut, as in an outage)."""
+        if self.process is not None:
+            self.process.send_signal(2)  # SIGINT: PostgreSQL's fast shutdown
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+            self.process = None
+
+    def create_database(self, name: str) -> str:
+        """A fresh empty database; its SQLAlchemy URL."""
+        self.psql(f'DROP DATABASE IF EXISTS "{name}"')
+        self.psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run ``sql`` with psql; its output (unaligned, tuples only)."""
+        command = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port)]
+        command += ["-U", "postgres", "-d", database, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"psql failed: {done.stderr.decode(errors='replace')}")
+        return done.stdout.decode()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    version = Path(path).parents[1].name
+    return tuple(int(part) for part in version.split(".") if part.isdigit())

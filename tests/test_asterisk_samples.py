@@ -47,7 +47,7 @@ ASTERISK_APPLICATIONS = frozenset(
 )
 
 # Dialplan functions used by the samples, from the same documentation (Dialplan_Functions).
-ASTERISK_FUNCTIONS = frozenset({"CALLERID", "CURL", "CURLOPT", "CUT", "UUID"})
+ASTERISK_FUNCTIONS = frozenset({"CALLERID", "CURL", "CURLOPT", "CUT", "URIENCODE", "UUID"})
 
 _CONTEXT = re.compile(r"^\[([^\]]+)\]")
 _EXTEN = re.compile(r"^exten\s*=>\s*([^,]+),\s*(\w+)\s*,\s*(\w+)\((.*)\)\s*$")
@@ -131,7 +131,7 @@ def goto_targets(step: Step) -> list[tuple[str, str]]:
     A jump to a priority label stays in the step's extension (see ``test_every_label_exists``);
     a target computed at run time (``${...}``, the bot's transfer) is checked against the bots.
     """
-    if step.app == "Goto":
+    if step.app in ("Goto", "Gosub"):
         labels = [step.args]
     elif step.app == "GotoIf":
         labels = [x for x in step.args.split("?", 1)[1].split(":") if x]
@@ -283,7 +283,7 @@ def test_after_the_bot_the_dialplan_asks_the_bot_how_the_call_ended(
         after = [s for s in own if s.line > bot_step.line]
         assert any(s.app == "Set" and s.args == "VOXPIPE_ID=${UUID()}" for s in before)
         assert ("voxpipe-outcome", "s") in {t for s in after for t in goto_targets(s)}
-    asking = [s for s in plan.steps if "CURL(" in s.args]
+    asking = [s for s in plan.steps if "CURL(" in s.args and "/outcome" in s.args]
     assert len(asking) == 1 and asking[0].context == "voxpipe-outcome"
     url = re.fullmatch(r"OUTCOME=\$\{CURL\((http://([^/]+)/[^)]*)\)\}", asking[0].args)
     assert url, asking[0].args
@@ -307,6 +307,38 @@ def test_after_the_bot_the_dialplan_asks_the_bot_how_the_call_ended(
         assert f'"{line}"' in branches
     transfer = [s for s in plan.steps if s.context == "voxpipe-outcome" and s.app == "Goto"]
     assert transfer[0].args == ",".join(f"${{CUT(OUTCOME,\\,,{n})}}" for n in (2, 3, 4))
+
+
+def test_before_the_bot_the_dialplan_posts_who_is_calling(
+    plan: Dialplan, bots: dict[str, BotConfig]
+) -> None:
+    """100 and 200 tell the bot the caller's number and name, form-encoded, to the HTTP API of
+    the bot they connect to, for the UUID they give the call (voxpipe.records.context)."""
+    for app in ("AudioSocket", "Dial"):
+        (bot_step,) = [s for s in plan.steps if s.app == app and "AudioSocket" in f"{app}{s.args}"]
+        own = [
+            s
+            for s in plan.steps
+            if (s.context, s.extension) == (bot_step.context, bot_step.extension)
+        ]
+        before = [s for s in own if s.line < bot_step.line]
+        assert [s.args for s in before if s.app == "Gosub"] == ["voxpipe-context,s,1"]
+        assert before[-1].app == "Gosub"  # after the UUID is set, just before connecting
+    posting = [s for s in plan.steps if s.context == "voxpipe-context"]
+    assert posting[-1].app == "Return"
+    (curl,) = [s for s in posting if "CURL(" in s.args]
+    found = re.fullmatch(
+        r"\w+=\$\{CURL\((http://([^/]+)/calls/\$\{VOXPIPE_ID\}/context),(.*)\)\}", curl.args
+    )
+    assert found, curl.args
+    fields = dict(part.split("=", 1) for part in found.group(3).split("&"))
+    assert fields == {
+        "number": "${URIENCODE(${CALLERID(num)})}",
+        "name": "${URIENCODE(${CALLERID(name)})}",
+    }
+    port = found.group(2).rpartition(":")[2]
+    assert any(c.http is not None and c.http.listen.endswith(f":{port}") for c in bots.values())
+    assert any(s.app == "Set" and s.args.startswith("CURLOPT(httptimeout)=") for s in posting)
 
 
 def transfer_targets(loaded: LoadedConfig) -> set[tuple[str, str]]:

@@ -7,10 +7,43 @@ subscribed, reporting an event costs one empty loop.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call
+
+
+@dataclass(slots=True)
+class Turn:
+    """One turn of a call's dialogue.
+
+    ``speaker`` is ``caller`` (a final transcript, as the LLM took it), ``dtmf`` (keys the
+    caller pressed) or ``bot`` (what the bot said, sentences as its voice spoke them); ``heard``
+    is what the caller heard of a bot turn that was cut short (by the caller or the end of the
+    call), else ``None``. ``started_at`` is a Unix time (for the caller: when they began to
+    speak, filled in by whoever records the turn when the reporter does not know it);
+    ``latency_ms`` is, for a bot turn, the wait from the end of the caller's speech to its
+    first audio.
+    """
+
+    speaker: str
+    text: str
+    heard: str | None = None
+    started_at: float | None = None
+    latency_ms: float | None = None
+
+
+@dataclass(slots=True)
+class ToolUse:
+    """A tool the LLM called: its arguments and result (``error``: the tool failed)."""
+
+    name: str
+    arguments: dict[str, Any]
+    result: str
+    duration_ms: float = 0.0
+    error: bool = False
+    at: float = field(default=0.0)
 
 
 class Observer:
@@ -42,6 +75,19 @@ class Observer:
 
     def error(self, call: Call | None, kind: str) -> None:
         """Something failed (``kind``: protocol, provider, processor, ...)."""
+
+    def caller_started_speaking(self, call: Call) -> None:
+        """The caller began to speak (voice activity detection)."""
+
+    def turn(self, call: Call, turn: Turn) -> None:
+        """A turn of the dialogue is over (see ``Turn``)."""
+
+    def tool_call(self, call: Call, use: ToolUse) -> None:
+        """The LLM called a tool and got its result."""
+
+    def records_dropped(self, count: int) -> None:
+        """``count`` call records were dropped: the database was away longer than the buffer
+        lasted."""
 
 
 class _Emitter(Observer):

@@ -258,8 +258,10 @@ class TransferFrame(ControlFrame):
 
 @dataclass(slots=True)
 class ToolCallFrame(ControlFrame):
-    """An LLM called a tool (reported for logs, metrics and tests)."""
+    """An LLM called a tool (reported for logs, metrics, call records and tests)."""
 
     name: str = ""
     arguments: dict[str, Any] = field(default_factory=dict)
     result: str = ""
+    duration_ms: float = 0.0
+    error: bool = False

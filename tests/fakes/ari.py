@@ -80,14 +80,16 @@ class FakeChannel:
     priority: int = 2
     created: str = ""
     app_data: str = "voxpipe"
+    caller_name: str = ""
+    channelvars: dict[str, str] | None = None
 
     def json(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "state": self.state,
             "protocol_id": "",
-            "caller": {"name": "", "number": self.number},
+            "caller": {"name": self.caller_name, "number": self.number},
             "connected": {"name": "", "number": ""},
             "accountcode": "",
             "dialplan": {
@@ -100,6 +102,9 @@ class FakeChannel:
             "creationtime": self.created,
             "language": "en",
         }
+        if self.channelvars is not None:  # ari.conf's channelvars, when it lists some
+            found["channelvars"] = dict(self.channelvars)
+        return found
 
 
 @dataclass
@@ -271,7 +276,14 @@ class FakeAri:
 
     # --- what tests drive ------------------------------------------------------------------
 
-    async def place_call(self, number: str = "1001", exten: str = "200") -> str:
+    async def place_call(
+        self,
+        number: str = "1001",
+        exten: str = "200",
+        *,
+        name: str = "",
+        channelvars: dict[str, str] | None = None,
+    ) -> str:
         """A caller reaches ``Stasis(voxpipe)``: a new channel and its StasisStart."""
         n = next(self._ids)
         channel = FakeChannel(
@@ -280,6 +292,8 @@ class FakeAri:
             number=number,
             exten=exten,
             created=_now(),
+            caller_name=name,
+            channelvars=channelvars,
         )
         self.channels[channel.id] = channel
         await self.emit({"type": "StasisStart", "args": [], "channel": channel.json()})

@@ -4,7 +4,8 @@ For each caller (``StasisStart``): answer, create a mixing bridge, add the calle
 externalMedia channel (AudioSocket over TCP, slin16 by default) whose ``data`` is a fresh UUID,
 wait for that channel's own ``StasisStart``, and add it to the bridge. Asterisk then connects to
 the bot's AudioSocket server with that UUID; the server's ``on_call_start`` hook (``attach``)
-gives the call an ``AriCall`` as its controller, so the bot can transfer or hang up the caller.
+gives the call an ``AriCall`` as its controller, so the bot can transfer or hang up the caller,
+and its caller context (number, name and the channel's ``channelvars``, from ``StasisStart``).
 When either channel leaves (``StasisEnd``, ``ChannelDestroyed``), whatever is left is hung up and
 the bridge destroyed, once.
 
@@ -35,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from voxpipe.ari.client import AriClient, AriError
+from voxpipe.caller_context import CallerContext
+from voxpipe.records.context import context_from_channel
 from voxpipe.sessions import outcomes
 
 if TYPE_CHECKING:
@@ -71,6 +74,7 @@ class AriCall:
     setup: asyncio.Task[None] | None = None
     call: Call | None = None
     bridged: bool = False
+    caller: CallerContext | None = None
     ended: bool = False
     media_started: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -150,6 +154,7 @@ class AriController:
         if ari_call is not None and not ari_call.ended:
             ari_call.call = call
             call.controller = ari_call
+            call.caller = ari_call.caller
             call.data["ari_channel"] = ari_call.caller_id
 
     # --- the events WebSocket ----------------------------------------------------------------
@@ -249,6 +254,7 @@ class AriController:
             caller_id=channel_id,
             bridge_id=f"voxpipe-{call_uuid}",
             media_id=f"{MEDIA_ID_PREFIX}{call_uuid}",
+            caller=context_from_channel(channel),
         )
         self.calls[call_uuid] = ari_call
         self._by_channel[channel_id] = ari_call

@@ -3,7 +3,8 @@
 ``Bot.create_task`` puts one just before the output transport, so it sees what the bot is about
 to say going down (LLM responses, transfers, the end) and what the caller hears coming back up
 (bot started/stopped speaking). It saves the call's record to the session store when the state
-or the dialogue history changes, and removes it when the call ends normally.
+or the dialogue history changes, and removes it when the call ends normally. It also reports the
+bot's turns, the keys the caller pressed and the tools the LLM called (``TurnLog``).
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ from typing import TYPE_CHECKING
 
 from voxpipe import events
 from voxpipe.conversation.state import CallState, move, state_of
+from voxpipe.conversation.turns import TurnLog
 from voxpipe.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Direction,
+    DTMFFrame,
     Frame,
     InputAudioFrame,
     InterruptionFrame,
     LLMResponseStartFrame,
     OutputAudioFrame,
     StartFrame,
+    ToolCallFrame,
     TranscriptionFrame,
     TransferFrame,
     TTSStoppedFrame,
@@ -42,7 +46,14 @@ _AUDIO = (InputAudioFrame, OutputAudioFrame)
 class ConversationTracker(FrameProcessor):
     """Moves the call through its states and keeps the session store up to date."""
 
-    __slots__ = ("_greeting_left", "_greeting_text", "_history_mark", "_store", "_turn_ended_at")
+    __slots__ = (
+        "_greeting_left",
+        "_greeting_text",
+        "_history_mark",
+        "_store",
+        "_turn_ended_at",
+        "_turns",
+    )
 
     def __init__(self, store: SessionStore, *, greeting: str | None) -> None:
         super().__init__(name="conversation")
@@ -54,12 +65,16 @@ class ConversationTracker(FrameProcessor):
         self._history_mark: tuple[int, int] = (0, 0)
         # When the caller last stopped speaking, until the bot's next audio: the turn latency.
         self._turn_ended_at: float | None = None
+        self._turns = TurnLog()
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if type(frame) in _AUDIO:
+            if type(frame) is OutputAudioFrame and frame.utterance is not None:
+                self._turns.utterance(self.call, frame.utterance)
             await self.push_frame(frame, direction)
             return
         self._measure_turn(frame)
+        self._log_turn(frame)
         target = self._next_state(frame)
         changed = target is not None and move(self.call, target)
         if self._history_changed() or changed:
@@ -73,8 +88,25 @@ class ConversationTracker(FrameProcessor):
         elif isinstance(frame, UserStartedSpeakingFrame):
             self._turn_ended_at = None
         elif isinstance(frame, BotStartedSpeakingFrame) and self._turn_ended_at is not None:
-            events.emit.turn_latency(self.call, time.monotonic() - self._turn_ended_at)
+            latency = time.monotonic() - self._turn_ended_at
+            events.emit.turn_latency(self.call, latency)
+            self._turns.latency(latency)
             self._turn_ended_at = None
+
+    def _log_turn(self, frame: Frame) -> None:
+        """Feed the turn log: the caller speaking ends the bot's turn, and so on."""
+        if isinstance(frame, UserStartedSpeakingFrame):
+            events.emit.caller_started_speaking(self.call)
+        elif isinstance(frame, UserStoppedSpeakingFrame | TranscriptionFrame):
+            self._turns.close(self.call)
+        elif isinstance(frame, InterruptionFrame):
+            self._turns.close(self.call, cut_short=True)
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._turns.bot_stopped()
+        elif isinstance(frame, DTMFFrame):
+            self._turns.digit(self.call, frame.digit)
+        elif isinstance(frame, ToolCallFrame):
+            self._turns.tool(self.call, frame)
 
     def _next_state(self, frame: Frame) -> CallState | None:
         """The state this frame leads to from the current one, if any."""
@@ -113,10 +145,12 @@ class ConversationTracker(FrameProcessor):
         return True
 
     async def stop(self) -> None:
+        self._turns.close(self.call, cut_short=True)
         move(self.call, CallState.ENDED)
         self._store.end(self.call)
 
     async def cancel(self) -> None:
+        self._turns.close(self.call, cut_short=True)
         # A failed call keeps its last record (until the TTL) for whoever investigates it.
         move(self.call, CallState.ENDED)
         self._store.end(self.call, keep=self.task.error is not None)
@@ -129,6 +163,10 @@ _CUT_SHORT = frozenset({CallState.GREETING, CallState.PROCESSING})
 
 def create_tracker(call: Call, bot: Bot) -> ConversationTracker:
     """The tracker for one call of ``bot``: its session store, and whether it greets."""
+    from voxpipe.caller_context import render
     from voxpipe.sessions.store import session_store
 
-    return ConversationTracker(session_store(bot), greeting=bot.config.greeting)
+    greeting = bot.config.greeting
+    return ConversationTracker(
+        session_store(bot), greeting=greeting and render(greeting, call.caller)
+    )

@@ -18,6 +18,7 @@ from voxpipe import events
 from voxpipe.http.app import create_app
 from voxpipe.http.metrics import Metrics
 from voxpipe.http.outcomes import OutcomeLookup, RecordFetcher
+from voxpipe.http.records import RecordsRoutes
 from voxpipe.http.server import HttpServer
 from voxpipe.http.state import CallList, CallTracker, ProviderWatch, ServiceState
 from voxpipe.pipelines.config import HttpSettings
@@ -49,17 +50,23 @@ class OperationsApi:
         store_status: Callable[[], Awaitable[str]] | None = None,
         shared_record: RecordFetcher | None = None,
         outcome_retention_s: float = RETENTION_S,
+        records: RecordsRoutes | None = None,
     ) -> None:
         self.metrics = Metrics()
         self.tracker = CallTracker()
         self.outcomes = OutcomeLog(outcome_retention_s)
+        service = records.records if records is not None else None
         self.state = ServiceState(
-            bots, self.tracker, shared_calls=shared_calls, store_status=store_status
+            bots,
+            self.tracker,
+            shared_calls=shared_calls,
+            store_status=store_status,
+            records_status=service.status if service is not None else None,
         )
         self.watch = ProviderWatch(self.state)
         token = settings.token.get_secret_value() if settings.token else None
         lookup = OutcomeLookup(self.outcomes, self.tracker, shared_record=shared_record)
-        self.app = create_app(self.state, self.metrics, token, lookup)
+        self.app = create_app(self.state, self.metrics, token, lookup, records)
         self.server = HttpServer(self.app, settings.listen)
 
     @classmethod
@@ -78,8 +85,9 @@ class OperationsApi:
 
         store = session_store(bot)
         settings = settings.model_copy(update={"listen": worker_listen(settings.listen)})
+        records = RecordsRoutes.for_bot(bot)
         if not isinstance(store, RedisSessionStore):
-            return cls(settings, [bot.name])
+            return cls(settings, [bot.name], records=records)
 
         async def shared_calls() -> CallList:
             now = time.time()
@@ -104,6 +112,7 @@ class OperationsApi:
             shared_calls=shared_calls,
             store_status=store_status,
             shared_record=store.fetch,
+            records=records,
         )
 
     @property

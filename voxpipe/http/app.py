@@ -6,7 +6,9 @@ log level of one call of this worker while it runs (for debugging a single live 
 ``GET /calls/{uuid}/outcome`` tells the dialplan how a call ended, in plain text
 (``voxpipe.sessions.outcomes``): ``transfer,<context>,<extension>,<priority>``, ``hangup``,
 ``caller`` or ``error``; 404 ``unknown``. The dialplan's ``CURL()`` sends the bearer token with
-``Set(CURLOPT(httpheader)=Authorization: Bearer <token>)``.
+``Set(CURLOPT(httpheader)=Authorization: Bearer <token>)``. With ``voxpipe.http.records``:
+``POST /calls/{uuid}/context`` (the dialplan's caller context), ``GET /calls/history``,
+``GET /calls/{uuid}`` and ``GET /calls/{uuid}/audio``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic import BaseModel
 from voxpipe import logs
 from voxpipe.http.metrics import CONTENT_TYPE, Metrics
 from voxpipe.http.outcomes import OutcomeLookup
+from voxpipe.http.records import RecordsRoutes
 from voxpipe.http.state import ServiceState
 
 
@@ -35,9 +38,11 @@ def create_app(
     metrics: Metrics,
     token: str | None = None,
     outcomes: OutcomeLookup | None = None,
+    records: RecordsRoutes | None = None,
 ) -> FastAPI:
     """Build the API over ``state`` and ``metrics``; ``token`` turns on bearer authentication;
-    ``outcomes`` answers for the calls that ended."""
+    ``outcomes`` answers for the calls that ended; ``records`` adds the caller context and
+    call history endpoints (``voxpipe.http.records``)."""
 
     def authorize(request: Request) -> None:
         if token is None:
@@ -80,6 +85,9 @@ def create_app(
             raise HTTPException(404, f"no call {call_id} on this worker")
         logs.set_call_level(call_id, body.level)
         return {"uuid": call_id, "level": body.level}
+
+    if records is not None:
+        records.add_to(app)
 
     @app.get("/calls/{call_id}/outcome")
     async def call_outcome(call_id: str) -> PlainTextResponse:

@@ -88,6 +88,11 @@ class Metrics(Observer):
             registry=r,
         )
         self.errors = Counter("voxpipe_errors", "Failures, by kind.", ["kind"], registry=r)
+        self.records_dropped_total = Counter(
+            "voxpipe_records_dropped",
+            "Call records dropped: the database was away longer than the buffer lasted.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -121,3 +126,6 @@ class Metrics(Observer):
 
     def error(self, call: Call | None, kind: str) -> None:
         self.errors.labels(label(kind)).inc()
+
+    def records_dropped(self, count: int) -> None:
+        self.records_dropped_total.inc(count)

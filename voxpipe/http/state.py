@@ -62,7 +62,9 @@ class ServiceState:
 
     ``shared_calls`` lists every worker's calls from the session store (Redis), so any worker
     can answer for all of them; without it, ``/calls`` shows this process's calls.
-    ``store_status`` reports the session store (``"ok"``, ``"memory"``, or the outage).
+    ``store_status`` reports the session store (``"ok"``, ``"memory"``, or the outage);
+    ``records_status`` the call records (``"ok"``, or ``"degraded: ..."`` while the database
+    cannot be written).
     """
 
     def __init__(
@@ -72,11 +74,13 @@ class ServiceState:
         *,
         shared_calls: Callable[[], Awaitable[CallList]] | None = None,
         store_status: Callable[[], Awaitable[str]] | None = None,
+        records_status: Callable[[], str] | None = None,
     ) -> None:
         self.bots = bots
         self.tracker = tracker
         self.shared_calls = shared_calls
         self.store_status = store_status
+        self.records_status = records_status
         self.started_at = time.monotonic()
         self.draining = False
         self.providers: dict[str, str] = {}
@@ -92,11 +96,12 @@ class ServiceState:
     async def health(self) -> tuple[int, dict[str, Any]]:
         """The HTTP status and body of ``/health``."""
         store = await self._store()
+        records = self.records_status() if self.records_status is not None else "off"
         if self.draining:
             status = "draining"
         elif self.providers:
             status = "down"
-        elif store not in ("ok", "memory"):
+        elif store not in ("ok", "memory") or records not in ("ok", "off"):
             status = "degraded"
         else:
             status = "ok"
@@ -106,6 +111,7 @@ class ServiceState:
             "bots": self.bots,
             "active_calls": len(self.tracker.calls),
             "session_store": store,
+            "call_records": records,
             "providers_down": dict(self.providers),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }

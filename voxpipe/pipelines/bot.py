@@ -87,6 +87,10 @@ class Bot:
         for step in self.steps:
             await step.settings.prepare(self)
         await session_store(self).start()
+        if self.config.call_records is not None or self.config.hooks.call_ended is not None:
+            from voxpipe.records.service import start_records
+
+            await start_records(self)
         self.prepared = True
 
     async def close(self) -> None:
@@ -106,6 +110,14 @@ class Bot:
             return Call(call_id=call_id, bot=self.name, sample_rate=self.sample_rate)
         return Call(bot=self.name, sample_rate=self.sample_rate)
 
+    async def start_call(self, call: Call) -> None:
+        """Settle who is calling before the call's pipeline is built: the context the dialplan
+        posted (or ARI gave) and, with call records, the customer with that number."""
+        from voxpipe.records.context import SHARED_KEY, settle_caller
+
+        if call.caller is not None or SHARED_KEY in self.shared:
+            await settle_caller(self, call)
+
     def create_processors(self, call: Call) -> list[FrameProcessor]:
         """Build the chain of processors for one call."""
         return [step.settings.create(call, self) for step in self.steps]
@@ -119,7 +131,25 @@ class Bot:
         """Build one call's pipeline task, with transport processors around the bot's chain."""
         started = time.perf_counter()
         tracker = create_tracker(call, self)
-        processors = [*(head or ()), *self.create_processors(call), tracker, *(tail or ())]
+        recorder = self._audio_recorder(call)
+        processors = [
+            *(head or ()),
+            *self.create_processors(call),
+            tracker,
+            *recorder,
+            *(tail or ()),
+        ]
         task = PipelineTask(processors, call)
         call.data["build_ms"] = (time.perf_counter() - started) * 1000
         return task
+
+    def _audio_recorder(self, call: Call) -> list[FrameProcessor]:
+        """The call's audio recorder, when its call records keep audio."""
+        records = self.config.call_records
+        if records is None or records.audio is None:
+            return []
+        from voxpipe.records.service import records_of
+
+        service = records_of(self)
+        recorder = service.recorder(call) if service is not None else None
+        return [recorder] if recorder is not None else []

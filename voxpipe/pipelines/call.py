@@ -8,6 +8,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from voxpipe.caller_context import CallerContext
+
 
 class CallLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger that names the call (and the bot) on every line."""
@@ -38,6 +40,8 @@ class Call:
     reply that made it, ``{"role": "tool", "calls": [{"id": str, "name": str, "arguments":
     dict, "result": str}]}`` (no ``content``). Each provider renders tool entries in its own
     shape (Anthropic: tool_use / tool_result blocks; chat completions: tool_calls / tool).
+
+    ``caller`` is who is calling (``voxpipe.caller_context``), when Asterisk told the bot.
     """
 
     call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -47,6 +51,7 @@ class Call:
     history: list[dict[str, Any]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     controller: CallController | None = None
+    caller: CallerContext | None = None
     log: CallLogger = field(init=False)
 
     def __post_init__(self) -> None:

@@ -293,17 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("graph", cmd_graph, "Print a bot's chain as a Mermaid flowchart.")
     p.add_argument("bot", metavar="BOT.yaml", help="the bot file")
+
+    from voxpipe.records.cli import add_commands
+
+    add_commands(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``run-pipeline``; returns the exit code."""
+    from voxpipe.records.cli import RecordsError
+
     args = build_parser().parse_args(argv)
     if args.verbose:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     try:
         code: int = args.handler(args)
     except UserError as exc:
+        print(f"run-pipeline: error: {exc}", file=sys.stderr)
+        return 1
+    except RecordsError as exc:
         print(f"run-pipeline: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

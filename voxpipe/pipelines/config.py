@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from voxpipe.pipelines.registry import Registry, default_registry
 from voxpipe.pipelines.settings import ProcessorSettings, Settings
+from voxpipe.records.settings import CallerSettings, CallRecordsSettings, HooksSettings
 from voxpipe.tools.settings import ToolSettings
 from voxpipe.transports.audiosocket.settings import TransportSettings
 
@@ -120,6 +121,17 @@ class BotConfig(Settings):
     logging: LoggingSettings = Field(
         default_factory=LoggingSettings,  # type: ignore[arg-type]
         description="Logging.",
+    )
+    call_records: CallRecordsSettings | None = Field(
+        None, description="Keep every call and its transcript in a database."
+    )
+    hooks: HooksSettings = Field(
+        default_factory=HooksSettings,  # type: ignore[arg-type]
+        description="HTTP callbacks on call events.",
+    )
+    caller: CallerSettings = Field(
+        default_factory=CallerSettings,  # type: ignore[arg-type]
+        description="What the bot learns about the caller when a call starts.",
     )
 
 
@@ -472,6 +484,41 @@ def _check_references(
             doc.problem(
                 ("tools", name), "a tool needs `http` or `python` (or is `hangup`/`transfer`)"
             )
+    if config is not None:
+        templates: list[tuple[Path_, str | None]] = [(("greeting",), config.greeting)]
+        for step in steps:
+            system = getattr(step.settings, "system", None)
+            templates.append((("pipeline", step.index, step.type_name, "system"), system))
+        for path, template in templates:
+            for problem in caller_template_problems(template, config):
+                doc.problem(path, problem)
+
+
+def caller_template_problems(template: str | None, config: BotConfig) -> list[str]:
+    """What is wrong with the caller context a greeting or system prompt asks for: a caller
+    variable the bot does not keep, or a customer without call records to look one up."""
+    from voxpipe.caller_context import FIELD
+
+    problems: list[str] = []
+    kept = set(config.caller.variables)
+    for match in FIELD.finditer(template or ""):
+        scope, key = match.group(1), match.group(2)
+        names = [key, *(f.strip() for f in match.group(3).split("|")[1:])]
+        for name in names:
+            scope_, _, field = name.partition(".") if name != key else (scope, "", key)
+            if scope_ == "caller" and field not in ("number", "name") and field not in kept:
+                problems.append(
+                    f"{{caller.{field}}} is not kept: list {field} under caller.variables "
+                    f"(kept: {', '.join(sorted(kept)) or 'none'})"
+                )
+            elif scope_ == "customer" and (
+                config.call_records is None or not config.caller.customers
+            ):
+                problems.append(
+                    f"{{customer.{field}}} needs the customers of call_records "
+                    "(a call_records: block, and caller.customers: true)"
+                )
+    return problems
 
 
 def load_bot(path: str | os.PathLike[str], registry: Registry | None = None) -> LoadedConfig:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from voxpipe.caller_context import CallerContext, render_arguments
 from voxpipe.tools.schema import object_schema, validate
 
 if TYPE_CHECKING:
@@ -45,13 +47,16 @@ class ToolOutcome:
     """What running a tool produced.
 
     ``result`` goes back to the model; ``say`` is spoken by the bot; ``frame`` (a hangup or
-    transfer) is sent downstream after it and ends the reply.
+    transfer) is sent downstream after it and ends the reply. ``Toolbox.run`` fills in the
+    ``arguments`` the tool ran with (the caller context filled in) and ``duration_ms``.
     """
 
     result: str
     say: str | None = None
     frame: Frame | None = None
     error: bool = False
+    arguments: dict[str, Any] | None = None
+    duration_ms: float = 0.0
 
 
 class Tool:
@@ -95,17 +100,29 @@ class Toolbox:
         tool = self.tools.get(name)
         return tool.announcement if tool is not None else None
 
-    async def run(self, call: ToolCall) -> ToolOutcome:
-        """Validate the arguments and run the tool; every failure becomes an error result."""
-        tool = self.tools.get(call.name)
+    async def run(self, call: ToolCall, caller: CallerContext | None = None) -> ToolOutcome:
+        """Validate the arguments and run the tool; every failure becomes an error result.
+
+        ``{caller.number}``, ``{customer.name}``... in the arguments' text take the values of
+        ``caller`` (the call's caller context) first.
+        """
+        started = time.perf_counter()
+        arguments = render_arguments(call.arguments, caller)
+        outcome = await self._run(call.name, arguments)
+        outcome.arguments = arguments
+        outcome.duration_ms = (time.perf_counter() - started) * 1000
+        return outcome
+
+    async def _run(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
+        tool = self.tools.get(name)
         if tool is None:
-            return ToolOutcome(f"error: there is no tool named {call.name!r}", error=True)
-        problems = validate(call.arguments, tool.spec.parameters)
+            return ToolOutcome(f"error: there is no tool named {name!r}", error=True)
+        problems = validate(arguments, tool.spec.parameters)
         if problems:
             return ToolOutcome("error: invalid arguments: " + "; ".join(problems), error=True)
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await tool.invoke(call.arguments)
+                return await tool.invoke(arguments)
         except TimeoutError:
             return ToolOutcome(f"error: the tool timed out after {self.timeout_s:g} s", error=True)
         except Exception as exc:

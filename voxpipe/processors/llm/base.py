@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 from pydantic import Field
 
 from voxpipe import events
+from voxpipe.caller_context import render, uses_context
+from voxpipe.events import Turn
 from voxpipe.frames import (
     CancelFrame,
     Direction,
@@ -218,7 +220,15 @@ class LLMBaseSettings(ProcessorSettings):
         if shared is None:
             raise ProviderError("the LLM was not prepared (call bot.prepare() first)")
         client, toolbox = shared
-        return LLMProcessor(self, client, toolbox, greeting=bot.config.greeting)
+        system = getattr(self, "system", None)
+        if isinstance(client, SDKClient) and uses_context(system):
+            # The system prompt names the caller: this call gets a client of its own prompt.
+            personal = self.model_copy(update={"system": render(system or "", call.caller)})
+            client = type(client)(personal, client.sdk)
+        greeting = bot.config.greeting
+        return LLMProcessor(
+            self, client, toolbox, greeting=greeting and render(greeting, call.caller)
+        )
 
 
 class ProviderFailed(Exception):
@@ -353,6 +363,7 @@ class LLMProcessor(FrameProcessor):
         self._texts.clear()
         self._turns += 1
         self.call.history.append({"role": "user", "content": text})
+        events.emit.turn(self.call, Turn("caller", text))
         if self._reply is not None and not self._reply.done():
             self._again = True
             return
@@ -438,13 +449,20 @@ class LLMProcessor(FrameProcessor):
                     announcement = self.toolbox.announcement(tool_call.name)
                     if announcement:
                         await self._say_in_reply(speech, announcement)
-                    outcome = await self.toolbox.run(tool_call)
+                    outcome = await self.toolbox.run(tool_call, self.call.caller)
+                    arguments = outcome.arguments or tool_call.arguments
                     results.append(outcome.result)
                     self.call.log.info(
-                        "tool %s(%s) -> %.200s", tool_call.name, tool_call.arguments, outcome.result
+                        "tool %s(%s) -> %.200s", tool_call.name, arguments, outcome.result
                     )
                     await self.push_frame(
-                        ToolCallFrame(tool_call.name, tool_call.arguments, outcome.result)
+                        ToolCallFrame(
+                            tool_call.name,
+                            arguments,
+                            outcome.result,
+                            duration_ms=outcome.duration_ms,
+                            error=outcome.error,
+                        )
                     )
                     if outcome.say:
                         await self._say_in_reply(speech, outcome.say)

@@ -5,6 +5,7 @@ of its ``keywords`` appears as a whole word (or phrase), or its ``regex`` matche
 insensitive). The first match gives the reply and/or a tool call; ``{name}`` in the reply, the
 tool arguments and ``after_tool`` takes the regex group ``name`` (or ``{1}``, ``{2}``...), and
 ``after_tool`` may use ``{result}``, the tool's result. No intent matching gives ``fallback``.
+Tool arguments may also use the caller context (``{caller.number}``), which the toolbox fills.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
+from voxpipe.caller_context import FIELD as CALLER_FIELD
 from voxpipe.pipelines.settings import Settings
 from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound
 from voxpipe.tools.toolbox import ToolCall, ToolSpec
@@ -75,6 +77,12 @@ class Intent(Settings):
                 if isinstance(v, str)
             ]
         for where, template in templates:
+            context = CALLER_FIELD.search(template or "")
+            if context is not None and not where.startswith("tool."):
+                raise ValueError(
+                    f"{where} uses {context.group(0)}: the caller context fills the greeting, "
+                    "system prompts and tool arguments, not scripted replies"
+                )
             for field in _FIELD.findall(template or ""):
                 if where == "after_tool" and field == "result":
                     continue

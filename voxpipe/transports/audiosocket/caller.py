@@ -471,14 +471,17 @@ async def _call(args: argparse.Namespace) -> CallResult:
     async def keep(call: Call) -> None:
         calls.append(call)
 
-    async with running_bot(bot) as server:
-        server.on_call_start.append(keep)
-        script = _script(args, pcm, bool(bot.config.greeting))
-        result = await place_call("127.0.0.1", server.port, script, rate=rate)
-        for _ in range(100):  # let the bot's side of the call finish its history
-            if not server.calls:
-                break
-            await asyncio.sleep(0.02)
+    try:
+        async with running_bot(bot) as server:
+            server.on_call_start.append(keep)
+            script = _script(args, pcm, bool(bot.config.greeting))
+            result = await place_call("127.0.0.1", server.port, script, rate=rate)
+            for _ in range(100):  # let the bot's side of the call finish its history
+                if not server.calls:
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await bot.close()  # writes what the bot still holds (its call records)
     result.transcript = _dialogue(calls)
     return result
 

@@ -195,7 +195,7 @@ class AudioSocketServer:
             events.emit.call_rejected("duplicate call id")
             return
         call = self.bot.new_call(call_id)
-        for hook in self.on_call_start:
+        for hook in [*self.on_call_start, self.bot.start_call]:
             try:
                 await hook(call)
             except Exception:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the call records' tables, shipped with the package."""
