@@ -33,7 +33,7 @@ from voxpipe.frames import (
 )
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.sessions import outcomes
-from voxpipe.transports.audiosocket.pacing import FRAME_S, ticker
+from voxpipe.transports.audiosocket.pacing import FRAME_S, MAX_CATCH_UP_S, ticker
 from voxpipe.transports.audiosocket.protocol import (
     HEADER,
     KIND_OF_RATE,
@@ -50,11 +50,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("voxpipe.audiosocket")
 
-# Until the caller's first audio shows its rate, answer at 8 kHz: every Asterisk version
-# accepts 0x10, while 0x11-0x18 tear the call down on Asterisk older than 20.17/21.12/22.7.
+# When the caller's first audio has not shown its rate within ``first_audio_wait_s``, answer at
+# 8 kHz: every Asterisk version accepts 0x10, while 0x11-0x18 tear the call down on Asterisk
+# older than 20.17/21.12/22.7.
 DEFAULT_OUTBOUND_RATE = 8000
-# Bot speech counts as stopped after this many slots without audio (an underrun is not a stop).
-STOP_AFTER_SLOTS = 3
+# Bot speech counts as stopped after this long without audio (an underrun is not a stop).
+STOP_AFTER_S = 3 * FRAME_S
+# A message may leave this long before its slot: caller audio echoed at real time arrives with
+# a millisecond or so of jitter either way, and must not wait a whole slot for being early.
+EARLY_S = FRAME_S
+# When the queue ran dry and audio comes again, at most this much of the schedule is made up
+# (a late frame of a real-time stream); beyond it, the schedule starts again from now.
+RESUME_LAG_S = FRAME_S
+# A partial frame waits this long for more audio before it is sent as the sentence's last.
+PAUSE_S = STOP_AFTER_S
 # A peer that stops reading: give up once this much is waiting in the socket's send buffer.
 MAX_SEND_BACKLOG = 256 * 1024
 HANGUP = encode(Kind.HANGUP)
@@ -157,25 +166,38 @@ class AudioSocketInput(FrameProcessor):
 
 
 class AudioSocketOutput(FrameProcessor):
-    """Last processor: sends bot audio at real time, keeps a silent line alive, hangs up."""
+    """Last processor: sends bot audio at real time, keeps a silent line alive, hangs up.
+
+    Bot audio is resampled to the outbound rate and cut into 20 ms messages, each with its slot
+    on a schedule that advances 20 ms per message. A message leaves as soon as it is ready and
+    its slot has come (up to ``EARLY_S`` ahead of it): audio that arrives at real time, as an
+    echo does, leaves the moment it arrives, and a prompt queued at once leaves one message per
+    slot of the process-wide ticker. Until the caller's first audio shows the rate to answer
+    in, bot audio is held (at most ``first_audio_wait_s``).
+    """
 
     __slots__ = (
         "_conn",
         "_drained",
+        "_due",
         "_fixed_rate",
         "_frame_bytes",
         "_frame_header",
-        "_idle_slots",
+        "_held",
+        "_hold_until",
         "_keepalive_s",
+        "_last_audio",
         "_last_sent",
         "_pending",
         "_pending_marks",
-        "_pending_waited",
         "_quality",
         "_queue",
+        "_rate",
         "_resampler",
+        "_settled",
         "_speaking",
         "_stopping",
+        "_wait_s",
     )
 
     def __init__(self, connection: Connection, settings: AudioSocketSettings) -> None:
@@ -183,24 +205,34 @@ class AudioSocketOutput(FrameProcessor):
         self._conn = connection
         self._fixed_rate = None if settings.output_rate == "caller" else settings.output_rate
         self._keepalive_s = settings.keepalive_s
+        self._wait_s = settings.first_audio_wait_s
         self._quality: Quality = settings.resample_quality
         self._queue: collections.deque[tuple[bytes, list[Utterance] | None]] = collections.deque()
+        self._held: list[OutputAudioFrame] = []
         self._pending = bytearray()
         self._pending_marks: list[Utterance] = []
-        self._pending_waited = False
         self._resampler: Resampler | None = None
+        self._rate = 0  # the outbound rate, once committed to
+        self._settled = False  # the rate is the configured one or the caller's
         self._frame_header = b""
         self._frame_bytes = 0
+        self._due = 0.0
         self._speaking = False
-        self._idle_slots = 0
         self._last_sent = 0.0
+        self._last_audio = 0.0
+        self._hold_until = 0.0
         self._stopping = False
         self._drained: asyncio.Future[None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._last_sent = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        self._last_sent = self._due = now
+        self._hold_until = now + self._wait_s
+        if self._fixed_rate is not None:
+            self._commit(self._fixed_rate)
+            self._settled = True
         ticker().subscribe(self)
 
     async def stop(self) -> None:
@@ -221,6 +253,7 @@ class AudioSocketOutput(FrameProcessor):
     def interrupt(self) -> None:
         """Drop every queued frame now: the caller stops hearing the bot within one slot."""
         self._queue.clear()
+        self._held.clear()
         self._pending.clear()
         self._pending_marks.clear()
         if self._resampler is not None:
@@ -242,6 +275,7 @@ class AudioSocketOutput(FrameProcessor):
         if isinstance(frame, TTSStoppedFrame):
             # The sentence is complete: its tail follows at once instead of after a pause.
             self._flush_pending()
+            self._send_ready(asyncio.get_running_loop().time())
         elif isinstance(frame, EndFrame | HangupFrame):
             await self._play_out()
             self._hang_up(outcomes.HANGUP)
@@ -280,7 +314,10 @@ class AudioSocketOutput(FrameProcessor):
     async def _play_out(self) -> None:
         """Wait until every queued frame has been sent at its pace, then stop taking audio."""
         self._stopping = True
-        if self._conn.closed or not (self._queue or self._pending or self._resampler):
+        if not self._rate and self._held:
+            self._commit(self._conn.caller_rate or DEFAULT_OUTBOUND_RATE)
+        self._flush_pending()
+        if self._conn.closed or not self._queue:
             return
         self._drained = asyncio.get_running_loop().create_future()
         await self._drained
@@ -289,34 +326,95 @@ class AudioSocketOutput(FrameProcessor):
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
-    def _outbound_rate(self) -> int:
-        return self._fixed_rate or self._conn.caller_rate or DEFAULT_OUTBOUND_RATE
+    # --- the outbound rate -------------------------------------------------------------------
+
+    def _commit(self, rate: int) -> None:
+        """Answer at ``rate`` from now on; audio held or queued at another rate is re-rated."""
+        old = self._rate
+        self._rate = rate
+        self._frame_bytes = int(rate * FRAME_S) * 2
+        self._frame_header = HEADER.pack(KIND_OF_RATE[rate], self._frame_bytes)
+        self._resampler = None
+        if old and (self._queue or self._pending):
+            self._rerate(old)
+        held, self._held = self._held, []
+        for frame in held:
+            self._enqueue(frame)
+
+    def _rerate(self, old: int) -> None:
+        """Resample what is queued at ``old`` to the new rate, keeping each message's marks."""
+        audio = bytearray()
+        marks: list[tuple[int, list[Utterance]]] = []  # (end of a message's audio, its marks)
+        for message, message_marks in self._queue:
+            audio += message[3:]
+            if message_marks:
+                marks.append((len(audio), message_marks))
+        audio += self._pending
+        if self._pending_marks:
+            marks.append((len(audio), self._pending_marks))
+        self._queue.clear()
+        self._pending.clear()
+        self._pending_marks = []
+        resampler = Resampler(old, self._rate, self._quality)
+        pcm = resampler.process(bytes(audio)) + resampler.flush()
+        size, header = self._frame_bytes, self._frame_header
+        ratio = len(pcm) / max(1, len(audio))
+        ends = [min(len(pcm), -(-int(end * ratio) // size) * size) for end, _ in marks]
+        for start in range(0, len(pcm), size):
+            chunk = pcm[start : start + size]
+            found = [
+                m
+                for end, (_, ms) in zip(ends, marks, strict=True)
+                if start < end <= start + size
+                for m in ms
+            ]
+            if len(chunk) == size:
+                self._queue.append((header + chunk, found or None))
+            else:
+                self._pending += chunk
+                self._pending_marks = found
+
+    def _check_rate(self, now: float) -> None:
+        """Commit to the caller's rate once it is known, or the default once waiting is over."""
+        caller = self._conn.caller_rate
+        if caller is not None:
+            self._settled = True
+            if caller != self._rate:
+                self._commit(caller)
+        elif not self._rate and now >= self._hold_until:
+            self._commit(DEFAULT_OUTBOUND_RATE)
+
+    # --- queueing ----------------------------------------------------------------------------
 
     def _enqueue(self, frame: OutputAudioFrame) -> None:
+        if not self._settled:
+            self._check_rate(asyncio.get_running_loop().time())
+            if not self._rate:
+                self._held.append(frame)
+                return
         resampler = self._resampler
-        out_rate = self._outbound_rate()
-        if (
-            resampler is None
-            or resampler.in_rate != frame.sample_rate
-            or (resampler.out_rate != out_rate)
-        ):
+        if resampler is None or resampler.in_rate != frame.sample_rate:
             if resampler is not None:
                 self._flush_pending()
-            resampler = self._resampler = Resampler(frame.sample_rate, out_rate, self._quality)
-            self._frame_bytes = int(out_rate * FRAME_S) * 2
-            self._frame_header = HEADER.pack(KIND_OF_RATE[out_rate], self._frame_bytes)
+            resampler = self._resampler = Resampler(frame.sample_rate, self._rate, self._quality)
         pcm = resampler.process(frame.audio)
+        queue = self._queue
+        now = asyncio.get_running_loop().time()
+        if not queue:  # the stream resumes: make up at most one missed slot
+            self._due = max(self._due, now - RESUME_LAG_S)
         if not self._pending and len(pcm) == self._frame_bytes:  # the usual whole 20 ms frame
-            self._queue.append((self._frame_header + pcm, None))
-            self._pending_waited = False
+            queue.append((self._frame_header + pcm, None))
         else:
             self._pending += pcm
             self._cut()
         if frame.utterance is not None:
-            if self._pending or not self._queue:
+            if self._pending or not queue:
                 self._pending_marks.append(frame.utterance)
             else:
                 self._mark_last([frame.utterance])
+        self._last_audio = now
+        if queue:
+            self._send_ready(now)
 
     def _mark_last(self, utterances: list[Utterance]) -> None:
         """Count ``utterances`` once the last queued message has been sent (now, if none is)."""
@@ -338,13 +436,14 @@ class AudioSocketOutput(FrameProcessor):
                 self._pending_marks = []
             self._queue.append((header + pending[:size], marks))
             del pending[:size]
-        self._pending_waited = False
 
     def _flush_pending(self) -> None:
-        """Queue what the resampler holds and the last partial frame (a prompt has ended)."""
-        if self._resampler is not None:
-            self._pending += self._resampler.flush()
-            self._cut()
+        """Queue the filter's tail and the last partial frame (a sentence has ended)."""
+        if self._resampler is not None and self._rate:
+            tail = self._resampler.flush()
+            if tail:
+                self._pending += tail
+                self._cut()
         payload = bytes(self._pending[: len(self._pending) & ~1])
         self._pending.clear()
         if payload:
@@ -355,39 +454,56 @@ class AudioSocketOutput(FrameProcessor):
             self._mark_last(self._pending_marks)
             self._pending_marks = []
 
-    # --- the 20 ms slot ----------------------------------------------------------------------
+    # --- sending -----------------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
-        """Send the next frame, or after a pause the tail of the prompt, or a keepalive."""
-        queue = self._queue
-        if not queue and (self._pending or self._resampler is not None):
-            if self._pending_waited or self._stopping:
-                self._flush_pending()
-                self._resampler = None
-            else:
-                self._pending_waited = True
-        if queue:
+    def _send_ready(self, now: float) -> None:
+        """Send every queued message whose slot has come (or comes within ``EARLY_S``)."""
+        queue, conn = self._queue, self._conn
+        due = self._due
+        if now - due > MAX_CATCH_UP_S:  # a stall: restart the schedule rather than burst
+            due = now
+        limit = now + EARLY_S
+        sent = False
+        while queue and due <= limit:
             message, marks = queue.popleft()
-            if not self._conn.send(message):
+            if not conn.send(message):
                 self._wake_drain()
                 return
+            due += FRAME_S
+            sent = True
+            if marks is not None:
+                self._count_played(marks)
+        self._due = due
+        if sent:
             self._last_sent = now
-            self._idle_slots = 0
             if not self._speaking:
                 self._speaking = True
                 self._announce(BotStartedSpeakingFrame())
-            if marks is not None:
-                self._count_played(marks)
+
+    def tick(self, now: float) -> None:
+        """The ticker's pass: send what is due, end a pause's sentence, keep the line alive."""
+        if not self._settled:
+            self._check_rate(now)
+            if not self._rate:
+                return
+        if self._queue:
+            self._send_ready(now)
+            if self._queue:
+                return
+        if self._pending and now - self._last_audio >= PAUSE_S:
+            self._flush_pending()  # no more audio came: the partial frame ends the sentence
+            self._send_ready(now)
             return
-        if self._speaking:
-            self._idle_slots += 1
-            if self._idle_slots >= STOP_AFTER_SLOTS:
-                self._speaking = False
-                self._announce(BotStoppedSpeakingFrame())
+        if self._stopping and self._pending:
+            self._flush_pending()
+            self._send_ready(now)
+            return
+        if self._speaking and now - self._last_sent >= STOP_AFTER_S:
+            self._speaking = False
+            self._announce(BotStoppedSpeakingFrame())
         self._wake_drain()
         if now - self._last_sent >= self._keepalive_s and not self._stopping:
-            rate = self._outbound_rate()
-            self._conn.send(encode(KIND_OF_RATE[rate], bytes(int(rate * FRAME_S) * 2)))
+            self._conn.send(encode(self._frame_header[0], bytes(self._frame_bytes)))
             self._last_sent = now
 
     def _count_played(self, marks: list[Utterance]) -> None:
