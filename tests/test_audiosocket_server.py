@@ -452,3 +452,57 @@ async def test_a_configured_output_rate_overrides_the_callers() -> None:
         )
     assert {kind for _, kind, _ in result.messages} == {Kind.AUDIO_16K}
     assert result.bot_segments
+
+
+async def test_a_greeting_waits_for_the_callers_first_audio_and_speaks_at_its_rate() -> None:
+    """A channel bridged late (ARI externalMedia, Dial(AudioSocket)) sends its first audio
+    300 ms after the UUID: the greeting queued before then must still go out as 0x12."""
+    bot = probe_bot("  - probe: {speak_s: 1.0}", rate=8000)
+    async with running_bot(bot) as server:
+        result = await place_call(
+            "127.0.0.1", server.port, [Silence(1.8)], rate=16000, first_audio_after_s=0.3
+        )
+    audio = [(t, kind, size) for t, kind, size in result.messages if kind != Kind.HANGUP]
+    assert {kind for _, kind, _ in audio} == {Kind.AUDIO_16K}
+    assert {size for _, _, size in audio[:-1]} == {640}, "not whole 20 ms frames"
+    assert audio[0][0] >= 0.29, "the bot spoke before it could know the caller's rate"
+    spoken = sum(end - start for start, end in result.bot_segments)
+    assert 0.95 < spoken < 1.1
+    assert UTTERANCES[result.call_id].finished
+
+
+async def test_a_caller_silent_past_the_wait_hears_8k_then_its_own_rate() -> None:
+    bot = probe_bot("  - probe: {speak_s: 2.0}", ", first_audio_wait_s: 0.2", rate=16000)
+    async with running_bot(bot) as server:
+        result = await place_call(
+            "127.0.0.1", server.port, [Silence(2.8)], rate=16000, first_audio_after_s=0.7
+        )
+    audio = [(t, kind, size) for t, kind, size in result.messages if kind != Kind.HANGUP]
+    kinds = [kind for _, kind, _ in audio]
+    assert set(kinds) == {Kind.AUDIO_8K, Kind.AUDIO_16K}
+    switch = kinds.index(Kind.AUDIO_16K)
+    assert set(kinds[switch:]) == {Kind.AUDIO_16K}, "the rate went back and forth"
+    assert 0.15 < audio[0][0] < 0.5, "the bot waited past first_audio_wait_s"
+    assert 0.65 < audio[switch][0] < 1.0, "queued audio kept the old rate"
+    spoken = sum(end - start for start, end in result.bot_segments)
+    assert 1.9 < spoken < 2.15, "re-rating lost or repeated audio"
+    assert UTTERANCES[result.call_id].finished
+
+
+async def test_an_echo_leaves_as_the_callers_audio_arrives() -> None:
+    """One whole message out for each message in, sent on arrival, not at the next slot."""
+    bot = probe_bot("  - echo: {}", rate=8000)
+    async with running_bot(bot) as server:
+        for rate in (8000, 16000):
+            result = await place_call(
+                "127.0.0.1", server.port, [Say(tone(1.0, rate)), Silence(0.5)], rate=rate
+            )
+            frame = int(rate * 0.02) * 2
+            sizes = [size for _, kind, size in result.messages if kind != Kind.HANGUP]
+            assert set(sizes) == {frame}
+            (sent_start, sent_end), (heard_start, heard_end) = (
+                result.caller_segments[0],
+                result.bot_segments[0],
+            )
+            assert heard_start - sent_start < 0.015, "the echo waited for a slot"
+            assert abs((heard_end - heard_start) - (sent_end - sent_start)) < 0.03
