@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 from pathlib import Path
@@ -38,7 +39,9 @@ from voxpipe.transports.audiosocket.caller import (  # noqa: E402
 from voxpipe.transports.audiosocket.protocol import RATE_OF_KIND  # noqa: E402
 
 
-def bursts(rate: int, count: int, burst_s: float = 0.06, every_s: float = 0.5) -> list[Say | Silence]:
+def bursts(
+    rate: int, count: int, burst_s: float = 0.06, every_s: float = 0.5
+) -> list[Say | Silence]:
     """``count`` bursts of telephone-band noise, ``every_s`` apart (a script for the caller)."""
     rng = np.random.default_rng(7)
     size = int(rate * burst_s)
@@ -64,7 +67,7 @@ def round_trips(result: CallResult) -> list[float]:
 def gaps(result: CallResult) -> list[float]:
     """Seconds between consecutive audio messages from the bot."""
     times = [t for t, kind, _ in result.messages if kind in RATE_OF_KIND]
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import statistics
 import threading
+import time
 import wave
 from pathlib import Path
 
@@ -180,3 +181,36 @@ async def test_the_echo_round_trip_is_as_short_at_16k_as_at_8k_and_does_not_step
             trips.setdefault(rate, []).extend(rt)
     assert statistics.median(trips[16000]) < statistics.median(trips[8000]) + 0.01
     assert statistics.median(trips[16000]) < 0.02, "the 16 kHz path queues its audio"
+
+
+async def test_after_the_loop_stalls_the_echo_catches_up_instead_of_lagging(
+    echo_yaml: Path,
+) -> None:
+    """A blocked loop holds the caller's audio back; its echo must not keep that delay.
+
+    The bot runs on a loop of its own (another thread), so that the caller, like Asterisk,
+    goes on sending while the bot's loop is blocked.
+    """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    serving = running_bot(echo_yaml)
+    server = asyncio.run_coroutine_threadsafe(serving.__aenter__(), loop).result(30)
+    try:
+        call = asyncio.create_task(
+            place_call("127.0.0.1", server.port, [*_bursts(16000, 8), Hangup()], rate=16000)
+        )
+        for _ in range(3):  # between bursts, the bot's loop is blocked for 90 ms
+            await asyncio.sleep(0.9)
+            loop.call_soon_threadsafe(time.sleep, 0.09)
+        result = await call
+    finally:
+        asyncio.run_coroutine_threadsafe(serving.__aexit__(None, None, None), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    sent = [start for start, _ in result.caller_segments]
+    heard = [start for start, _ in result.bot_segments]
+    assert len(sent) == len(heard) == 8
+    rt = [b - a for a, b in zip(sent, heard, strict=True)]
+    assert max(rt[-3:]) - min(rt[:3]) < 0.015, f"round trips {[round(x, 3) for x in rt]}"

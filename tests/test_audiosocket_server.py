@@ -506,3 +506,23 @@ async def test_an_echo_leaves_as_the_callers_audio_arrives() -> None:
             )
             assert heard_start - sent_start < 0.015, "the echo waited for a slot"
             assert abs((heard_end - heard_start) - (sent_end - sent_start)) < 0.03
+
+
+async def test_messages_split_or_batched_in_the_stream_are_all_heard(
+    echo_server: AudioSocketServer,
+) -> None:
+    """Asterisk writes one message per write, but TCP may split or join them."""
+    frames = [bytes([i]) * 320 for i in range(1, 7)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
+    writer.write(UUID_MSG + b"".join(encode(Kind.AUDIO_8K, f) for f in frames[:3]))
+    split = encode(Kind.AUDIO_8K, frames[3])
+    for piece in (split[:2], split[2:100], split[100:]):  # within read_timeout_s
+        await asyncio.sleep(0.05)
+        writer.write(piece)
+    writer.write(b"".join(encode(Kind.AUDIO_8K, f) for f in frames[4:]))
+    heard = b""
+    async with asyncio.timeout(3):
+        while len(heard) < 6 * 323:
+            heard += await reader.read(4096)
+    writer.close()
+    assert heard[: 6 * 323] == b"".join(encode(Kind.AUDIO_8K, f) for f in frames)

@@ -108,6 +108,19 @@ def _check(kind: Kind, payload: bytes) -> None:
         raise ProtocolError(f"audio message of odd length {size}")
 
 
+def check(kind: Kind, payload: bytes) -> None:
+    """Raise ``ProtocolError`` for a payload that does not fit its kind."""
+    _check(kind, payload)
+
+
+def kind_of(byte: int) -> Kind:
+    """The kind a header's first byte names; ``ProtocolError`` for one Asterisk does not send."""
+    kind = _KINDS.get(byte)
+    if kind is None:
+        raise ProtocolError(f"unknown message kind 0x{byte:02x}")
+    return kind
+
+
 def _buffered(reader: asyncio.StreamReader) -> int:
     """Bytes received but not yet read (0 when the reader does not expose its buffer)."""
     buffer = getattr(reader, "_buffer", None)

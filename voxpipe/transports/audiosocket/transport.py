@@ -40,8 +40,9 @@ from voxpipe.transports.audiosocket.protocol import (
     RATE_OF_KIND,
     Kind,
     ProtocolError,
+    check,
     encode,
-    read_message,
+    kind_of,
 )
 from voxpipe.transports.audiosocket.resample import Quality, Resampler
 
@@ -67,17 +68,31 @@ PAUSE_S = STOP_AFTER_S
 # A peer that stops reading: give up once this much is waiting in the socket's send buffer.
 MAX_SEND_BACKLOG = 256 * 1024
 HANGUP = encode(Kind.HANGUP)
+# One read takes at most this much of what has arrived (a second of 48 kHz audio is 96 KB).
+READ_SIZE = 64 * 1024
+_RATE_OF_BYTE = {int(kind): rate for kind, rate in RATE_OF_KIND.items()}
 
 
 class Connection:
     """One AudioSocket connection, shared by the call's input and output processors."""
 
-    __slots__ = ("caller_rate", "closed", "closed_by", "messages_sent", "reader", "writer")
+    __slots__ = (
+        "behind",
+        "caller_rate",
+        "closed",
+        "closed_by",
+        "messages_sent",
+        "reader",
+        "writer",
+    )
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.caller_rate: int | None = None
+        # The caller's audio being handled now is not the newest: more had arrived behind it
+        # (the loop fell behind), so its echo may catch up on the schedule.
+        self.behind = False
         self.closed = False
         self.closed_by = ""
         self.messages_sent = 0
@@ -124,32 +139,8 @@ class AudioSocketInput(FrameProcessor):
 
     async def _read(self) -> None:
         conn, task, call = self._conn, self.task, self.call
-        rate = call.sample_rate
         try:
-            while True:
-                message = await read_message(conn.reader, self._read_timeout_s)
-                kind = message.kind
-                in_rate = RATE_OF_KIND.get(kind)
-                if in_rate is not None:
-                    resampler = self._resampler
-                    if resampler is None or resampler.in_rate != in_rate:
-                        conn.caller_rate = in_rate
-                        resampler = self._resampler = Resampler(in_rate, rate, self._quality)
-                    pcm = resampler.process(message.payload)
-                    if pcm:
-                        await self.push_frame(InputAudioFrame(pcm, rate))
-                elif kind is Kind.DTMF:
-                    await self.push_frame(DTMFFrame(message.digit))
-                elif kind is Kind.HANGUP:
-                    outcomes.settle(call, outcomes.CALLER)
-                    task.cancel("caller hung up")
-                    return
-                elif kind is Kind.ERROR:
-                    call.log.warning("caller sent an error message (%s)", message.payload.hex())
-                    task.cancel(f"caller error {message.payload.hex()}".strip())
-                    return
-                else:
-                    call.log.debug("ignoring a repeated UUID message")
+            await self._read_messages(conn.reader)
         except (EOFError, ConnectionError):
             if conn.closed_by != "bot":  # the bot's own hang-up ends the call by itself
                 if not conn.closed_by:
@@ -163,6 +154,81 @@ class AudioSocketInput(FrameProcessor):
             call.log.warning("protocol error, ending the call: %s", exc)
             events.emit.error(call, "protocol")
             task.cancel(f"protocol error: {exc}")
+
+    async def _read_messages(self, reader: asyncio.StreamReader) -> None:
+        """Read what has arrived and handle every whole message in it, until the call ends.
+
+        A read takes all the bytes waiting, so a loop that fell behind handles the messages
+        that queued up in one go; ``Connection.behind`` tells the output that those were late.
+        """
+        conn, push, rate = self._conn, self.push_frame, self.call.sample_rate
+        rates = _RATE_OF_BYTE
+        buffer = b""
+        while True:
+            if buffer:  # inside a message: the rest must come within read_timeout_s
+                try:
+                    async with asyncio.timeout(self._read_timeout_s):
+                        data = await reader.read(READ_SIZE)
+                except TimeoutError:
+                    raise ProtocolError(
+                        f"message of kind 0x{buffer[0]:02x} incomplete after "
+                        f"{self._read_timeout_s:g} s"
+                    ) from None
+                if not data:
+                    raise ProtocolError(
+                        f"connection closed inside a message of kind 0x{buffer[0]:02x} "
+                        f"({len(buffer)} bytes of it)"
+                    )
+                buffer += data
+            else:
+                buffer = await reader.read(READ_SIZE)
+                if not buffer:
+                    raise EOFError("peer closed the connection")
+            end, pos = len(buffer), 0
+            while pos < end:
+                first = buffer[pos]
+                in_rate = rates.get(first)
+                kind = kind_of(first) if in_rate is None else None  # an unknown kind ends it now
+                start = pos + 3
+                if start > end:
+                    break
+                size = (buffer[pos + 1] << 8) | buffer[pos + 2]
+                if end - start < size:
+                    break
+                payload = buffer[start : start + size]
+                pos = start + size
+                if kind is None and size and not size & 1:  # caller audio, nearly always
+                    resampler = self._resampler
+                    if resampler is None or resampler.in_rate != in_rate:
+                        assert in_rate is not None
+                        conn.caller_rate = in_rate
+                        resampler = self._resampler = Resampler(in_rate, rate, self._quality)
+                    pcm = resampler.process(payload)
+                    if pcm:
+                        conn.behind = end - pos >= 3
+                        await push(InputAudioFrame(pcm, rate))
+                        conn.behind = False
+                elif not await self._handle(kind if kind is not None else kind_of(first), payload):
+                    return
+            buffer = buffer[pos:] if pos else buffer
+
+    async def _handle(self, kind: Kind, payload: bytes) -> bool:
+        """A message other than well-formed audio; ``False`` once the call is over."""
+        check(kind, payload)
+        call, task = self.call, self.task
+        if kind is Kind.DTMF:
+            await self.push_frame(DTMFFrame(payload.decode("ascii")))
+        elif kind is Kind.HANGUP:
+            outcomes.settle(call, outcomes.CALLER)
+            task.cancel("caller hung up")
+            return False
+        elif kind is Kind.ERROR:
+            call.log.warning("caller sent an error message (%s)", payload.hex())
+            task.cancel(f"caller error {payload.hex()}".strip())
+            return False
+        else:
+            call.log.debug("ignoring a repeated UUID message")
+        return True
 
 
 class AudioSocketOutput(FrameProcessor):
@@ -400,8 +466,11 @@ class AudioSocketOutput(FrameProcessor):
         pcm = resampler.process(frame.audio)
         queue = self._queue
         now = asyncio.get_running_loop().time()
-        if not queue:  # the stream resumes: make up at most one missed slot
-            self._due = max(self._due, now - RESUME_LAG_S)
+        if not queue:  # the stream resumes: make up at most one missed slot, or what a busy
+            # loop kept the caller's audio waiting (an echo of it catches up)
+            self._due = max(
+                self._due, now - (MAX_CATCH_UP_S if self._conn.behind else RESUME_LAG_S)
+            )
         if not self._pending and len(pcm) == self._frame_bytes:  # the usual whole 20 ms frame
             queue.append((self._frame_header + pcm, None))
         else:
