@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 
 FRAME_S = 0.02
@@ -26,7 +27,7 @@ class Paced(Protocol):
     """Something that sends at most one frame per slot."""
 
     def tick(self, now: float) -> None:
-        """A pass of the clock at ``now`` (loop time, monotonic): send what is due."""
+        """A pass of the clock at ``now`` (``time.monotonic()``): send what is due."""
 
 
 class Ticker:
@@ -55,12 +56,12 @@ class Ticker:
             self._task = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = time.monotonic  # not loop.time(): uvloop's stands still while a pass runs
         period = self.period_s
-        slot = loop.time() + period
+        slot = clock() + period
         while self._subscribers:
-            await asyncio.sleep(max(0.0, slot - loop.time()))
-            now = loop.time()
+            await asyncio.sleep(max(0.0, slot - clock()))
+            now = clock()
             self._serve(now)
             slot += period
             if slot <= now:  # passes were missed: the next one keeps the grid

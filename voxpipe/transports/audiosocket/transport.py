@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from voxpipe import events
@@ -63,6 +64,9 @@ EARLY_S = FRAME_S
 # When the queue ran dry and audio comes again, at most this much of the schedule is made up
 # (a late frame of a real-time stream); beyond it, the schedule starts again from now.
 RESUME_LAG_S = FRAME_S
+# Messages a message of caller audio lets the output send beyond its schedule (see
+# ``Connection.live``): its own echo, and one more from a queue that grew.
+LIVE_MESSAGES = 2
 # A partial frame waits this long for more audio before it is sent as the sentence's last.
 PAUSE_S = STOP_AFTER_S
 # A peer that stops reading: give up once this much is waiting in the socket's send buffer.
@@ -71,16 +75,19 @@ HANGUP = encode(Kind.HANGUP)
 # One read takes at most this much of what has arrived (a second of 48 kHz audio is 96 KB).
 READ_SIZE = 64 * 1024
 _RATE_OF_BYTE = {int(kind): rate for kind, rate in RATE_OF_KIND.items()}
+# The outputs' schedules run on the ticker's clock. (Not loop.time(): uvloop's stands still
+# while a pass of the loop runs, and asyncio.get_running_loop() is a system call on 3.11.)
+_clock = time.monotonic
 
 
 class Connection:
     """One AudioSocket connection, shared by the call's input and output processors."""
 
     __slots__ = (
-        "behind",
         "caller_rate",
         "closed",
         "closed_by",
+        "live",
         "messages_sent",
         "reader",
         "writer",
@@ -90,9 +97,10 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.caller_rate: int | None = None
-        # The caller's audio being handled now is not the newest: more had arrived behind it
-        # (the loop fell behind), so its echo may catch up on the schedule.
-        self.behind = False
+        # While a message of caller audio goes down the chain, the output may send this many
+        # messages beyond its schedule: audio made from the caller's at once (an echo) leaves
+        # as the caller's did, paced by the caller, and a queue a busy loop let grow drains.
+        self.live = 0
         self.closed = False
         self.closed_by = ""
         self.messages_sent = 0
@@ -159,7 +167,7 @@ class AudioSocketInput(FrameProcessor):
         """Read what has arrived and handle every whole message in it, until the call ends.
 
         A read takes all the bytes waiting, so a loop that fell behind handles the messages
-        that queued up in one go; ``Connection.behind`` tells the output that those were late.
+        that queued up in one go.
         """
         conn, push, rate = self._conn, self.push_frame, self.call.sample_rate
         rates = _RATE_OF_BYTE
@@ -205,9 +213,9 @@ class AudioSocketInput(FrameProcessor):
                         resampler = self._resampler = Resampler(in_rate, rate, self._quality)
                     pcm = resampler.process(payload)
                     if pcm:
-                        conn.behind = end - pos >= 3
+                        conn.live = LIVE_MESSAGES
                         await push(InputAudioFrame(pcm, rate))
-                        conn.behind = False
+                        conn.live = 0
                 elif not await self._handle(kind if kind is not None else kind_of(first), payload):
                     return
             buffer = buffer[pos:] if pos else buffer
@@ -293,7 +301,7 @@ class AudioSocketOutput(FrameProcessor):
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        now = asyncio.get_running_loop().time()
+        now = _clock()
         self._last_sent = self._due = now
         self._hold_until = now + self._wait_s
         if self._fixed_rate is not None:
@@ -341,7 +349,7 @@ class AudioSocketOutput(FrameProcessor):
         if isinstance(frame, TTSStoppedFrame):
             # The sentence is complete: its tail follows at once instead of after a pause.
             self._flush_pending()
-            self._send_ready(asyncio.get_running_loop().time())
+            self._send_ready(_clock())
         elif isinstance(frame, EndFrame | HangupFrame):
             await self._play_out()
             self._hang_up(outcomes.HANGUP)
@@ -454,7 +462,7 @@ class AudioSocketOutput(FrameProcessor):
 
     def _enqueue(self, frame: OutputAudioFrame) -> None:
         if not self._settled:
-            self._check_rate(asyncio.get_running_loop().time())
+            self._check_rate(_clock())
             if not self._rate:
                 self._held.append(frame)
                 return
@@ -465,12 +473,9 @@ class AudioSocketOutput(FrameProcessor):
             resampler = self._resampler = Resampler(frame.sample_rate, self._rate, self._quality)
         pcm = resampler.process(frame.audio)
         queue = self._queue
-        now = asyncio.get_running_loop().time()
-        if not queue:  # the stream resumes: make up at most one missed slot, or what a busy
-            # loop kept the caller's audio waiting (an echo of it catches up)
-            self._due = max(
-                self._due, now - (MAX_CATCH_UP_S if self._conn.behind else RESUME_LAG_S)
-            )
+        now = _clock()
+        if not queue:  # the stream resumes: make up at most one missed slot
+            self._due = max(self._due, now - RESUME_LAG_S)
         if not self._pending and len(pcm) == self._frame_bytes:  # the usual whole 20 ms frame
             queue.append((self._frame_header + pcm, None))
         else:
@@ -526,19 +531,28 @@ class AudioSocketOutput(FrameProcessor):
     # --- sending -----------------------------------------------------------------------------
 
     def _send_ready(self, now: float) -> None:
-        """Send every queued message whose slot has come (or comes within ``EARLY_S``)."""
+        """Send every queued message whose slot has come (or comes within ``EARLY_S``).
+
+        While caller audio is being handled (``Connection.live``), what it made leaves at once
+        even ahead of the schedule, which then does not advance.
+        """
         queue, conn = self._queue, self._conn
         due = self._due
         if now - due > MAX_CATCH_UP_S:  # a stall: restart the schedule rather than burst
             due = now
         limit = now + EARLY_S
         sent = False
-        while queue and due <= limit:
+        while queue:
+            if due <= limit:
+                due += FRAME_S
+            elif conn.live:
+                conn.live -= 1
+            else:
+                break
             message, marks = queue.popleft()
             if not conn.send(message):
                 self._wake_drain()
                 return
-            due += FRAME_S
             sent = True
             if marks is not None:
                 self._count_played(marks)
