@@ -47,37 +47,42 @@ TIMED_EVERY = 10  # one caller in ten times its echo (timing them all would load
 # --- the bot process ---------------------------------------------------------------------------
 
 
-def _record_lateness(times: list[float], late: list[float]) -> None:
-    """Note when each outbound message left and how long after its slot."""
-    from voxpipe.transports.audiosocket import transport
-    from voxpipe.transports.audiosocket.pacing import MAX_CATCH_UP_S
-    from voxpipe.transports.audiosocket.transport import AudioSocketOutput
+def _record_sends(sent: list[list[float]]) -> None:
+    """Note when each connection's messages left (a list per connection)."""
+    from voxpipe.transports.audiosocket.transport import Connection
 
     clock = time.monotonic
-    send_ready = getattr(AudioSocketOutput, "_send_ready", None)
-    if send_ready is None:  # an output that sends only from the ticker, at the slot it is given
-        tick = AudioSocketOutput.tick
+    send = Connection.send
+    by_connection: dict[int, list[float]] = {}
 
-        def timed_tick(self: Any, now: float) -> None:
-            sent = self._conn.messages_sent
-            tick(self, now)
-            if self._conn.messages_sent != sent:
-                times.append(now)
-                late.append(clock() - now)
+    def timed_send(self: Any, data: bytes) -> bool:
+        ok: bool = send(self, data)
+        if ok:
+            times = by_connection.get(id(self))
+            if times is None:
+                times = by_connection[id(self)] = []
+                sent.append(times)
+            times.append(clock())
+        return ok
 
-        AudioSocketOutput.tick = timed_tick  # type: ignore[method-assign]
-        return
+    Connection.send = timed_send  # type: ignore[method-assign]
 
-    def timed_send_ready(self: Any, now: float) -> None:
-        due = self._due if now - self._due <= MAX_CATCH_UP_S else now
-        sent = self._conn.messages_sent
-        send_ready(self, now)
-        left = clock()
-        for i in range(self._conn.messages_sent - sent):
-            times.append(left)
-            late.append(max(0.0, left - (due + i * transport.FRAME_S)))
 
-    AudioSocketOutput._send_ready = timed_send_ready  # type: ignore[method-assign]
+def lateness(sent: list[list[float]]) -> tuple[Any, Any]:
+    """(times, lateness) of every message: how much later than its call's best it left.
+
+    A call's k-th message is due 20·k ms after its first; the call's earliest offset from that
+    grid is taken as on time, so a message's lateness is what the bot (or the callers) added.
+    """
+    times, late = [], []
+    for call in sent:
+        t = np.array(call)
+        offset = t - FRAME_S * np.arange(t.size)
+        times.append(t)
+        late.append(offset - offset.min())
+    if not times:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(times), np.concatenate(late)
 
 
 async def _serve(bot_path: str, out: str) -> None:
@@ -85,9 +90,8 @@ async def _serve(bot_path: str, out: str) -> None:
     from voxpipe.pipelines.bot import Bot
     from voxpipe.transports.audiosocket.server import AudioSocketServer
 
-    times: list[float] = []
-    late: list[float] = []
-    _record_lateness(times, late)
+    sent: list[list[float]] = []
+    _record_sends(sent)
     bot = Bot.load(bot_path)
     await bot.prepare()
     settings = bot.config.transport.audiosocket.model_copy(
@@ -99,7 +103,8 @@ async def _serve(bot_path: str, out: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
-    np.savez(out, times=np.array(times), late=np.array(late))
+    times, late = lateness(sent)
+    np.savez(out, times=times, late=late)
     await server.stop(0.0)
 
 
@@ -177,24 +182,31 @@ def _frames(rate: int) -> list[bytes]:
 
 
 async def _send(
-    calls: list[LoadCall], frames: list[bytes], phases: int, stop: asyncio.Event
+    calls: list[LoadCall],
+    frames: list[bytes],
+    phases: int,
+    stop: asyncio.Event,
+    late: list[float] | None = None,
 ) -> None:
     """One message every 20 ms to every connected caller (each at its own place in the loop).
 
     Asterisk times each channel on its own, so callers' frames do not all arrive at the same
     instant: the callers are spread over ``phases`` evenly spaced offsets within the 20 ms
     (20: one millisecond apart, like independent channels; 1: all at once, the worst case).
+    ``late`` collects how late each batch left after its time (the generator's own delay).
     """
-    loop = asyncio.get_running_loop()
-    slot, n = loop.time(), 0
+    clock = time.monotonic
+    slot, n = clock(), 0
     while not stop.is_set():
+        if late is not None:
+            late.append(clock() - slot)
         for index in range(n % phases, len(calls), phases):
             call = calls[index]
             if call.transport is not None and not call.lost:
                 call.send(frames[(n // phases + 7 * index) % len(frames)])
         n += 1
         slot += FRAME_S / phases
-        await asyncio.sleep(max(0.0, slot - loop.time()))
+        await asyncio.sleep(max(0.0, slot - clock()))
 
 
 def _cpu_s(pid: int) -> float:
@@ -232,7 +244,8 @@ async def run(
         calls: list[LoadCall] = []
         stop = asyncio.Event()
         size = 3 + int(rate * FRAME_S) * 2
-        sender = asyncio.create_task(_send(calls, _frames(rate), phases, stop))
+        sender_late: list[float] = []
+        sender = asyncio.create_task(_send(calls, _frames(rate), phases, stop, sender_late))
         for i in range(n_calls):  # connect at about 250 calls/s, as a busy PBX might
             timed = i % TIMED_EVERY == 0
             _, call = await loop.create_connection(
@@ -245,7 +258,9 @@ async def run(
         received0 = sum(c.received for c in calls)
         for call in calls:
             call.round_trips.clear()
+        sender_late.clear()
         await asyncio.sleep(seconds)
+        callers_late = np.array(sender_late) * 1000
         end, cpu1, own1 = time.monotonic(), _cpu_s(proc.pid), time.process_time()
         received = sum(c.received for c in calls) - received0
         trips = np.array([t for c in calls for t in c.round_trips]) * 1000
@@ -278,6 +293,7 @@ async def run(
         "rt50_ms": float(np.percentile(trips, 50)) if trips.size else float("nan"),
         "rt99_ms": float(np.percentile(trips, 99)) if trips.size else float("nan"),
         "messages": float(late_ms.size),
+        "callers_p99_ms": float(np.percentile(callers_late, 99)),
         "delivered_pct": 100 * received / expected,
     }
 
@@ -296,7 +312,7 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"{'calls':>6} {'alive':>6} {'CPU %':>7} {'µs/frame':>9} {'RSS MB':>7} {'KB/call':>8} "
         f"{'late p50':>9} {'p99':>7} {'max':>7} {'echo p50':>9} {'p99':>7} {'delivered':>10} "
-        f"{'callers CPU %':>14}"
+        f"{'callers: CPU %':>15} {'late p99':>9}"
     )
     for n in args.calls:
         r = await run(n, args.seconds, args.bot, args.rate, args.phases, args.loop, pin)
@@ -304,7 +320,8 @@ async def main(args: argparse.Namespace) -> None:
             f"{r['calls']:>6} {r['alive']:>6} {r['cpu_pct']:>7.1f} {r['us_per_frame']:>9.1f} "
             f"{r['rss_mb']:>7.1f} {r['kb_per_call']:>8.1f} {r['p50_ms']:>7.2f}ms "
             f"{r['p99_ms']:>5.2f}ms {r['max_ms']:>5.1f}ms {r['rt50_ms']:>7.2f}ms "
-            f"{r['rt99_ms']:>5.1f}ms {r['delivered_pct']:>9.1f}% {r['callers_cpu_pct']:>14.1f}",
+            f"{r['rt99_ms']:>5.1f}ms {r['delivered_pct']:>9.1f}% {r['callers_cpu_pct']:>15.1f} "
+            f"{r['callers_p99_ms']:>7.2f}ms",
             flush=True,
         )
 
