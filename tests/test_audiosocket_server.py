@@ -526,3 +526,23 @@ async def test_messages_split_or_batched_in_the_stream_are_all_heard(
             heard += await reader.read(4096)
     writer.close()
     assert heard[: 6 * 323] == b"".join(encode(Kind.AUDIO_8K, f) for f in frames)
+
+
+async def test_a_message_that_trickles_in_is_cut_at_read_timeout_s(
+    echo_server: AudioSocketServer, recorder: Recorder
+) -> None:
+    """read_timeout_s bounds the whole of a started message, not each piece of it."""
+    call_id = uuid.uuid4()
+    reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
+    writer.write(encode(Kind.UUID, call_id.bytes) + b"\x10\x01\x40")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    closed = asyncio.create_task(_closed_by_server(reader, within_s=3.0))
+    while not closed.done() and loop.time() - started < 2.5:
+        writer.write(b"\x00")  # a byte every 0.1 s: each read well within 0.3 s
+        await asyncio.sleep(0.1)
+    assert await closed
+    assert loop.time() - started < 1.0
+    writer.close()
+    await asyncio.sleep(0.1)
+    assert recorder.ended[str(call_id)].startswith("cancel: protocol error: message of kind 0x10")

@@ -121,10 +121,13 @@ def kind_of(byte: int) -> Kind:
     return kind
 
 
-def _buffered(reader: asyncio.StreamReader) -> int:
+def buffered(reader: asyncio.StreamReader) -> int:
     """Bytes received but not yet read (0 when the reader does not expose its buffer)."""
     buffer = getattr(reader, "_buffer", None)
     return len(buffer) if buffer is not None else 0
+
+
+_buffered = buffered
 
 
 async def _read(reader: asyncio.StreamReader, size: int, timeout_s: float) -> bytes:

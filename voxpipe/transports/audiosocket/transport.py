@@ -41,6 +41,7 @@ from voxpipe.transports.audiosocket.protocol import (
     RATE_OF_KIND,
     Kind,
     ProtocolError,
+    buffered,
     check,
     encode,
     kind_of,
@@ -172,16 +173,22 @@ class AudioSocketInput(FrameProcessor):
         conn, push, rate = self._conn, self.push_frame, self.call.sample_rate
         rates = _RATE_OF_BYTE
         buffer = b""
+        started = 0.0  # when the message the buffer holds the start of began to arrive
         while True:
+            fresh = not buffer
             if buffer:  # inside a message: the rest must come within read_timeout_s
                 try:
-                    async with asyncio.timeout(self._read_timeout_s):
+                    async with asyncio.timeout(started + self._read_timeout_s - _clock()):
                         data = await reader.read(READ_SIZE)
                 except TimeoutError:
-                    raise ProtocolError(
-                        f"message of kind 0x{buffer[0]:02x} incomplete after "
-                        f"{self._read_timeout_s:g} s"
-                    ) from None
+                    if not buffered(reader):
+                        raise ProtocolError(
+                            f"message of kind 0x{buffer[0]:02x} incomplete after "
+                            f"{self._read_timeout_s:g} s"
+                        ) from None
+                    # More had come: the loop was late (overloaded), not the caller.
+                    data = await reader.read(READ_SIZE)
+                    started = _clock()
                 if not data:
                     raise ProtocolError(
                         f"connection closed inside a message of kind 0x{buffer[0]:02x} "
@@ -218,7 +225,10 @@ class AudioSocketInput(FrameProcessor):
                         conn.live = 0
                 elif not await self._handle(kind if kind is not None else kind_of(first), payload):
                     return
-            buffer = buffer[pos:] if pos else buffer
+            if pos:
+                buffer = buffer[pos:]
+            if buffer and (pos or fresh):  # a message began to arrive, and not all of it
+                started = _clock()
 
     async def _handle(self, kind: Kind, payload: bytes) -> bool:
         """A message other than well-formed audio; ``False`` once the call is over."""
