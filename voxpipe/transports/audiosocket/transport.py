@@ -59,12 +59,6 @@ log = logging.getLogger("voxpipe.audiosocket")
 DEFAULT_OUTBOUND_RATE = 8000
 # Bot speech counts as stopped after this long without audio (an underrun is not a stop).
 STOP_AFTER_S = 3 * FRAME_S
-# A message may leave this long before its slot: caller audio echoed at real time arrives with
-# a millisecond or so of jitter either way, and must not wait a whole slot for being early.
-EARLY_S = FRAME_S
-# When the queue ran dry and audio comes again, at most this much of the schedule is made up
-# (a late frame of a real-time stream); beyond it, the schedule starts again from now.
-RESUME_LAG_S = FRAME_S
 # Messages a message of caller audio lets the output send beyond its schedule (see
 # ``Connection.live``): its own echo, and one more from a queue that grew.
 LIVE_MESSAGES = 2
@@ -253,11 +247,12 @@ class AudioSocketOutput(FrameProcessor):
     """Last processor: sends bot audio at real time, keeps a silent line alive, hangs up.
 
     Bot audio is resampled to the outbound rate and cut into 20 ms messages, each with its slot
-    on a schedule that advances 20 ms per message. A message leaves as soon as it is ready and
-    its slot has come (up to ``EARLY_S`` ahead of it): audio that arrives at real time, as an
-    echo does, leaves the moment it arrives, and a prompt queued at once leaves one message per
-    slot of the process-wide ticker. Until the caller's first audio shows the rate to answer
-    in, bot audio is held (at most ``first_audio_wait_s``).
+    on a schedule that advances 20 ms per message (from now, when audio comes after a pause).
+    A message leaves as soon as it is ready and its slot has come: a prompt queued at once
+    leaves one message per pass of the process-wide ticker. Audio made at once from the
+    caller's (an echo) leaves the moment it is made, paced by the caller (``Connection.live``).
+    Until the caller's first audio shows the rate to answer in, bot audio is held (at most
+    ``first_audio_wait_s``).
     """
 
     __slots__ = (
@@ -484,8 +479,8 @@ class AudioSocketOutput(FrameProcessor):
         pcm = resampler.process(frame.audio)
         queue = self._queue
         now = _clock()
-        if not queue:  # the stream resumes: make up at most one missed slot
-            self._due = max(self._due, now - RESUME_LAG_S)
+        if not queue:  # audio after a pause: its schedule starts now
+            self._due = max(self._due, now)
         if not self._pending and len(pcm) == self._frame_bytes:  # the usual whole 20 ms frame
             queue.append((self._frame_header + pcm, None))
         else:
@@ -541,7 +536,7 @@ class AudioSocketOutput(FrameProcessor):
     # --- sending -----------------------------------------------------------------------------
 
     def _send_ready(self, now: float) -> None:
-        """Send every queued message whose slot has come (or comes within ``EARLY_S``).
+        """Send every queued message whose slot has come.
 
         While caller audio is being handled (``Connection.live``), what it made leaves at once
         even ahead of the schedule, which then does not advance.
@@ -550,10 +545,9 @@ class AudioSocketOutput(FrameProcessor):
         due = self._due
         if now - due > MAX_CATCH_UP_S:  # a stall: restart the schedule rather than burst
             due = now
-        limit = now + EARLY_S
         sent = False
         while queue:
-            if due <= limit:
+            if due <= now:
                 due += FRAME_S
             elif conn.live:
                 conn.live -= 1
