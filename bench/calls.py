@@ -1,21 +1,29 @@
 """How many real-time calls one bot process carries: N simulated callers against an echo bot.
 
     .venv/bin/python bench/calls.py [--calls 50 200 500] [--seconds 15] [--bot configs/echo.yaml]
-                                    [--rate 8000] [--phases 20]
+                                    [--rate 8000] [--phases 20] [--loop uvloop|asyncio]
+                                    [--pin | --no-pin]
 
 For each N the bot runs in its own process (``--serve``, one AudioSocket server as ``serve``
-runs it). A light load generator in this process connects N callers, each streaming a recorded
-utterance in a loop at real time (one 20 ms message per call per slot, callers spread over the
-slot like independently timed Asterisk channels; ``--phases 1`` sends them all at once) and
-counting what comes back. Over a measuring window it reports the bot process's CPU (% of one
-core) and RSS, and the lateness of its outbound messages: for every message sent, how long after
-its 20 ms slot it left.
+runs it, on the event loop ``serve`` would use unless ``--loop`` says otherwise). A light load
+generator in this process connects N callers, each streaming a recorded utterance in a loop at
+real time (one 20 ms message per call per slot, callers spread over the slot like independently
+timed Asterisk channels; ``--phases 1`` sends them all at once) and counting what comes back.
+With ``--pin`` (the default on 2 cores or more) the bot runs on the first core and the
+generator on the second, so that the generator does not take the bot's CPU.
+
+Over a measuring window it reports the bot process's CPU (% of one core, and µs per 20 ms frame
+in and out), its RSS, the lateness of its outbound messages (for every message sent, how long
+after its slot on the call's 20 ms schedule it left: a busy loop shows here), the echo's round
+trip as the generator sees it (a caller's message sent to its echo received), and the share of
+the expected audio delivered.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import signal
 import socket
@@ -25,6 +33,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _machine import machine
@@ -32,30 +41,57 @@ from _machine import machine
 REPO = Path(__file__).resolve().parents[1]
 AUDIO = REPO / "tests" / "audio" / "caller_order_status_8k.wav"
 FRAME_S = 0.02
+TIMED_EVERY = 10  # one caller in ten times its echo (timing them all would load the generator)
 
 
 # --- the bot process ---------------------------------------------------------------------------
+
+
+def _record_sends(sent: list[list[float]]) -> None:
+    """Note when each connection's messages left (a list per connection)."""
+    from voxpipe.transports.audiosocket.transport import Connection
+
+    clock = time.monotonic
+    send = Connection.send
+    by_connection: dict[int, list[float]] = {}
+
+    def timed_send(self: Any, data: bytes) -> bool:
+        ok: bool = send(self, data)
+        if ok:
+            times = by_connection.get(id(self))
+            if times is None:
+                times = by_connection[id(self)] = []
+                sent.append(times)
+            times.append(clock())
+        return ok
+
+    Connection.send = timed_send  # type: ignore[method-assign]
+
+
+def lateness(sent: list[list[float]]) -> tuple[Any, Any]:
+    """(times, lateness) of every message: how much later than its call's best it left.
+
+    A call's k-th message is due 20·k ms after its first; the call's earliest offset from that
+    grid is taken as on time, so a message's lateness is what the bot (or the callers) added.
+    """
+    times, late = [], []
+    for call in sent:
+        t = np.array(call)
+        offset = t - FRAME_S * np.arange(t.size)
+        times.append(t)
+        late.append(offset - offset.min())
+    if not times:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(times), np.concatenate(late)
 
 
 async def _serve(bot_path: str, out: str) -> None:
     """Serve the bot, recording each outbound message's lateness until SIGTERM."""
     from voxpipe.pipelines.bot import Bot
     from voxpipe.transports.audiosocket.server import AudioSocketServer
-    from voxpipe.transports.audiosocket.transport import AudioSocketOutput
 
-    times: list[float] = []
-    late: list[float] = []
-    clock = time.monotonic
-    tick = AudioSocketOutput.tick
-
-    def timed_tick(self: AudioSocketOutput, now: float) -> None:
-        sent = self._conn.messages_sent
-        tick(self, now)
-        if self._conn.messages_sent != sent:
-            times.append(now)
-            late.append(clock() - now)
-
-    AudioSocketOutput.tick = timed_tick  # type: ignore[method-assign]
+    sent: list[list[float]] = []
+    _record_sends(sent)
     bot = Bot.load(bot_path)
     await bot.prepare()
     settings = bot.config.transport.audiosocket.model_copy(
@@ -67,30 +103,67 @@ async def _serve(bot_path: str, out: str) -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
-    np.savez(out, times=np.array(times), late=np.array(late))
+    times, late = lateness(sent)
+    np.savez(out, times=times, late=late)
     await server.stop(0.0)
+
+
+def _run_bot(bot_path: str, out: str, loop: str) -> None:
+    if loop == "default":
+        try:
+            from voxpipe.pipelines.serve import run_loop
+        except ImportError:  # a version that always ran asyncio's own loop
+            asyncio.run(_serve(bot_path, out))
+        else:
+            run_loop(_serve(bot_path, out))
+    elif loop == "uvloop":
+        import uvloop
+
+        uvloop.run(_serve(bot_path, out))
+    else:
+        asyncio.run(_serve(bot_path, out))
 
 
 # --- the callers -------------------------------------------------------------------------------
 
 
 class LoadCall(asyncio.Protocol):
-    """One caller: sends its UUID, then whatever the sender gives it; counts what comes back."""
+    """One caller: sends its UUID, then whatever the sender gives it; counts what comes back.
 
-    def __init__(self) -> None:
+    A ``timed`` caller also notes when each message left and when its echo came back.
+    """
+
+    def __init__(self, message_size: int, timed: bool) -> None:
         self.transport: asyncio.Transport | None = None
+        self.message_size = message_size
+        self.timed = timed
         self.received = 0
         self.lost = False
+        self.sent_at: collections.deque[float] = collections.deque()
+        self.round_trips: list[float] = []
+        self.clock = time.monotonic
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         sock = transport.get_extra_info("socket")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.write(b"\x01\x00\x10" + uuid.uuid4().bytes)
 
+    def send(self, message: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(message)
+        if self.timed:
+            self.sent_at.append(self.clock())
+
     def data_received(self, data: bytes) -> None:
+        before = self.received // self.message_size
         self.received += len(data)
+        if not self.timed:
+            return
+        now = self.clock()
+        for _ in range(self.received // self.message_size - before):
+            if self.sent_at:  # an echo: each message back answers one sent
+                self.round_trips.append(now - self.sent_at.popleft())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -109,24 +182,31 @@ def _frames(rate: int) -> list[bytes]:
 
 
 async def _send(
-    calls: list[LoadCall], frames: list[bytes], phases: int, stop: asyncio.Event
+    calls: list[LoadCall],
+    frames: list[bytes],
+    phases: int,
+    stop: asyncio.Event,
+    late: list[float] | None = None,
 ) -> None:
     """One message every 20 ms to every connected caller (each at its own place in the loop).
 
     Asterisk times each channel on its own, so callers' frames do not all arrive at the same
     instant: the callers are spread over ``phases`` evenly spaced offsets within the 20 ms
     (20: one millisecond apart, like independent channels; 1: all at once, the worst case).
+    ``late`` collects how late each batch left after its time (the generator's own delay).
     """
-    loop = asyncio.get_running_loop()
-    slot, n = loop.time(), 0
+    clock = time.monotonic
+    slot, n = clock(), 0
     while not stop.is_set():
+        if late is not None:
+            late.append(clock() - slot)
         for index in range(n % phases, len(calls), phases):
             call = calls[index]
             if call.transport is not None and not call.lost:
-                call.transport.write(frames[(n // phases + 7 * index) % len(frames)])
+                call.send(frames[(n // phases + 7 * index) % len(frames)])
         n += 1
         slot += FRAME_S / phases
-        await asyncio.sleep(max(0.0, slot - loop.time()))
+        await asyncio.sleep(max(0.0, slot - clock()))
 
 
 def _cpu_s(pid: int) -> float:
@@ -142,31 +222,48 @@ def _rss_mb(pid: int) -> float:
 
 
 async def run(
-    n_calls: int, seconds: float, bot: str, rate: int = 8000, phases: int = 20
+    n_calls: int,
+    seconds: float,
+    bot: str,
+    rate: int = 8000,
+    phases: int = 20,
+    loop_name: str = "default",
+    pin: bool = False,
 ) -> dict[str, float]:
     """One measurement with ``n_calls`` concurrent callers."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "late.npz")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--serve", bot, "--out", out, stdout=subprocess.PIPE
-        )
+        command = [sys.executable, __file__, "--serve", bot, "--out", out, "--loop", loop_name]
+        proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
+        if pin:
+            os.sched_setaffinity(proc.pid, {0})
         assert proc.stdout is not None
         port = int(await proc.stdout.readline())
         base_rss = _rss_mb(proc.pid)
         loop = asyncio.get_running_loop()
         calls: list[LoadCall] = []
         stop = asyncio.Event()
-        sender = asyncio.create_task(_send(calls, _frames(rate), phases, stop))
-        for _ in range(n_calls):  # connect at about 250 calls/s, as a busy PBX might
-            _, call = await loop.create_connection(LoadCall, "127.0.0.1", port)
+        size = 3 + int(rate * FRAME_S) * 2
+        sender_late: list[float] = []
+        sender = asyncio.create_task(_send(calls, _frames(rate), phases, stop, sender_late))
+        for i in range(n_calls):  # connect at about 250 calls/s, as a busy PBX might
+            timed = i % TIMED_EVERY == 0
+            _, call = await loop.create_connection(
+                lambda timed=timed: LoadCall(size, timed), "127.0.0.1", port
+            )
             calls.append(call)
             await asyncio.sleep(0.004)
         await asyncio.sleep(2.0)
-        start, cpu0 = time.monotonic(), _cpu_s(proc.pid)
+        start, cpu0, own0 = time.monotonic(), _cpu_s(proc.pid), time.process_time()
         received0 = sum(c.received for c in calls)
+        for call in calls:
+            call.round_trips.clear()
+        sender_late.clear()
         await asyncio.sleep(seconds)
-        end, cpu1 = time.monotonic(), _cpu_s(proc.pid)
+        callers_late = np.array(sender_late) * 1000
+        end, cpu1, own1 = time.monotonic(), _cpu_s(proc.pid), time.process_time()
         received = sum(c.received for c in calls) - received0
+        trips = np.array([t for c in calls for t in c.round_trips]) * 1000
         rss = _rss_mb(proc.pid)
         alive = sum(not c.lost for c in calls)
         stop.set()
@@ -180,38 +277,51 @@ async def run(
         data = np.load(out)
     in_window = (data["times"] >= start) & (data["times"] <= end)
     late_ms = data["late"][in_window] * 1000
-    expected = n_calls * (end - start) / FRAME_S * (3 + int(rate * FRAME_S) * 2)
+    expected = n_calls * (end - start) / FRAME_S * size
+    frames = received / size  # each one a caller's frame in and its echo out
     return {
         "calls": n_calls,
         "alive": alive,
         "cpu_pct": 100 * (cpu1 - cpu0) / (end - start),
+        "callers_cpu_pct": 100 * (own1 - own0) / (end - start),
+        "us_per_frame": 1e6 * (cpu1 - cpu0) / max(frames, 1),
         "rss_mb": rss,
         "kb_per_call": (rss - base_rss) * 1024 / n_calls,
         "p50_ms": float(np.percentile(late_ms, 50)),
         "p99_ms": float(np.percentile(late_ms, 99)),
         "max_ms": float(late_ms.max()),
+        "rt50_ms": float(np.percentile(trips, 50)) if trips.size else float("nan"),
+        "rt99_ms": float(np.percentile(trips, 99)) if trips.size else float("nan"),
         "messages": float(late_ms.size),
+        "callers_p99_ms": float(np.percentile(callers_late, 99)),
         "delivered_pct": 100 * received / expected,
     }
 
 
 async def main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
+    pin = args.pin if args.pin is not None else (os.cpu_count() or 1) >= 2
+    if pin:
+        os.sched_setaffinity(0, {1})
     print(
-        f"bot: {args.bot}; callers at {args.rate} Hz streaming {AUDIO.name} in a loop, "
-        f"their frames spread over {args.phases} offset(s) in each 20 ms; "
-        f"measured over {args.seconds:g} s after a 2 s settle"
+        f"bot: {args.bot} on the {args.loop} event loop; callers at {args.rate} Hz streaming "
+        f"{AUDIO.name} in a loop, their frames spread over {args.phases} offset(s) in each "
+        f"20 ms; measured over {args.seconds:g} s after a 2 s settle; "
+        + ("bot on core 0, callers on core 1" if pin else "not pinned to cores")
     )
     print(
-        f"{'calls':>6} {'alive':>6} {'CPU %':>7} {'RSS MB':>7} {'KB/call':>8} "
-        f"{'late p50':>9} {'p99':>7} {'max':>7} {'delivered':>10}"
+        f"{'calls':>6} {'alive':>6} {'CPU %':>7} {'µs/frame':>9} {'RSS MB':>7} {'KB/call':>8} "
+        f"{'late p50':>9} {'p99':>7} {'max':>7} {'echo p50':>9} {'p99':>7} {'delivered':>10} "
+        f"{'callers: CPU %':>15} {'late p99':>9}"
     )
     for n in args.calls:
-        r = await run(n, args.seconds, args.bot, args.rate, args.phases)
+        r = await run(n, args.seconds, args.bot, args.rate, args.phases, args.loop, pin)
         print(
-            f"{r['calls']:>6} {r['alive']:>6} {r['cpu_pct']:>7.1f} {r['rss_mb']:>7.1f} "
-            f"{r['kb_per_call']:>8.1f} {r['p50_ms']:>7.2f}ms {r['p99_ms']:>5.2f}ms "
-            f"{r['max_ms']:>5.1f}ms {r['delivered_pct']:>9.1f}%",
+            f"{r['calls']:>6} {r['alive']:>6} {r['cpu_pct']:>7.1f} {r['us_per_frame']:>9.1f} "
+            f"{r['rss_mb']:>7.1f} {r['kb_per_call']:>8.1f} {r['p50_ms']:>7.2f}ms "
+            f"{r['p99_ms']:>5.2f}ms {r['max_ms']:>5.1f}ms {r['rt50_ms']:>7.2f}ms "
+            f"{r['rt99_ms']:>5.1f}ms {r['delivered_pct']:>9.1f}% {r['callers_cpu_pct']:>15.1f} "
+            f"{r['callers_p99_ms']:>7.2f}ms",
             flush=True,
         )
 
@@ -228,10 +338,27 @@ if __name__ == "__main__":
         help="spread the callers' 20 ms frames over this many offsets (1: all at once)",
     )
     parser.add_argument("--bot", default=str(REPO / "configs" / "echo.yaml"))
+    parser.add_argument(
+        "--loop",
+        choices=["default", "uvloop", "asyncio"],
+        default="default",
+        help="the bot's event loop (default: the one run-pipeline serve uses)",
+    )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bot on core 0, callers on core 1 (default: when there are 2 cores or more)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.serve:
-        asyncio.run(_serve(cli.serve, cli.out))
+        _run_bot(cli.serve, cli.out, cli.loop)
     else:
-        asyncio.run(main(cli))
+        try:  # the generator's own cost must not limit what it measures
+            import uvloop
+        except ImportError:
+            asyncio.run(main(cli))
+        else:
+            uvloop.run(main(cli))

@@ -21,10 +21,10 @@ from voxpipe.transports.audiosocket.caller import (
 from voxpipe.transports.audiosocket.protocol import Kind, encode
 
 SERVE = """
-import asyncio, sys
+import sys
 from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.serve import serve
-sys.exit(asyncio.run(serve(Bot.load(sys.argv[1]), host="127.0.0.1", port=0)))
+from voxpipe.pipelines.serve import run_loop, serve
+sys.exit(run_loop(serve(Bot.load(sys.argv[1]), host="127.0.0.1", port=0)))
 """
 
 BOT = """

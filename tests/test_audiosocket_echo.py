@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import threading
+import time
 import wave
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from voxpipe.transports.audiosocket.caller import (
     run_call_command,
     running_bot,
 )
-from voxpipe.transports.audiosocket.protocol import Kind
+from voxpipe.transports.audiosocket.protocol import KIND_OF_RATE, Kind
 
 
 def _correlation(a: bytes, b: bytes) -> float:
@@ -134,3 +136,81 @@ def test_run_pipeline_call_connects_to_a_bot_already_serving(
     assert 'caller  speaks 0.64 s: "Yes."' in printed
     assert "bot     speaks" in printed
     assert printed.rstrip().splitlines()[-1].startswith("hung up by: caller")
+
+
+def _bursts(rate: int, count: int) -> list[Say | Silence]:
+    """``count`` 60 ms bursts of telephone-band noise, half a second apart."""
+    rng = np.random.default_rng(7)
+    size = int(rate * 0.06)
+    spectrum = np.fft.rfft(rng.normal(0, 1, size))
+    spectrum[np.fft.rfftfreq(size, 1 / rate) > 3000] = 0
+    noise = np.fft.irfft(spectrum, size)
+    burst = Say((noise / np.abs(noise).max() * 12000).astype("<i2").tobytes())
+    return [Silence(0.3), *[step for _ in range(count) for step in (burst, Silence(0.44))]]
+
+
+async def test_a_16k_call_after_an_8k_call_gets_whole_frames_20ms_apart(echo_yaml: Path) -> None:
+    """The echo bot's pipeline runs at 8 kHz: a 16 kHz caller is resampled down and back up."""
+    async with running_bot(echo_yaml) as server:
+        for rate in (8000, 16000):
+            result = await place_call(
+                "127.0.0.1", server.port, [*_bursts(rate, 6), Hangup()], rate=rate
+            )
+            audio = [(t, size) for t, kind, size in result.messages if kind == KIND_OF_RATE[rate]]
+            assert {size for _, size in audio} == {int(rate * 0.02) * 2}, "a partial frame"
+            gaps = np.diff([t for t, _ in audio])
+            assert np.percentile(gaps, 99) < 0.03, f"outbound gaps at {rate} Hz: {gaps.max()}"
+            assert len(result.bot_segments) == len(result.caller_segments) == 6
+
+
+async def test_the_echo_round_trip_is_as_short_at_16k_as_at_8k_and_does_not_step(
+    echo_yaml: Path,
+) -> None:
+    trips: dict[int, list[float]] = {}
+    async with running_bot(echo_yaml) as server:
+        for rate in (8000, 16000):
+            result = await place_call(
+                "127.0.0.1", server.port, [*_bursts(rate, 8), Hangup()], rate=rate
+            )
+            sent = [start for start, _ in result.caller_segments]
+            heard = [start for start, _ in result.bot_segments]
+            assert len(sent) == len(heard) == 8
+            rt = [b - a for a, b in zip(sent, heard, strict=True)]
+            step = statistics.median(rt[-3:]) - statistics.median(rt[:3])
+            assert abs(step) < 0.01, f"the round trip stepped by {step * 1000:.0f} ms at {rate} Hz"
+            trips.setdefault(rate, []).extend(rt)
+    assert statistics.median(trips[16000]) < statistics.median(trips[8000]) + 0.01
+    assert statistics.median(trips[16000]) < 0.02, "the 16 kHz path queues its audio"
+
+
+async def test_after_the_loop_stalls_the_echo_catches_up_instead_of_lagging(
+    echo_yaml: Path,
+) -> None:
+    """A blocked loop holds the caller's audio back; its echo must not keep that delay.
+
+    The bot runs on a loop of its own (another thread), so that the caller, like Asterisk,
+    goes on sending while the bot's loop is blocked.
+    """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    serving = running_bot(echo_yaml)
+    server = asyncio.run_coroutine_threadsafe(serving.__aenter__(), loop).result(30)
+    try:
+        call = asyncio.create_task(
+            place_call("127.0.0.1", server.port, [*_bursts(16000, 8), Hangup()], rate=16000)
+        )
+        for _ in range(3):  # between bursts, the bot's loop is blocked for 90 ms
+            await asyncio.sleep(0.9)
+            loop.call_soon_threadsafe(time.sleep, 0.09)
+        result = await call
+    finally:
+        asyncio.run_coroutine_threadsafe(serving.__aexit__(None, None, None), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    sent = [start for start, _ in result.caller_segments]
+    heard = [start for start, _ in result.bot_segments]
+    assert len(sent) == len(heard) == 8
+    rt = [b - a for a, b in zip(sent, heard, strict=True)]
+    assert max(rt[-3:]) - min(rt[:3]) < 0.015, f"round trips {[round(x, 3) for x in rt]}"

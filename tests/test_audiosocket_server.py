@@ -452,3 +452,97 @@ async def test_a_configured_output_rate_overrides_the_callers() -> None:
         )
     assert {kind for _, kind, _ in result.messages} == {Kind.AUDIO_16K}
     assert result.bot_segments
+
+
+async def test_a_greeting_waits_for_the_callers_first_audio_and_speaks_at_its_rate() -> None:
+    """A channel bridged late (ARI externalMedia, Dial(AudioSocket)) sends its first audio
+    300 ms after the UUID: the greeting queued before then must still go out as 0x12."""
+    bot = probe_bot("  - probe: {speak_s: 1.0}", rate=8000)
+    async with running_bot(bot) as server:
+        result = await place_call(
+            "127.0.0.1", server.port, [Silence(1.8)], rate=16000, first_audio_after_s=0.3
+        )
+    audio = [(t, kind, size) for t, kind, size in result.messages if kind != Kind.HANGUP]
+    assert {kind for _, kind, _ in audio} == {Kind.AUDIO_16K}
+    assert {size for _, _, size in audio[:-1]} == {640}, "not whole 20 ms frames"
+    assert audio[0][0] >= 0.29, "the bot spoke before it could know the caller's rate"
+    spoken = sum(end - start for start, end in result.bot_segments)
+    assert 0.95 < spoken < 1.1
+    assert UTTERANCES[result.call_id].finished
+
+
+async def test_a_caller_silent_past_the_wait_hears_8k_then_its_own_rate() -> None:
+    bot = probe_bot("  - probe: {speak_s: 2.0}", ", first_audio_wait_s: 0.2", rate=16000)
+    async with running_bot(bot) as server:
+        result = await place_call(
+            "127.0.0.1", server.port, [Silence(2.8)], rate=16000, first_audio_after_s=0.7
+        )
+    audio = [(t, kind, size) for t, kind, size in result.messages if kind != Kind.HANGUP]
+    kinds = [kind for _, kind, _ in audio]
+    assert set(kinds) == {Kind.AUDIO_8K, Kind.AUDIO_16K}
+    switch = kinds.index(Kind.AUDIO_16K)
+    assert set(kinds[switch:]) == {Kind.AUDIO_16K}, "the rate went back and forth"
+    assert 0.15 < audio[0][0] < 0.5, "the bot waited past first_audio_wait_s"
+    assert 0.65 < audio[switch][0] < 1.0, "queued audio kept the old rate"
+    spoken = sum(end - start for start, end in result.bot_segments)
+    assert 1.9 < spoken < 2.15, "re-rating lost or repeated audio"
+    assert UTTERANCES[result.call_id].finished
+
+
+async def test_an_echo_leaves_as_the_callers_audio_arrives() -> None:
+    """One whole message out for each message in, sent on arrival, not at the next slot."""
+    bot = probe_bot("  - echo: {}", rate=8000)
+    async with running_bot(bot) as server:
+        for rate in (8000, 16000):
+            result = await place_call(
+                "127.0.0.1", server.port, [Say(tone(1.0, rate)), Silence(0.5)], rate=rate
+            )
+            frame = int(rate * 0.02) * 2
+            sizes = [size for _, kind, size in result.messages if kind != Kind.HANGUP]
+            assert set(sizes) == {frame}
+            (sent_start, sent_end), (heard_start, heard_end) = (
+                result.caller_segments[0],
+                result.bot_segments[0],
+            )
+            assert heard_start - sent_start < 0.015, "the echo waited for a slot"
+            assert abs((heard_end - heard_start) - (sent_end - sent_start)) < 0.03
+
+
+async def test_messages_split_or_batched_in_the_stream_are_all_heard(
+    echo_server: AudioSocketServer,
+) -> None:
+    """Asterisk writes one message per write, but TCP may split or join them."""
+    frames = [bytes([i]) * 320 for i in range(1, 7)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
+    writer.write(UUID_MSG + b"".join(encode(Kind.AUDIO_8K, f) for f in frames[:3]))
+    split = encode(Kind.AUDIO_8K, frames[3])
+    for piece in (split[:2], split[2:100], split[100:]):  # within read_timeout_s
+        await asyncio.sleep(0.05)
+        writer.write(piece)
+    writer.write(b"".join(encode(Kind.AUDIO_8K, f) for f in frames[4:]))
+    heard = b""
+    async with asyncio.timeout(3):
+        while len(heard) < 6 * 323:
+            heard += await reader.read(4096)
+    writer.close()
+    assert heard[: 6 * 323] == b"".join(encode(Kind.AUDIO_8K, f) for f in frames)
+
+
+async def test_a_message_that_trickles_in_is_cut_at_read_timeout_s(
+    echo_server: AudioSocketServer, recorder: Recorder
+) -> None:
+    """read_timeout_s bounds the whole of a started message, not each piece of it."""
+    call_id = uuid.uuid4()
+    reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
+    writer.write(encode(Kind.UUID, call_id.bytes) + b"\x10\x01\x40")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    closed = asyncio.create_task(_closed_by_server(reader, within_s=3.0))
+    while not closed.done() and loop.time() - started < 2.5:
+        writer.write(b"\x00")  # a byte every 0.1 s: each read well within 0.3 s
+        await asyncio.sleep(0.1)
+    assert await closed
+    assert loop.time() - started < 1.0
+    writer.close()
+    await asyncio.sleep(0.1)
+    assert recorder.ended[str(call_id)].startswith("cancel: protocol error: message of kind 0x10")

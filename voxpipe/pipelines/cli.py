@@ -31,8 +31,6 @@ class UserError(Exception):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the bot, then serve calls on its transport until interrupted."""
-    import asyncio
-
     from voxpipe.pipelines.settings import ProviderError
 
     bot = _load_or_report(args.bot, args.verbose, args.log_format)
@@ -42,10 +40,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from voxpipe.workers import supervise, worker_argv
 
         return supervise(args.workers, worker_argv(args), bot.config.session_store.redis)
-    from voxpipe.pipelines.serve import serve
+    from voxpipe.pipelines.serve import run_loop, serve
 
     try:
-        result = asyncio.run(serve(bot, host=args.host, port=args.port))
+        result = run_loop(serve(bot, host=args.host, port=args.port))
     except ProviderError as exc:
         raise UserError(f"{args.bot}: a provider cannot start: {exc}") from exc
     except OSError as exc:

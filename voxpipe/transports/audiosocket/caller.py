@@ -113,8 +113,11 @@ class TimelineEvent:
 class CallResult:
     """What happened on one simulated call.
 
-    ``transcript`` is the bot's dialogue history (``role``: user or assistant, ``content``),
-    filled by ``run-pipeline call`` when it serves the bot in-process and the bot keeps one.
+    ``bot_segments`` are where the bot's audio was not silent, by arrival time;
+    ``caller_segments`` the same for the caller's own audio, by the time it was sent (so an
+    echo's round trip is ``bot_segments[i][0] - caller_segments[i][0]``). ``transcript`` is
+    the bot's dialogue history (``role``: user or assistant, ``content``), filled by
+    ``run-pipeline call`` when it serves the bot in-process and the bot keeps one.
     """
 
     call_id: str
@@ -124,6 +127,7 @@ class CallResult:
     timeline: list[TimelineEvent] = field(default_factory=list)
     hung_up_by: Literal["caller", "bot", "timeout"] = "caller"
     messages: list[tuple[float, int, int]] = field(default_factory=list)
+    caller_segments: list[tuple[float, float]] = field(default_factory=list)
     transcript: list[dict[str, str]] = field(default_factory=list)
 
     def bot_audio_s(self) -> float:
@@ -150,6 +154,14 @@ def _is_voice(pcm: bytes) -> bool:
     return bool(samples.size) and int(np.abs(samples.astype(np.int32)).max()) >= VOICE_PEAK
 
 
+def _add_voice(segments: list[tuple[float, float]], start: float, end: float) -> None:
+    """Extend the last voiced segment, or begin a new one after a gap of ``SEGMENT_GAP_S``."""
+    if segments and start - segments[-1][1] <= SEGMENT_GAP_S:
+        segments[-1] = (segments[-1][0], round(end, 3))
+    else:
+        segments.append((round(start, 3), round(end, 3)))
+
+
 class _Line:
     """A connected call: a sender at real time, a receiver, and what both observed."""
 
@@ -158,6 +170,7 @@ class _Line:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         result: CallResult,
+        first_audio_after_s: float = 0.0,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -173,6 +186,7 @@ class _Line:
         self.received = bytearray()
         self.kind = KIND_OF_RATE[result.rate]
         self.frame_bytes = int(result.rate * FRAME_S) * 2
+        self.first_audio_after_s = first_audio_after_s
 
     def now(self) -> float:
         return self.loop.time() - self.t0
@@ -181,9 +195,16 @@ class _Line:
         self.result.timeline.append(TimelineEvent(round(self.now(), 3), who, what))
 
     async def send_audio(self) -> None:
-        """One frame every 20 ms: the caller's words when there are some, silence otherwise."""
+        """One frame every 20 ms: the caller's words when there are some, silence otherwise.
+
+        The first frame leaves ``first_audio_after_s`` after the UUID (a channel that is
+        bridged late, as ARI's externalMedia is).
+        """
+        if self.first_audio_after_s > 0:
+            await asyncio.sleep(self.first_audio_after_s)
         size, slot = self.frame_bytes, self.loop.time()
         silence = bytes(size)
+        segments = self.result.caller_segments
         while not self.writer.is_closing():
             if self.outgoing:
                 chunk = bytes(self.outgoing[:size]).ljust(size, b"\0")
@@ -193,6 +214,9 @@ class _Line:
             else:
                 chunk = silence
             self.writer.write(encode(self.kind, chunk))
+            if chunk is not silence and _is_voice(chunk):
+                t = self.now()
+                _add_voice(segments, t, t + FRAME_S)
             slot += FRAME_S
             await asyncio.sleep(max(0.0, slot - self.loop.time()))
 
@@ -213,10 +237,7 @@ class _Line:
                     self.received += resampler.process(message.payload)
                     if _is_voice(message.payload):
                         end = t + len(message.payload) / 2 / in_rate
-                        if segments and t - segments[-1][1] <= SEGMENT_GAP_S:
-                            segments[-1] = (segments[-1][0], round(end, 3))
-                        else:
-                            segments.append((round(t, 3), round(end, 3)))
+                        _add_voice(segments, t, end)
                         self.last_voice = end
                 elif message.kind is Kind.HANGUP:
                     break
@@ -282,12 +303,13 @@ async def place_call(
     rate: int = 8000,
     call_id: str | None = None,
     max_duration_s: float = 60.0,
+    first_audio_after_s: float = 0.0,
 ) -> CallResult:
     """Call the bot at ``host:port``, play ``script``, and report what happened.
 
-    The call starts like Asterisk's: the UUID message, then audio at ``rate`` every 20 ms. It
-    ends with the script (the caller hangs up), when the bot hangs up, or after
-    ``max_duration_s``.
+    The call starts like Asterisk's: the UUID message, then audio at ``rate`` every 20 ms (the
+    first ``first_audio_after_s`` after the UUID, as from a channel bridged late). It ends with
+    the script (the caller hangs up), when the bot hangs up, or after ``max_duration_s``.
     """
     if rate not in KIND_OF_RATE:
         raise ValueError(f"no AudioSocket kind for {rate} Hz")
@@ -296,7 +318,7 @@ async def place_call(
     sock: socket.socket | None = writer.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    line = _Line(reader, writer, result)
+    line = _Line(reader, writer, result, first_audio_after_s)
     writer.write(encode(Kind.UUID, uuid.UUID(result.call_id).bytes))
     line.note("caller", "connected")
     sender = asyncio.create_task(line.send_audio())

@@ -3,18 +3,21 @@
 Asterisk plays what it receives as it arrives, so bot audio must leave at real time: one frame
 every 20 ms on a monotonic clock. A timer per call would cost 500 sleeping tasks and 500 wake-ups
 per slot at 500 calls; one ticker wakes once per slot and calls each paced output's ``tick``, a
-plain function that writes at most one message. That is what lets one process carry many calls.
+plain function that sends what is due by then (each output keeps its own schedule, so audio
+that arrives at real time can also leave the moment it arrives, between two passes). That is
+what lets one process carry many calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 
 FRAME_S = 0.02
-# After a stall longer than this (a blocked loop), the schedule restarts from now rather than
-# sending the missed slots in a burst.
+# After a stall longer than this (a blocked loop), an output's schedule restarts from now rather
+# than sending the missed slots in a burst.
 MAX_CATCH_UP_S = 0.1
 
 log = logging.getLogger("voxpipe.audiosocket")
@@ -24,15 +27,14 @@ class Paced(Protocol):
     """Something that sends at most one frame per slot."""
 
     def tick(self, now: float) -> None:
-        """The slot scheduled at ``now`` (loop time, monotonic) has come."""
+        """A pass of the clock at ``now`` (``time.monotonic()``): send what is due."""
 
 
 class Ticker:
     """Calls ``tick`` on every subscriber once per slot, for as long as it has subscribers.
 
-    Slots missed while the loop was busy are all served in the next pass (a short burst keeps
-    the audio on time even when passes are slow); after a stall longer than ``MAX_CATCH_UP_S``
-    the schedule restarts from now.
+    A pass that comes late (the loop was busy) tells the outputs the real time, and each
+    sends what it missed up to ``MAX_CATCH_UP_S``; the passes keep their 20 ms grid.
     """
 
     def __init__(self, period_s: float = FRAME_S) -> None:
@@ -54,22 +56,21 @@ class Ticker:
             self._task = None
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        clock = time.monotonic  # not loop.time(): uvloop's stands still while a pass runs
         period = self.period_s
-        slot = loop.time() + period
+        slot = clock() + period
         while self._subscribers:
-            await asyncio.sleep(max(0.0, slot - loop.time()))
-            now = loop.time()
-            if now - slot > MAX_CATCH_UP_S:
-                slot = now
-            while slot <= now:  # every slot that has come, in one pass of the loop
-                self._serve(slot)
-                slot += period
+            await asyncio.sleep(max(0.0, slot - clock()))
+            now = clock()
+            self._serve(now)
+            slot += period
+            if slot <= now:  # passes were missed: the next one keeps the grid
+                slot += (now - slot) // period * period + period
 
-    def _serve(self, slot: float) -> None:
+    def _serve(self, now: float) -> None:
         for paced in list(self._subscribers):
             try:
-                paced.tick(slot)
+                paced.tick(now)
             except Exception:
                 log.exception("paced output failed; it is no longer served")
                 self._subscribers.pop(paced, None)

@@ -108,10 +108,26 @@ def _check(kind: Kind, payload: bytes) -> None:
         raise ProtocolError(f"audio message of odd length {size}")
 
 
-def _buffered(reader: asyncio.StreamReader) -> int:
+def check(kind: Kind, payload: bytes) -> None:
+    """Raise ``ProtocolError`` for a payload that does not fit its kind."""
+    _check(kind, payload)
+
+
+def kind_of(byte: int) -> Kind:
+    """The kind a header's first byte names; ``ProtocolError`` for one Asterisk does not send."""
+    kind = _KINDS.get(byte)
+    if kind is None:
+        raise ProtocolError(f"unknown message kind 0x{byte:02x}")
+    return kind
+
+
+def buffered(reader: asyncio.StreamReader) -> int:
     """Bytes received but not yet read (0 when the reader does not expose its buffer)."""
     buffer = getattr(reader, "_buffer", None)
     return len(buffer) if buffer is not None else 0
+
+
+_buffered = buffered
 
 
 async def _read(reader: asyncio.StreamReader, size: int, timeout_s: float) -> bytes:
