@@ -1,0 +1,33 @@
+"""The bot file's ``models:`` block: the worker processes that run its local speech models."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from voxpipe.pipelines.settings import Settings
+
+
+class ModelsSettings(Settings):
+    """The worker processes that run the bot's local speech models (whisper, pocketsphinx,
+    piper), each loading every model once."""
+
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto",
+        description="Model worker processes: auto is one per core (shared among the "
+        "processes of `serve --workers`). Each holds every local model of the bot.",
+    )
+    job_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A model job that runs longer than this is taken for a hung worker: "
+        "the worker is restarted and the job tried once more.",
+    )
+    turn_latency_s: float = Field(
+        2.0,
+        gt=0,
+        le=30,
+        description="The turn latency (end of the caller's speech to the bot's answer) that "
+        "`transport.audiosocket.max_calls: auto` sizes the call limit for.",
+    )
