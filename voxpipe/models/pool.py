@@ -234,10 +234,17 @@ class ModelPool:
                 "restarts": self.restarts,
             }
 
-    def pids(self) -> list[int]:
-        """The process ids of the live workers (for tests and benchmarks)."""
+    def pids(self, *, busy: bool = False) -> list[int]:
+        """The process ids of the live workers (``busy``: those running a job)."""
         with self._cond:
-            return [s.process.pid for s in self._slots if _alive(s) and s.process and s.process.pid]
+            return [
+                s.process.pid
+                for s in self._slots
+                if s.process is not None
+                and s.process.pid is not None
+                and s.process.is_alive()
+                and (s.job is not None or not busy)
+            ]
 
     def _least_loaded(self) -> int:
         sessions = collections.Counter(self._affinity.values())
