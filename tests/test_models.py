@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from fakes.slow_models import ProbeEngine
 
-from voxpipe.models.engine import ModelError, WorkerLost
+from voxpipe.models.engine import URGENT, ModelError, WorkerLost
 from voxpipe.models.pool import ModelPool
 from voxpipe.models.worker import THREAD_VARIABLES
 
@@ -68,6 +68,16 @@ async def test_workers_are_forked_by_the_fork_server_with_one_thread_per_library
     assert await pool.run(PROBE.key, "parent_pid") != os.getpid()
     for name in THREAD_VARIABLES:
         assert await pool.run(PROBE.key, "environment", name) == "1"
+
+
+async def test_urgent_jobs_overtake_the_queue(pool: ModelPool) -> None:
+    busy = [asyncio.ensure_future(pool.run(PROBE.key, "sleep", 0.5)) for _ in range(2)]
+    await until(lambda: len(pool.pids(busy=True)) == 2)
+    normal = [asyncio.ensure_future(pool.run(PROBE.key, "stamp")) for _ in range(3)]
+    urgent = asyncio.ensure_future(pool.run(PROBE.key, "stamp", priority=URGENT))
+    await asyncio.gather(*busy)
+    ran = await asyncio.gather(urgent, *normal)
+    assert ran[0] <= min(ran[1:])
 
 
 async def test_an_engine_that_raises_fails_its_job_only(pool: ModelPool) -> None:

@@ -181,3 +181,36 @@ def test_standby_clips_stay_pinned_when_the_cache_turns_over() -> None:
     assert cache.get(FILLER) == (b"\x01\x00", 16000)
     assert cache.get("One.") is None
     assert PhraseCache(size=0).get(FILLER) is None
+
+
+async def test_a_sentence_many_calls_want_at_once_is_synthesised_once() -> None:
+    cache = PhraseCache(size=8)
+    asked: list[str] = []
+
+    async def voice(text: str) -> tuple[bytes, int]:
+        asked.append(text)
+        await asyncio.sleep(0.1)
+        return b"\x01\x00", 16000
+
+    heard = await asyncio.gather(*(cache.shared("Hello.", voice) for _ in range(10)))
+    assert asked == ["Hello."] and set(heard) == {(b"\x01\x00", 16000)}
+
+    async def down(text: str) -> tuple[bytes, int]:
+        asked.append(text)
+        await asyncio.sleep(0.05)
+        raise ConnectionError("the voice is down")
+
+    failed = await asyncio.gather(
+        *(cache.shared("Bye.", down) for _ in range(3)), return_exceptions=True
+    )
+    assert asked.count("Bye.") == 1
+    assert all(isinstance(result, ConnectionError) for result in failed)
+
+    # The call that asked first hangs up mid-synthesis: the one waiting asks again.
+    first = asyncio.create_task(cache.shared("Thanks.", voice))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(cache.shared("Thanks.", voice))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    assert await second == (b"\x01\x00", 16000)
+    assert asked.count("Thanks.") == 2

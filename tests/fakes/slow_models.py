@@ -69,6 +69,9 @@ class ProbeEngine(STTEngine):
     def recall(self, session: str) -> Any:
         return self.sessions[session]
 
+    def stamp(self) -> float:
+        return time.monotonic()
+
     def echo(self, value: Any) -> Any:
         return value
 

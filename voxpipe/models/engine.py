@@ -19,6 +19,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+# Job priorities in the pool's queue: lower goes first. Speech synthesis is ``URGENT``.
+URGENT = 0
+NORMAL = 1
+
 
 class Engine:
     """A model loaded once per worker process; subclasses add the methods jobs call."""
@@ -38,6 +42,9 @@ class Engine:
     def load(self) -> None:
         """Load the model (in the worker process; may take seconds). Raise with a clear
         message when it cannot: the bot refuses to start with that message."""
+
+    def ping(self) -> None:
+        """Do nothing: a job that measures the pool's own round trip."""
 
 
 class STTEngine(Engine):

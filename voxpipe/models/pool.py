@@ -6,9 +6,12 @@ GIL with the audio of every call; in worker processes they do not, and the numbe
 once. The loop only hands jobs over and gets results back.
 
 Each worker has a driver thread in the bot's process. The driver takes the next job from the
-pool's queue (first come, first served; a job bound to a session only by the worker holding the
-session), sends it, waits for the result, and resolves the job's future; so a worker holds one
-job at a time, and what waits, waits in the queue where every worker can take it.
+pool's queue (first come, first served within a priority; a job bound to a session only by the
+worker holding the session), sends it, waits for the result, and resolves the job's future; so a
+worker holds one job at a time, and what waits, waits in the queue where every worker can take
+it. Speech synthesis goes first (``URGENT``): its sentence is the answer a caller is waiting
+for, a short job, while a decode queued behind it is only a little later; the other way round,
+a burst of decodes holds back every answer, and the sentences in the middle of a reply too.
 
 Failures:
 
@@ -32,17 +35,19 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.util  # its exit handler must be registered before ours (see _close_all)
 import os
 import pickle
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from voxpipe.models import worker as worker_module
-from voxpipe.models.engine import ModelError, WorkerLost
+from voxpipe.models.engine import NORMAL, URGENT, ModelError, WorkerLost
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -70,8 +75,10 @@ class _Job:
     args: tuple[Any, ...]
     affinity: str | None
     future: concurrent.futures.Future[Any]
+    priority: int = NORMAL
     retried: bool = False
     running: bool = False
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(eq=False)
@@ -107,6 +114,7 @@ class _Slot:
     failed: set[str] = field(default_factory=set)
     job: _Job | None = None
     thread: threading.Thread | None = None
+    sending: threading.Lock = field(default_factory=threading.Lock)
 
 
 class ModelPool:
@@ -158,6 +166,18 @@ class ModelPool:
             self._cond.notify_all()
         for job in queued:
             _fail(job, WorkerLost("the model pool was closed"))
+        # Idle workers are asked to stop (they exit as a Python process should); busy ones, and
+        # any that do not stop in time, are terminated.
+        asked = []
+        for slot in self._slots:
+            with slot.sending:
+                if slot.requests is not None and slot.job is None and slot.process is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        slot.requests.send(("stop",))
+                        asked.append(slot.process)
+        deadline = time.monotonic() + timeout_s
+        for process in asked:
+            process.join(max(0.0, deadline - time.monotonic()))
         for slot in self._slots:
             _stop_process(slot, timeout_s)
         for slot in self._slots:
@@ -189,12 +209,18 @@ class ModelPool:
         await asyncio.wrap_future(self.add(engine))
 
     def submit(
-        self, key: str, method: str, *args: Any, affinity: str | None = None
+        self,
+        key: str,
+        method: str,
+        *args: Any,
+        affinity: str | None = None,
+        priority: int = NORMAL,
     ) -> concurrent.futures.Future[Any]:
         """Queue a job: ``method(*args)`` of engine ``key`` in a worker. Jobs with the same
-        ``affinity`` (a session) run on one worker, in the order submitted."""
+        ``affinity`` (a session) run on one worker, in the order submitted; jobs of a lower
+        ``priority`` number go first."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        job = _Job(key, method, args, affinity, future)
+        job = _Job(key, method, args, affinity, future, priority)
         with self._cond:
             if self._closing:
                 _fail(job, WorkerLost("the model pool was closed"))
@@ -209,12 +235,20 @@ class ModelPool:
             self._cond.notify_all()
         return future
 
-    async def run(self, key: str, method: str, *args: Any, affinity: str | None = None) -> Any:
+    async def run(
+        self,
+        key: str,
+        method: str,
+        *args: Any,
+        affinity: str | None = None,
+        priority: int = NORMAL,
+    ) -> Any:
         """Run a job and return its result (raises ``ModelError`` or ``WorkerLost``).
 
         Cancelling the caller drops the job if no worker has taken it yet.
         """
-        return await asyncio.wrap_future(self.submit(key, method, *args, affinity=affinity))
+        future = self.submit(key, method, *args, affinity=affinity, priority=priority)
+        return await asyncio.wrap_future(future)
 
     def release(self, affinity: str) -> None:
         """The session is over: its worker may take other sessions, and a lost one is
@@ -287,18 +321,26 @@ class ModelPool:
         return None
 
     def _take(self, slot: _Slot) -> _Job | None:
-        """The first queued job this worker may run (a session's only on its own worker)."""
-        for job in self._queue:
-            if job.affinity is not None and self._affinity.get(job.affinity) != slot.index:
-                continue
-            self._queue.remove(job)
-            if not job.running:
-                if not job.future.set_running_or_notify_cancel():
-                    return self._take(slot)  # cancelled while queued
-                job.running = True
-            slot.job = job
-            return job
-        return None
+        """The first queued job of the highest priority this worker may run (a session's only
+        on its own worker)."""
+        while True:
+            best: _Job | None = None
+            for job in self._queue:
+                if job.affinity is not None and self._affinity.get(job.affinity) != slot.index:
+                    continue
+                if best is None or job.priority < best.priority:
+                    best = job
+                    if job.priority == URGENT:
+                        break
+            if best is None:
+                return None
+            self._queue.remove(best)
+            if not best.running:
+                if not best.future.set_running_or_notify_cancel():
+                    continue  # cancelled while queued
+                best.running = True
+            slot.job = best
+            return best
 
     def _start_worker(self, slot: _Slot) -> bool:
         """Start the slot's worker and load every engine added so far; False if it failed."""
@@ -354,10 +396,22 @@ class ModelPool:
                     load.answer(slot.index, error)
 
     def _run_in(self, slot: _Slot, job: _Job) -> None:
+        started = time.monotonic()
         self._send(slot, ("run", job.key, job.method, job.args))
         reply = self._receive(slot, self.job_timeout_s)
         with self._cond:
             slot.job = None
+            queued = len(self._queue)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "worker %d: %s.%s waited %.3f s, ran %.3f s; %d queued",
+                slot.index,
+                job.key.split(":", 1)[0],
+                job.method,
+                started - job.queued_at,
+                time.monotonic() - started,
+                queued,
+            )
         if reply[0] == "done":
             job.future.set_result(reply[1])
         else:
@@ -365,9 +419,11 @@ class ModelPool:
 
     def _send(self, slot: _Slot, message: tuple[Any, ...]) -> None:
         # The worker is idle and reading, so this write does not wait on a busy worker.
-        assert slot.requests is not None
         try:
-            slot.requests.send(message)
+            with slot.sending:
+                if slot.requests is None:
+                    raise _Died("the pool is closing")
+                slot.requests.send(message)
         except (OSError, EOFError) as exc:
             raise _Died(f"its pipe broke ({exc})") from None
 

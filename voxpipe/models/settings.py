@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from voxpipe.pipelines.settings import Settings
 
@@ -31,3 +31,15 @@ class ModelsSettings(Settings):
         description="The turn latency (end of the caller's speech to the bot's answer) that "
         "`transport.audiosocket.max_calls: auto` sizes the call limit for.",
     )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _check_workers(cls, value: object) -> object:
+        # One clear message for either mistake, rather than one per member of the union.
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise ValueError(f"expected a number of processes (at least 1) or 'auto' (got {value!r})")

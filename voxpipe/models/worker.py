@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,6 +57,9 @@ def main(requests: Connection, results: Connection, threads: int) -> None:
     # Ctrl-C reaches the whole process group: the bot drains its calls, and the workers must
     # keep decoding for them until the pool stops them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Terminated, exit as Python does (the libraries' exit handlers run: tqdm, for one, leaves
+    # a semaphore behind otherwise).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     engines: dict[str, Engine] = {}
     results.send(("ready", os.getpid()))
     while True:

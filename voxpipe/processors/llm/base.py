@@ -206,7 +206,7 @@ class LLMBaseSettings(ProcessorSettings):
         "synthesised, so it plays at once.",
     )
     filler_after_ms: int | None = Field(
-        1000,
+        1500,
         ge=0,
         le=30000,
         description="How long after the caller stops speaking the bot waits for its reply to "

@@ -56,6 +56,8 @@ from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from voxpipe.models.engine import Engine
     from voxpipe.models.pool import ModelPool
     from voxpipe.pipelines.bot import Bot
@@ -120,6 +122,9 @@ class PhraseCache:
     ``on_error`` lines, made at ``prepare``) are pinned: never evicted, kept even with a
     ``size`` of 0, and always played from here, so a failing provider is never asked for them
     (its error would only set off another filler).
+
+    A burst of calls wants the same sentence at the same moment (twenty callers placed at once
+    hear the same greeting): ``shared`` synthesises it once for all of them.
     """
 
     MAX_CHARS = 200
@@ -128,6 +133,37 @@ class PhraseCache:
         self.size = size
         self._entries: collections.OrderedDict[str, tuple[bytes, int]] = collections.OrderedDict()
         self._pinned: dict[str, tuple[bytes, int]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[bytes, int]]] = {}
+
+    async def shared(
+        self, text: str, synthesize: Callable[[str], Awaitable[tuple[bytes, int]]]
+    ) -> tuple[bytes, int]:
+        """``synthesize(text)``, or the result of the same synthesis already under way for
+        another call (its failure is every waiting call's; one cancelled is done again)."""
+        pending = self._pending.get(text)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this call was cancelled, not the synthesis
+        future: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
+        self._pending[text] = future
+        try:
+            spoken = await synthesize(text)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters have their own copy
+            else:
+                future.cancel()
+            raise
+        else:
+            future.set_result(spoken)
+            return spoken
+        finally:
+            if self._pending.get(text) is future:
+                del self._pending[text]
 
     def get(self, text: str) -> tuple[bytes, int] | None:
         """The audio and rate of ``text``, if kept."""
@@ -442,7 +478,10 @@ class TTSProcessor(QueuedProcessor):
             return kept
         started = time.perf_counter()
         try:
-            audio, rate = await self.synthesize(text)
+            if cache is not None:
+                audio, rate = await cache.shared(text, self.synthesize)
+            else:
+                audio, rate = await self.synthesize(text)
         except Exception as exc:  # a failed sentence is reported, not fatal
             self.call.log.warning("%s failed on %r: %r", self.name, text, exc)
             events.emit.error(self.call, "provider")

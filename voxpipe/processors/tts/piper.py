@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from voxpipe.models.engine import TTSEngine
+from voxpipe.models.engine import URGENT, TTSEngine
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.tts.base import (
     LocalTTSProcessor,
@@ -191,5 +191,7 @@ class PiperTTS(LocalTTSProcessor):
         self._options = options
 
     async def synthesize(self, text: str) -> tuple[bytes, int]:
-        audio, rate = await self.models.run(self.key, "speak", text, *self._options)
+        audio, rate = await self.models.run(
+            self.key, "speak", text, *self._options, priority=URGENT
+        )
         return bytes(audio), int(rate)

@@ -80,6 +80,18 @@ class AudioSocketSettings(Settings):
             raise ValueError("expected host:port, for example '0.0.0.0:9092'")
         return value
 
+    @field_validator("max_calls", mode="before")
+    @classmethod
+    def _check_max_calls(cls, value: object) -> object:
+        # One clear message for either mistake, rather than one per member of the union.
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise ValueError(f"expected a number of calls (at least 1) or 'auto' (got {value!r})")
+
     @field_validator("allow_from")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
