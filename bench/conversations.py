@@ -55,6 +55,9 @@ QUIET_S = 2.5
 
 async def _serve(bot_path: str, out: str, max_calls: str) -> None:
     """Serve the bot on a free port; print the port and limit; on SIGTERM write what it saw."""
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)  # refusals and fillers are counted, not printed
     from voxpipe import events
     from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call

@@ -11,8 +11,10 @@ workers and ``B`` seconds of the target left after the VAD's ``stop_ms``,
     max_calls = K * floor(B / W)
 
 ``calibrate`` measures ``W`` at start: the bot's text-to-speech (or the packaged piper voice)
-speaks a caller-like sentence, and the bot's speech-to-text decodes it, each three times on
-the workers (the median counts; the first run also warms the models up). A bot without local
+speaks a caller-like sentence, and the bot's speech-to-text decodes it, each ``RUNS`` times on
+the workers after a first run that warms the models up. The fastest run counts: it is this
+machine's speed, where the median would also be a moment's load from other programs (a bot
+that shares its cores with other work should set ``max_calls`` itself). A bot without local
 models is not bound by them: ``auto`` is then ``WITHOUT_MODELS``.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import statistics
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,7 +42,7 @@ WITHOUT_MODELS = 200
 CALLER_SENTENCE = "Hello, I would like to check the status of my order, please."
 # And the first sentence of a typical answer.
 ANSWER_SENTENCE = "Sure, let me look that up for you."
-RUNS = 3
+RUNS = 5
 # Time the transport adds to a turn (framing, the pacing slot), in seconds.
 TRANSPORT_S = 0.1
 
@@ -119,17 +120,18 @@ async def calibrate(bot: Bot) -> Capacity:
 
 
 async def _timed(pool: ModelPool, engine: Engine, method: str, *args: object) -> float:
-    """The median seconds of ``RUNS`` jobs, measured once per pool and engine."""
+    """The fastest of ``RUNS`` jobs (after one to warm up), measured once per pool and engine."""
     key = f"{engine.key}:{method}"
     known = pool.calibration.get(key)
     if isinstance(known, float):
         return known
+    await pool.run(engine.key, method, *args)
     runs = []
     for _ in range(RUNS):
         started = time.perf_counter()
         await pool.run(engine.key, method, *args)
         runs.append(time.perf_counter() - started)
-    pool.calibration[key] = seconds = statistics.median(runs)
+    pool.calibration[key] = seconds = min(runs)
     return seconds
 
 
