@@ -122,10 +122,10 @@ async def pool_figures() -> None:
                     trips.append(time.perf_counter() - started)
                 print(f"pool round trip of an empty job: {statistics.median(trips) * 1e6:.0f} µs")
                 sentence = "Thank you. Your order ships tomorrow."
-                await pool.run(piper.key, "synthesize", sentence)
+                await pool.run(piper.key, "speak", sentence, None, None, 1.0)
                 started = time.perf_counter()
                 for _ in range(5):
-                    pcm, rate = await pool.run(piper.key, "synthesize", sentence)
+                    pcm, rate = await pool.run(piper.key, "speak", sentence, None, None, 1.0)
                 spent = (time.perf_counter() - started) / 5
                 print(
                     f"piper: {spent * 1000:.0f} ms for {len(pcm) / 2 / rate:.1f} s of speech "

@@ -167,7 +167,7 @@ async def test_whisper_shares_one_model_between_concurrent_calls(start_call: Sta
     bot = Bot.from_yaml(bot_yaml(8000, {"provider": "whisper"}))
     first = await start_call(8000, {}, bot=bot)
     second = await start_call(8000, {}, bot=bot)
-    assert [engine.label for engine in model_engines(bot)] == ["whisper"]
+    assert [engine.label for engine, _ in model_engines(bot)] == ["whisper"]
     await asyncio.gather(
         first.speak(caller("operator", 8000)), second.speak(caller("goodbye", 8000))
     )

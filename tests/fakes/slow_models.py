@@ -89,6 +89,9 @@ class SlowSTTSettings(LocalSTTSettings):
     def engine(self) -> ProbeEngine:
         return ProbeEngine("slow", self.delay_s, self.text)
 
+    def sample_job(self, audio: bytes, sample_rate: int) -> tuple[str, tuple[Any, ...]]:
+        return "transcribe", (audio, sample_rate)
+
     def processor(self, call: Call, bot: Bot, models: ModelPool, key: str) -> LocalSTTProcessor:
         return SlowSTT(self, key, sample_rate=call.sample_rate, models=models)
 

@@ -11,7 +11,8 @@ workers and ``B`` seconds of the target left after the VAD's ``stop_ms``,
     max_calls = K * floor(B / W)
 
 ``calibrate`` measures ``W`` at start: the bot's text-to-speech (or the packaged piper voice)
-speaks a caller-like sentence, and the bot's speech-to-text decodes it, each ``RUNS`` times on
+speaks a caller-like sentence, and the bot's speech-to-text decodes it, with the steps' own
+settings (``sample_job``), each ``RUNS`` times on
 the workers after a first run that warms the models up. The fastest run counts: it is this
 machine's speed, where the median would also be a moment's load from other programs (a bot
 that shares its cores with other work should set ``max_calls`` itself). A bot without local
@@ -27,10 +28,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from voxpipe.models.engine import Engine, STTEngine, TTSEngine
 from voxpipe.models.shared import model_engines, models_of
 
 if TYPE_CHECKING:
+    from voxpipe.models.engine import Engine, SampleJob
     from voxpipe.models.pool import ModelPool
     from voxpipe.pipelines.bot import Bot
 
@@ -86,17 +87,17 @@ async def calibrate(bot: Bot) -> Capacity:
     """Measure the bot's models on this machine and size its call limit (after ``prepare``)."""
     target = bot.config.models.turn_latency_s
     engines = model_engines(bot)
-    stt = next((e for e in engines if isinstance(e, STTEngine)), None)
-    tts = next((e for e in engines if isinstance(e, TTSEngine)), None)
+    stt = next(((e, job) for e, job in engines if e.kind == "stt"), None)
+    tts = next(((e, job) for e, job in engines if e.kind == "tts"), None)
     if stt is None and tts is None:
         return Capacity(WITHOUT_MODELS, 0, target)
     pool = models_of(bot)
-    tts_s = await _timed(pool, tts, "synthesize", ANSWER_SENTENCE) if tts is not None else 0.0
+    tts_s = await _timed(pool, tts, ANSWER_SENTENCE) if tts is not None else 0.0
     stt_s = sample_s = 0.0
     if stt is not None:
         audio, rate = await _caller_speech(pool, tts, bot.sample_rate)
         sample_s = len(audio) / 2 / rate
-        stt_s = await _timed(pool, stt, "transcribe", audio, rate)
+        stt_s = await _timed(pool, stt, audio, rate)
     budget = target - _stop_s(bot) - TRANSPORT_S
     per_worker = math.floor(budget / (stt_s + tts_s)) if stt_s + tts_s > 0 else 0
     if per_worker < 1:
@@ -113,16 +114,18 @@ async def calibrate(bot: Bot) -> Capacity:
         target,
         stt_s=stt_s,
         tts_s=tts_s,
-        stt=stt.label if stt is not None else "",
-        tts=tts.label if tts is not None else "",
+        stt=stt[0].label if stt is not None else "",
+        tts=tts[0].label if tts is not None else "",
         sample_s=sample_s,
     )
 
 
-async def _timed(pool: ModelPool, engine: Engine, method: str, *args: object) -> float:
-    """The fastest of ``RUNS`` jobs (after one to warm up), measured once per pool and engine."""
-    key = f"{engine.key}:{method}"
-    known = pool.calibration.get(key)
+async def _timed(pool: ModelPool, step: tuple[Engine, SampleJob], *sample: object) -> float:
+    """The fastest of ``RUNS`` runs of a step's sample job (after one to warm up), measured
+    once per pool and job."""
+    engine, job = step
+    method, args = job(*sample)
+    known = pool.calibration.get(key := f"{engine.key}:{method}:{args[1:]!r}")
     if isinstance(known, float):
         return known
     await pool.run(engine.key, method, *args)
@@ -135,7 +138,9 @@ async def _timed(pool: ModelPool, engine: Engine, method: str, *args: object) ->
     return seconds
 
 
-async def _caller_speech(pool: ModelPool, tts: Engine | None, rate: int) -> tuple[bytes, int]:
+async def _caller_speech(
+    pool: ModelPool, tts: tuple[Engine, SampleJob] | None, rate: int
+) -> tuple[bytes, int]:
     """A caller-like sentence at the pipeline's ``rate``: spoken by the bot's local voice,
     else by the packaged one."""
     if tts is None:
@@ -144,7 +149,9 @@ async def _caller_speech(pool: ModelPool, tts: Engine | None, rate: int) -> tupl
         return await asyncio.to_thread(offline_say, CALLER_SENTENCE, rate), rate
     from voxpipe.processors.tts.base import resample_pcm16
 
-    audio, voice_rate = await pool.run(tts.key, "synthesize", CALLER_SENTENCE)
+    engine, job = tts
+    method, args = job(CALLER_SENTENCE)
+    audio, voice_rate = await pool.run(engine.key, method, *args)
     return resample_pcm16(bytes(audio), int(voice_rate), rate), rate
 
 

@@ -17,7 +17,8 @@ session's jobs with the same ``affinity`` so that they reach the same worker, in
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 # Job priorities in the pool's queue: lower goes first. Speech synthesis is ``URGENT``.
 URGENT = 0
@@ -48,23 +49,21 @@ class Engine:
 
 
 class STTEngine(Engine):
-    """A speech-to-text model. ``transcribe`` is what ``max_calls: auto`` times at start."""
+    """A speech-to-text model."""
 
     kind: ClassVar[str] = "stt"
 
-    def transcribe(self, audio: bytes, sample_rate: int) -> str:
-        """The words of one whole utterance (PCM16 mono at ``sample_rate``)."""
-        raise NotImplementedError
-
 
 class TTSEngine(Engine):
-    """A text-to-speech model. ``synthesize`` is what ``max_calls: auto`` times at start."""
+    """A text-to-speech model."""
 
     kind: ClassVar[str] = "tts"
 
-    def synthesize(self, text: str) -> tuple[bytes, int]:
-        """``text`` spoken: PCM16 mono audio and its sample rate."""
-        raise NotImplementedError
+
+# How a step runs its engine on a sample (a whole utterance as ``(pcm16, rate)`` for
+# speech-to-text, a sentence for text-to-speech): the job's method and arguments, with the
+# step's own options. It is what ``max_calls: auto`` times at start.
+SampleJob = Callable[..., tuple[str, tuple[Any, ...]]]
 
 
 class ModelError(Exception):

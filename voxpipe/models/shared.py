@@ -13,7 +13,7 @@ from voxpipe.models.pool import ModelPool, acquire, default_workers, release
 from voxpipe.pipelines.settings import ProviderError
 
 if TYPE_CHECKING:
-    from voxpipe.models.engine import Engine
+    from voxpipe.models.engine import Engine, SampleJob
     from voxpipe.pipelines.bot import Bot
 
 POOL_KEY = "models"
@@ -24,7 +24,7 @@ class _Lease:
 
     def __init__(self, pool: ModelPool) -> None:
         self.pool = pool
-        self.engines: list[Engine] = []
+        self.engines: list[tuple[Engine, SampleJob]] = []
         self._closed = False
 
     def close(self) -> None:
@@ -49,19 +49,20 @@ def models_of(bot: Bot) -> ModelPool:
     return lease.pool
 
 
-async def load_model(bot: Bot, engine: Engine) -> None:
-    """Have every model worker of the bot load ``engine``; ``ProviderError`` if one cannot."""
+async def load_model(bot: Bot, engine: Engine, sample: SampleJob) -> None:
+    """Have every model worker of the bot load ``engine`` (``ProviderError`` if one cannot);
+    ``sample`` is how the step runs it, for ``max_calls: auto`` to time."""
     pool = models_of(bot)
     try:
         await pool.load(engine)
     except ModelError as exc:
         raise ProviderError(str(exc)) from exc
     lease = bot.shared[POOL_KEY]
-    if engine not in lease.engines:
-        lease.engines.append(engine)
+    lease.engines.append((engine, sample))
 
 
-def model_engines(bot: Bot) -> list[Engine]:
-    """The engines the bot loaded into its model pool (after ``prepare``)."""
+def model_engines(bot: Bot) -> list[tuple[Engine, SampleJob]]:
+    """The engines the bot's steps loaded into its model pool (after ``prepare``), each with
+    the job its step runs on a sample."""
     lease = bot.shared.get(POOL_KEY)
     return list(lease.engines) if isinstance(lease, _Lease) else []

@@ -76,6 +76,11 @@ class LocalSTTSettings(STTProviderSettings):
         """The engine the model workers load (an ``STTEngine``)."""
         raise NotImplementedError
 
+    def sample_job(self, audio: bytes, sample_rate: int) -> tuple[str, tuple[Any, ...]]:
+        """The engine's method and arguments that decode one whole utterance the way this
+        step does (what ``max_calls: auto`` times at start)."""
+        raise NotImplementedError
+
     def processor(self, call: Call, bot: Bot, models: ModelPool, key: str) -> LocalSTTProcessor:
         """One call's processor, sending its decoding to engine ``key`` in ``models``."""
         raise NotImplementedError
@@ -84,7 +89,7 @@ class LocalSTTSettings(STTProviderSettings):
         from voxpipe.models.shared import load_model
 
         engine = self.engine()
-        await load_model(bot, engine)
+        await load_model(bot, engine, self.sample_job)
         bot.shared[f"stt:{id(self)}"] = engine.key
 
     def create(self, call: Call, bot: Bot) -> FrameProcessor:

@@ -216,9 +216,6 @@ class PocketsphinxEngine(STTEngine):
         self._sessions[session].feed(audio)
         return self.finish(session, audio, sample_rate, final_pass)
 
-    def transcribe(self, audio: bytes, sample_rate: int) -> str:
-        return self.decode(audio, sample_rate, "", 100, False)[0]
-
 
 class DecoderSlots:
     """At most ``limit`` utterances of a bot decoded at once (one decoder each, about 90 MB
@@ -316,6 +313,9 @@ class PocketsphinxSettings(LocalSTTSettings):
                     raise ProviderError(f"pocketsphinx: {name} {path} not found")
                 options[name] = str(path)
         return PocketsphinxEngine(options, self._grammar_text(), self._keyword_text())
+
+    def sample_job(self, audio: bytes, sample_rate: int) -> tuple[str, tuple[Any, ...]]:
+        return "decode", (audio, sample_rate, "", self.chunk_ms, self.final_pass)
 
     def processor(self, call: Call, bot: Bot, models: ModelPool, key: str) -> LocalSTTProcessor:
         slots = bot.shared.get(f"pocketsphinx-slots:{key}")

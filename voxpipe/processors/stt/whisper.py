@@ -130,9 +130,6 @@ class WhisperEngine(STTEngine):
         segments, _info = self._model.transcribe(audio, **options)
         return " ".join(segment.text.strip() for segment in segments)
 
-    def transcribe(self, audio: bytes, sample_rate: int) -> str:
-        return self.decode(audio, sample_rate, {"language": "en", "beam_size": 1})
-
 
 class WhisperSettings(LocalSTTSettings):
     """Offline speech-to-text with faster-whisper: accurate, final transcripts only."""
@@ -173,6 +170,20 @@ class WhisperSettings(LocalSTTSettings):
         resolve_model(self.model)  # a missing model package fails here, with its own message
         await super().prepare(bot)
 
+    def options(self) -> dict[str, Any]:
+        """What each decode passes to faster-whisper's ``transcribe`` (and the window)."""
+        return {
+            "language": self.language.split("-")[0],
+            "beam_size": self.beam_size,
+            "initial_prompt": self.prompt,
+            "condition_on_previous_text": False,
+            "vad_filter": False,
+            "window_s": self.window_s,
+        }
+
+    def sample_job(self, audio: bytes, sample_rate: int) -> tuple[str, tuple[Any, ...]]:
+        return "decode", (audio, sample_rate, self.options())
+
     def processor(self, call: Call, bot: Bot, models: ModelPool, key: str) -> LocalSTTProcessor:
         return WhisperSTT(self, key, sample_rate=call.sample_rate, models=models)
 
@@ -189,14 +200,7 @@ class WhisperSTT(LocalSTTProcessor):
     ) -> None:
         super().__init__(settings, sample_rate=sample_rate, models=models)
         self._key = key
-        self._options: dict[str, Any] = {
-            "language": settings.language.split("-")[0],
-            "beam_size": settings.beam_size,
-            "initial_prompt": settings.prompt,
-            "condition_on_previous_text": False,
-            "vad_filter": False,
-            "window_s": settings.window_s,
-        }
+        self._options = settings.options()
 
     async def finish(self, utterance: bytes, sample_rate: int) -> str:
         if not utterance:

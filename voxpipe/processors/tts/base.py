@@ -26,7 +26,7 @@ import collections
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
@@ -350,11 +350,16 @@ class LocalTTSSettings(CachedTTSSettings):
         """The engine the model workers load (a ``TTSEngine``)."""
         raise NotImplementedError
 
+    def sample_job(self, text: str) -> tuple[str, tuple[Any, ...]]:
+        """The engine's method and arguments that speak ``text`` the way this step does (what
+        ``max_calls: auto`` times at start); the job returns ``(pcm16, rate)``."""
+        raise NotImplementedError
+
     async def prepare_engine(self, bot: Bot) -> None:
         from voxpipe.models.shared import load_model
 
         engine = self.engine()
-        await load_model(bot, engine)
+        await load_model(bot, engine, self.sample_job)
         bot.shared[f"tts:{id(self)}"] = engine.key
 
     def models(self, bot: Bot) -> tuple[ModelPool, str]:

@@ -138,9 +138,6 @@ class PiperEngine(TTSEngine):
         options = SynthesisConfig(speaker_id=speaker, length_scale=length_scale, volume=volume)
         return synthesize_with(self._voice, text, options)
 
-    def synthesize(self, text: str) -> tuple[bytes, int]:
-        return self.speak(text, None, None, 1.0)
-
 
 class PiperSettings(LocalTTSSettings):
     """Offline neural text-to-speech with piper (a local or pip-installed voice)."""
@@ -159,6 +156,9 @@ class PiperSettings(LocalTTSSettings):
     def engine(self) -> PiperEngine:
         voice_files(self.voice)  # a missing voice fails here, with its own message
         return PiperEngine(self.voice)
+
+    def sample_job(self, text: str) -> tuple[str, tuple[Any, ...]]:
+        return "speak", (text, self.speaker, self.length_scale, self.volume)
 
     def create(self, call: Call, bot: Bot) -> FrameProcessor:
         models, key = self.models(bot)
