@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes.llm_chain import Conversation, Listener, converse
@@ -563,3 +565,29 @@ def test_template_fields_filled_by_the_regex_load() -> None:
         "        - {regex: 'order (?P<n>\\d+)', reply: 'Order {n}, {1}, {0}.'}\n"
     )
     assert Bot.from_yaml(text).steps[0].type_name == "llm"
+
+
+async def test_a_cough_over_the_filler_does_not_cost_the_caller_the_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    think = ScriptedClient.stream
+
+    async def slow(self: ScriptedClient, *args: Any) -> AsyncIterator[Any]:
+        await asyncio.sleep(0.8)  # a model that is slow to answer
+        async for item in think(self, *args):
+            yield item
+
+    monkeypatch.setattr(ScriptedClient, "stream", slow)
+    async with await converse(DESK.replace(QUIET_AT, LATE_FILLER)) as c:
+        await c.replies(1)
+        await c.say("order status please")
+        await c.listener.wait_for(lambda: bool(c.listener.of(TTSFillerFrame)), limit_s=2)
+        # The caller coughs over "Just a second.": a barge-in, then no words.
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        c.task.interrupt()
+        await c.task.push_frame(TranscriptsPendingFrame(1))
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await c.task.push_frame(TranscriptsPendingFrame(0))
+        said = await c.replies(2, limit_s=5)
+        assert said[1] == "Sure. What is your order number?"
+        assert [m["role"] for m in c.call.history] == ["assistant", "user", "assistant"]

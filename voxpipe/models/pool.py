@@ -388,6 +388,8 @@ class ModelPool:
         with self._cond:
             (slot.failed if error else slot.loaded).add(load.key)
             load.answer(slot.index, error)
+            if error and self._engines.get(load.key) is load:
+                del self._engines[load.key]  # not loaded again; a later ``add`` tries afresh
 
     def _fail_loads(self, slot: _Slot, error: str) -> None:
         with self._cond:

@@ -250,6 +250,11 @@ class _Speech:
     tools: list[dict[str, Any]] = field(default_factory=list)
     lost: bool = False
     seq: int = 0
+    answers: bool = False  # a reply to the caller (not the greeting or a standby line)
+
+    def heard(self) -> bool:
+        """Whether any of it has reached the caller."""
+        return any(u.frames_played > 0 for u in self.utterances)
 
     def add(self, text: str) -> None:
         if not self.lost:
@@ -363,7 +368,11 @@ class LLMProcessor(FrameProcessor):
             self._disarm_filler()
 
     def interrupt(self) -> None:
+        speech = self._speech
         self._cancel_reply()
+        if speech is not None and speech.answers and not speech.heard():
+            # Cut in before a word of the answer (a cough over the filler): still owed.
+            self._unanswered = True
         self._settle()
 
     async def cancel(self) -> None:
@@ -503,6 +512,7 @@ class LLMProcessor(FrameProcessor):
 
     async def _answer(self, *, retry_allowed: bool) -> None:
         speech = self._begin_speech()
+        speech.answers = True
         rounds: list[ToolRound] = []
         try:
             for _ in range(self.settings.max_tool_rounds + 1):
