@@ -6,7 +6,7 @@
 - Silero VAD per 32 ms window in the bot's process, against that round trip: why the VAD stays
   in the process that carries the audio.
 - whisper tiny.en (int8, one thread) on the six recorded caller utterances: one decode at a
-  time with the encoder's full 30 s window and with a 10 s one (``stt.window_s``), and the
+  time with the encoder's full 30 s window and with a 15 s one (``stt.window_s``), and the
   same utterances decoded as one CTranslate2 batch (what batching several calls' utterances
   would give), per utterance.
 - piper: one sentence of a reply.
@@ -55,7 +55,7 @@ def silero_us_per_window() -> float:
 
 
 def whisper_in_process() -> dict[str, float]:
-    """ms per utterance: one at a time (30 s and 10 s windows) and batched (30 s window)."""
+    """ms per utterance: one at a time (30 s and 15 s windows) and batched (30 s window)."""
     import numpy as np
     from faster_whisper import WhisperModel
     from faster_whisper.audio import pad_or_trim
@@ -68,7 +68,7 @@ def whisper_in_process() -> dict[str, float]:
     audio = utterances(16000)
     options = {"language": "en", "beam_size": 1, "condition_on_previous_text": False}
     out: dict[str, float] = {}
-    for window in (30, 10):
+    for window in (30, 15):
         engine.decode(audio[0], 16000, {**options, "window_s": window})
         started = time.perf_counter()
         for pcm in audio:
@@ -106,7 +106,7 @@ async def pool_figures() -> None:
 
     whisper, piper = WhisperEngine(PACKAGED_MODEL, "int8", 1), PiperEngine(PACKAGED_VOICE)
     audio = utterances(8000) * 2
-    options = {"language": "en", "beam_size": 1, "window_s": 10}
+    options = {"language": "en", "beam_size": 1, "window_s": 15}
     for workers in (1, 2):
         pool = ModelPool(workers)
         try:
@@ -136,7 +136,7 @@ async def pool_figures() -> None:
             )
             done = await burst(pool, whisper.key, audio, options)
             print(
-                f"burst of {len(audio)} utterances (8 kHz, 10 s window) on {workers} "
+                f"burst of {len(audio)} utterances (8 kHz, 15 s window) on {workers} "
                 f"worker{'' if workers == 1 else 's'}: last done after {max(done):.2f} s, "
                 f"median {statistics.median(done):.2f} s"
             )

@@ -25,7 +25,7 @@ AUDIO = Path(__file__).resolve().parents[1] / "tests" / "audio"
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PROVIDERS: dict[str, dict[str, Any]] = {
     "whisper (tiny.en, int8, 1 thread)": {"provider": "whisper"},
-    "whisper (same, window_s: 10)": {"provider": "whisper", "window_s": 10},
+    "whisper (same, window_s: 15)": {"provider": "whisper", "window_s": 15},
     "pocketsphinx (en-us, streaming)": {"provider": "pocketsphinx"},
     "pocketsphinx (en-us, final_pass)": {"provider": "pocketsphinx", "final_pass": True},
 }

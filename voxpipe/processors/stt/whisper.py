@@ -156,11 +156,12 @@ class WhisperSettings(LocalSTTSettings):
     )
     window_s: float = Field(
         30.0,
-        ge=2,
+        ge=12,
         le=30,
         description="Seconds of audio the encoder reads per utterance (shorter utterances are "
-        "padded to it): Whisper's own 30 by default; 10 decodes phone utterances about three "
-        "times faster, at a small cost in accuracy (see README, Offline speech).",
+        "padded to it): Whisper's own 30 by default; 15 decodes phone utterances about three "
+        "times faster with the same words on the recorded callers (see README, Offline "
+        "speech); shorter ones make tiny.en repeat itself on a one-word answer.",
     )
 
     def engine(self) -> WhisperEngine:
