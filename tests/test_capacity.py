@@ -115,11 +115,12 @@ async def test_a_transcript_later_than_any_deadline_is_answered_after_the_filler
     # 5.5 s of decoding: the old final_timeout_s (5 s) would have dropped these words.
     bot = slow_desk(5.5)
     caller = load_wav(AUDIO / "caller_order_status_8k.wav", 8000)
-    async with running_bot(bot) as server:
-        calls = keep_calls(server)
-        result = await place_call(
-            "127.0.0.1", server.port, [Silence(0.3), Say(caller), Silence(9.0), Hangup()]
-        )
+    with observing(Metrics()) as metrics:
+        async with running_bot(bot) as server:
+            calls = keep_calls(server)
+            result = await place_call(
+                "127.0.0.1", server.port, [Silence(0.3), Say(caller), Silence(9.0), Hangup()]
+            )
     stopped = speech_end(result)
     after = [
         (start - stopped, end - start) for start, end in result.bot_segments if start > stopped
@@ -136,6 +137,9 @@ async def test_a_transcript_later_than_any_deadline_is_answered_after_the_filler
     ]
     assert turns.late == [call.call_id]
     assert turns.lost == []
+    text = metrics.render().decode()
+    assert 'voxpipe_late_replies_total{bot="slow-desk"} 1.0' in text
+    assert 'voxpipe_turns_lost_total{bot="slow-desk",reason="stt"} 0.0' in text
 
 
 async def test_a_prompt_reply_gets_no_filler(turns: Turns) -> None:
@@ -254,11 +258,13 @@ async def test_a_decode_that_fails_twice_is_a_lost_turn_with_a_warning_and_the_f
                     await asyncio.sleep(0.01)
 
         killer = asyncio.create_task(kill_twice())
-        result = await place_call(
-            "127.0.0.1", server.port, [Silence(0.3), Say(caller), Silence(5.0), Hangup()]
-        )
+        with observing(Metrics()) as metrics:
+            result = await place_call(
+                "127.0.0.1", server.port, [Silence(0.3), Say(caller), Silence(5.0), Hangup()]
+            )
         await killer
     assert turns.lost == ["stt"]
+    assert 'voxpipe_turns_lost_total{bot="slow-desk",reason="stt"} 1.0' in metrics.render().decode()
     assert "the caller's words are lost" in caplog.text
     # The on_error filler, in tones: "Sorry, I'm having a technical problem." is six words.
     stopped = speech_end(result)
