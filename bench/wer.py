@@ -1,15 +1,14 @@
-"""Word error rate and real-time factor of the offline STT providers on ../shared/audio.
+"""Word error rate and real-time factor of the offline STT providers on tests/audio.
 
-Runs each provider's own decoding code (the processor's engine hooks, as a call would) over every
-recorded caller utterance at 8 and 16 kHz, scores it against the .txt transcript, and prints the
-figures with the machine they were measured on.
+Runs each provider's own engine (what a model worker runs for a call) in this process over every
+recorded caller utterance at 8 and 16 kHz, decoding them in order as one call would, scores it
+against the .txt transcript, and prints the figures with the machine they were measured on.
 
     .venv/bin/python bench/wer.py
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import wave
@@ -18,13 +17,15 @@ from typing import Any
 
 from _machine import machine
 
-from voxpipe.pipelines.bot import Bot
-from voxpipe.processors.stt.base import LocalSTTProcessor
+from voxpipe.processors.stt.base import LocalSTTSettings
+from voxpipe.processors.stt.pocketsphinx import PocketsphinxEngine, PocketsphinxSettings
+from voxpipe.processors.stt.whisper import WhisperEngine, WhisperSettings
 
 AUDIO = Path(__file__).resolve().parents[1] / "tests" / "audio"
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 PROVIDERS: dict[str, dict[str, Any]] = {
     "whisper (tiny.en, int8, 1 thread)": {"provider": "whisper"},
+    "whisper (same, window_s: 15)": {"provider": "whisper", "window_s": 15},
     "pocketsphinx (en-us, streaming)": {"provider": "pocketsphinx"},
     "pocketsphinx (en-us, final_pass)": {"provider": "pocketsphinx", "final_pass": True},
 }
@@ -53,36 +54,48 @@ def edit_distance(reference: list[str], hypothesis: list[str]) -> int:
     return previous[-1]
 
 
-def decode(engine: LocalSTTProcessor, audio: bytes, rate: int) -> tuple[str, float]:
-    """Decode one opened utterance the way a call does: begin, stream 100 ms chunks, finish.
+class Decoder:
+    """One call's decoding with a provider's engine, as its processor drives it in a worker."""
 
-    Returns the transcript and the seconds ``finish`` took: what the caller waits for after
-    the VAD's stop event, before the bot can answer.
-    """
-    engine.begin(rate)
-    if engine.streaming:
-        step = rate * 2 // 10
-        for i in range(0, len(audio), step):
-            engine.accept(audio[i : i + step], rate)
-    started = time.perf_counter()
-    text = engine.finish(audio, rate)
-    return text, time.perf_counter() - started
+    def __init__(self, settings: LocalSTTSettings) -> None:
+        self.settings = settings
+        self.engine = settings.engine()
+        self.engine.load()
+        self.cmn = ""  # pocketsphinx: the caller's normalisation, carried between utterances
+
+    def decode(self, audio: bytes, rate: int) -> tuple[str, float]:
+        """Begin, stream 100 ms chunks (streaming engines), finish. Returns the transcript and
+        the seconds the finish took: what the caller waits for after the VAD's stop event."""
+        settings, engine = self.settings, self.engine
+        if isinstance(engine, PocketsphinxEngine):
+            assert isinstance(settings, PocketsphinxSettings)
+            engine.begin("bench", rate, self.cmn, settings.chunk_ms)
+            step = rate * 2 // 10
+            for i in range(0, len(audio), step):
+                engine.accept("bench", audio[i : i + step])
+            started = time.perf_counter()
+            text, self.cmn = engine.finish("bench", audio, rate, settings.final_pass)
+            return text, time.perf_counter() - started
+        assert isinstance(engine, WhisperEngine) and isinstance(settings, WhisperSettings)
+        options = {
+            "language": settings.language,
+            "beam_size": settings.beam_size,
+            "condition_on_previous_text": False,
+            "vad_filter": False,
+            "window_s": settings.window_s,
+        }
+        started = time.perf_counter()
+        text = engine.decode(audio, rate, options)
+        return text, time.perf_counter() - started
 
 
-async def run(
-    name: str, settings: dict[str, Any], rate: int
-) -> tuple[int, int, float, float, float]:
+def run(name: str, settings: dict[str, Any], rate: int) -> tuple[int, int, float, float, float]:
     """Errors, reference words, decoding seconds, audio seconds and the seconds spent at the
     stops over every recording."""
-    import json
-
-    bot = Bot.from_yaml(
-        f"name: wer\ntransport: {{audiosocket: {{sample_rate: {rate}}}}}\n"
-        f"pipeline:\n  - stt: {json.dumps(settings)}\n"
-    )
-    await bot.prepare()
-    engine = bot.steps[0].settings.create(bot.new_call(), bot)
-    assert isinstance(engine, LocalSTTProcessor)
+    model: LocalSTTSettings = (
+        WhisperSettings if settings["provider"] == "whisper" else PocketsphinxSettings
+    ).model_validate(settings)
+    decoder = Decoder(model)
     suffix = "8k" if rate == 8000 else "16k"
     errors = words = 0
     busy = duration = at_stop = 0.0
@@ -91,9 +104,7 @@ async def run(
             audio = wav.readframes(wav.getnframes())
         reference = normalise(text_file.read_text())
         started = time.perf_counter()
-        await engine.open_utterance()
-        text, final_s = decode(engine, audio, rate)
-        await engine.close_utterance()
+        text, final_s = decoder.decode(audio, rate)
         busy += time.perf_counter() - started
         at_stop += final_s
         hypothesis = normalise(text)
@@ -104,14 +115,14 @@ async def run(
     return errors, words, busy, duration, at_stop
 
 
-async def main() -> None:
+def main() -> None:
     print(f"machine: {machine()}")
     print(f"audio: {AUDIO.resolve()}")
     rows = []
     for name, settings in PROVIDERS.items():
         print(name)
         for rate in (8000, 16000):
-            errors, words, busy, duration, at_stop = await run(name, settings, rate)
+            errors, words, busy, duration, at_stop = run(name, settings, rate)
             count = len(list(AUDIO.glob("caller_*.txt")))
             rows.append((name, rate, errors / words, busy / duration, at_stop / count * 1000))
     print()
@@ -121,4 +132,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

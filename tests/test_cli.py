@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -407,3 +410,61 @@ async def test_call_connect_listens_to_a_long_greeting_before_speaking() -> None
     assert heard and greeting_end and heard[0] >= greeting_end[0], out.decode()
     assert "still speaking" not in out.decode()
     assert "hung up by: bot" in out.decode()
+
+
+def _running(pid: int) -> bool:
+    """Whether a process exists and has not exited (a zombie waits only to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_serve_loads_the_models_in_workers_sizes_max_calls_and_stops_them(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [str(SCRIPT), "serve", str(ROOT / "configs" / "demo.yaml"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "test call:" in line:
+                break
+        workers = _descendants(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[0]
+    text = "".join(lines)
+    assert "loading models (stt whisper, tts piper) in " in text, text
+    limit = re.search(r"max_calls auto = (\d+)", text)
+    assert limit is not None, text
+    assert f"up to {limit.group(1)} calls" in text
+    assert proc.returncode == 0, rest
+    # The model workers (and their fork server) ran beside the bot, and stopped with it.
+    assert len(workers) >= 2
+    deadline = time.monotonic() + 10
+    while [pid for pid in workers if _running(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _running(pid)]

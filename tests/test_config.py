@@ -81,7 +81,7 @@ EXPECTED = {
         "wrong_types.yaml:5:18: transport.audiosocket.sample_rate: "
         "Input should be 8000, 12000, 16000, 24000, 32000, 44100 or 48000 (got 11025)",
         "wrong_types.yaml:6:16: transport.audiosocket.max_calls: "
-        "Input should be a valid integer, unable to parse string as an integer (got 'many')",
+        "expected a number of calls (at least 1) or 'auto' (got 'many')",
         "wrong_types.yaml:9:20: pipeline[0].echo.passthrough: Input should be a valid boolean",
         "wrong_types.yaml:10:11: pipeline[1].echo: expected a mapping of settings, got 5",
     ],

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes.llm_chain import Conversation, Listener, converse
@@ -20,7 +22,9 @@ from voxpipe.frames import (
     LLMTextFrame,
     ToolCallFrame,
     TranscriptionFrame,
+    TranscriptsPendingFrame,
     TransferFrame,
+    TTSFillerFrame,
     TTSSpeakFrame,
     TTSStoppedFrame,
     UserStartedSpeakingFrame,
@@ -30,6 +34,11 @@ from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.config import ConfigError
 from voxpipe.processors.llm.scripted import ScriptedClient
 
+# Settings of the late-reply filler (a short wait, for tests), and none at all.
+QUIET_AT = "tools: [hangup, transfer]"
+QUIET = "tools: [hangup, transfer]\n      filler_after_ms: null"
+LATE_FILLER = "tools: [hangup, transfer]\n      filler_after_ms: 300\n      filler: Just a second."
+
 DESK = """
 name: desk
 greeting: "Hello, ACME order desk."
@@ -37,7 +46,6 @@ pipeline:
   - llm:
       provider: scripted
       tools: [hangup, transfer]
-      final_timeout_s: 0.3
       intents:
         - name: order_number
           regex: '(?P<number>[a-z][0-9]{5})'
@@ -119,16 +127,79 @@ async def test_a_final_transcript_shortly_after_the_stop_still_makes_the_turn() 
         assert (await c.replies(2))[1] == "Sure. What is your order number?"
 
 
-async def test_a_final_transcript_long_after_the_stop_is_dropped() -> None:
-    async with await converse(DESK) as c:
+async def test_a_final_transcript_long_after_the_stop_still_makes_the_turn() -> None:
+    async with await converse(DESK.replace("tools: [hangup, transfer]", QUIET)) as c:
         await c.replies(1)
         await c.task.push_frame(UserStartedSpeakingFrame())
+        await c.task.push_frame(TranscriptsPendingFrame(1))
         await c.task.push_frame(UserStoppedSpeakingFrame())
+        await asyncio.sleep(6.0)  # a decode queued behind a burst of callers
+        await c.task.push_frame(TranscriptionFrame("order status please"))
+        await c.task.push_frame(TranscriptsPendingFrame(0))
+        assert (await c.replies(2))[1] == "Sure. What is your order number?"
+        assert c.call.history[1] == {"role": "user", "content": "order status please"}
+
+
+async def test_the_turn_waits_for_every_transcript_of_what_the_caller_said() -> None:
+    async with await converse(DESK) as c:
+        await c.replies(1)
+        # Two utterances with a pause between: the first one's transcript comes while the
+        # caller is saying the second, whose own transcript is still being decoded at the stop.
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        await c.task.push_frame(TranscriptsPendingFrame(1))
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        await c.task.push_frame(TranscriptionFrame("I would like to know"))
+        await c.task.push_frame(TranscriptsPendingFrame(0))
+        await c.task.push_frame(TranscriptsPendingFrame(1))
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await asyncio.sleep(0.2)
+        assert len(c.listener.spoken()) == 1
+        await c.task.push_frame(TranscriptionFrame("the status of my order"))
+        await c.task.push_frame(TranscriptsPendingFrame(0))
+        assert (await c.replies(2))[1] == "Sure. What is your order number?"
+        await asyncio.sleep(0.1)
+        assert len(c.listener.spoken()) == 2
+        assert c.call.history[1] == {
+            "role": "user",
+            "content": "I would like to know the status of my order",
+        }
+
+
+async def test_a_late_reply_gets_the_filler_once_and_then_the_answer() -> None:
+    async with await converse(DESK.replace(QUIET_AT, LATE_FILLER)) as c:
+        await c.replies(1)
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        await c.task.push_frame(TranscriptsPendingFrame(1))
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await c.listener.wait_for(lambda: bool(c.listener.of(TTSFillerFrame)), limit_s=2)
+        assert c.listener.of(TTSFillerFrame)[0].text == "Just a second."
         await asyncio.sleep(0.5)
         await c.task.push_frame(TranscriptionFrame("order status please"))
-        await asyncio.sleep(0.3)
-        assert len(c.listener.spoken()) == 1
-        assert [m["role"] for m in c.call.history] == ["assistant"]
+        await c.task.push_frame(TranscriptsPendingFrame(0))
+        assert (await c.replies(2))[1] == "Sure. What is your order number?"
+        assert len(c.listener.of(TTSFillerFrame)) == 1
+        assert [m["content"] for m in c.call.history if m["role"] == "assistant"] == [
+            "Hello, ACME order desk.",
+            "Sure. What is your order number?",
+        ]
+
+
+async def test_no_filler_over_the_caller_or_when_nothing_is_on_its_way() -> None:
+    async with await converse(DESK.replace(QUIET_AT, LATE_FILLER)) as c:
+        await c.replies(1)
+        # Noise: the VAD fired, speech-to-text found no words.
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        await c.task.push_frame(TranscriptsPendingFrame(1))
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await c.task.push_frame(TranscriptsPendingFrame(0))
+        # Then a late transcript while the caller speaks again.
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        await c.task.push_frame(TranscriptsPendingFrame(1))
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        await asyncio.sleep(0.6)
+        assert c.listener.of(TTSFillerFrame) == []
 
 
 async def test_finals_within_one_utterance_make_one_turn() -> None:
@@ -202,7 +273,7 @@ async def test_a_speech_provider_error_gets_the_filler_once() -> None:
 
 async def test_a_speech_provider_error_can_end_the_call() -> None:
     bot = DESK.replace(
-        "final_timeout_s: 0.3", "final_timeout_s: 0.3\n      on_error: {then: hangup}"
+        "tools: [hangup, transfer]", "tools: [hangup, transfer]\n      on_error: {then: hangup}"
     )
     async with await converse(bot) as c:
         await c.replies(1)
@@ -494,3 +565,29 @@ def test_template_fields_filled_by_the_regex_load() -> None:
         "        - {regex: 'order (?P<n>\\d+)', reply: 'Order {n}, {1}, {0}.'}\n"
     )
     assert Bot.from_yaml(text).steps[0].type_name == "llm"
+
+
+async def test_a_cough_over_the_filler_does_not_cost_the_caller_the_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    think = ScriptedClient.stream
+
+    async def slow(self: ScriptedClient, *args: Any) -> AsyncIterator[Any]:
+        await asyncio.sleep(0.8)  # a model that is slow to answer
+        async for item in think(self, *args):
+            yield item
+
+    monkeypatch.setattr(ScriptedClient, "stream", slow)
+    async with await converse(DESK.replace(QUIET_AT, LATE_FILLER)) as c:
+        await c.replies(1)
+        await c.say("order status please")
+        await c.listener.wait_for(lambda: bool(c.listener.of(TTSFillerFrame)), limit_s=2)
+        # The caller coughs over "Just a second.": a barge-in, then no words.
+        await c.task.push_frame(UserStartedSpeakingFrame())
+        c.task.interrupt()
+        await c.task.push_frame(TranscriptsPendingFrame(1))
+        await c.task.push_frame(UserStoppedSpeakingFrame())
+        await c.task.push_frame(TranscriptsPendingFrame(0))
+        said = await c.replies(2, limit_s=5)
+        assert said[1] == "Sure. What is your order number?"
+        assert [m["role"] for m in c.call.history] == ["assistant", "user", "assistant"]

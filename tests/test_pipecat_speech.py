@@ -272,13 +272,14 @@ pipeline:
                 rate=16000,
             )
     assert result.hung_up_by == "caller"
-    # The LLM's on_error lines were synthesised when the bot started (standby clips), then
-    # the call: the greeting and the reply, sentence by sentence.
+    # The LLM's on_error lines and its filler were synthesised when the bot started (standby
+    # clips), then the call: the greeting and the reply, sentence by sentence.
     spoken = [r.json["input"] for r in audio_api.of("/v1/audio/speech")]
     assert spoken == [
         "Sorry, I'm having a technical problem.",
         "Please call again later.",
         "Goodbye.",
+        "One moment.",
         "Hello, this is the ACME order desk.",
         "Sure.",
         "What is your order number?",

@@ -20,6 +20,7 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
+from voxpipe.models.shared import model_engines
 from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask
@@ -163,11 +164,10 @@ async def test_whisper_decodes_off_the_event_loop(start_call: StartCall) -> None
 
 
 async def test_whisper_shares_one_model_between_concurrent_calls(start_call: StartCall) -> None:
-    bot = Bot.from_yaml(bot_yaml(8000, {"provider": "whisper", "workers": 2}))
+    bot = Bot.from_yaml(bot_yaml(8000, {"provider": "whisper"}))
     first = await start_call(8000, {}, bot=bot)
     second = await start_call(8000, {}, bot=bot)
-    models = [key for key in bot.shared if key.startswith("whisper:")]
-    assert len(models) == 1
+    assert [engine.label for engine, _ in model_engines(bot)] == ["whisper"]
     await asyncio.gather(
         first.speak(caller("operator", 8000)), second.speak(caller("goodbye", 8000))
     )
@@ -255,8 +255,8 @@ async def test_pocketsphinx_callers_beyond_the_decoder_limit_wait_their_turn(
     )
     assert "operator" in await first.out.transcript()
     assert "order" in await second.out.transcript()
-    (pool,) = [value for key, value in bot.shared.items() if key.startswith("pocketsphinx:")]
-    assert pool.idle == 1
+    (slots,) = [v for k, v in bot.shared.items() if k.startswith("pocketsphinx-slots:")]
+    assert (slots.limit, slots.held) == (1, 0)
 
 
 async def test_pocketsphinx_call_ending_mid_utterance_frees_its_decoder(

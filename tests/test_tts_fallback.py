@@ -36,6 +36,7 @@ from voxpipe.transports.audiosocket.caller import (
 MS_PER_CHAR = 40
 FILLER = "Sorry, I'm having a technical problem."
 GOODBYE = ["Please call again later.", "Goodbye."]
+LATE = "One moment."  # the LLM's filler for a late reply, kept beside the on_error lines
 REPLY = ["Your order ships tomorrow before noon.", "Is there anything else?"]
 DOWN = grpc.StatusCode.UNAVAILABLE
 
@@ -102,9 +103,9 @@ def texts_asked(fake: FakeGoogleServer) -> list[str]:
     return [request.input.text for request in fake.tts.requests]
 
 
-def test_standby_lines_are_the_sentences_of_the_llm_on_error_lines() -> None:
+def test_standby_lines_are_the_sentences_of_the_llm_on_error_lines_and_its_filler() -> None:
     bot = fallback_bot("127.0.0.1:1", "hangup")
-    assert standby_lines(bot) == [FILLER, *GOODBYE]
+    assert standby_lines(bot) == [FILLER, *GOODBYE, LATE]
 
 
 async def test_caller_hears_the_filler_while_the_voice_is_down_then_the_call_goes_on(
@@ -121,7 +122,7 @@ async def test_caller_hears_the_filler_while_the_voice_is_down_then_the_call_goe
     # The clips were made at start; in the call the voice was asked for the reply only: while
     # down, its first sentence (lost, with the rest of the reply: the filler came from its
     # clip instead), then, back up, the whole reply.
-    assert texts_asked(fake) == [FILLER, *GOODBYE, REPLY[0], *REPLY]
+    assert texts_asked(fake) == [FILLER, *GOODBYE, LATE, REPLY[0], *REPLY]
     filler, reply = heard_s(result)
     assert abs(filler - seconds_of(FILLER)) < 0.3
     assert abs(reply - seconds_of(*REPLY)) < 0.3
@@ -133,7 +134,7 @@ async def test_caller_hears_the_filler_and_goodbye_while_the_voice_is_down_then_
     bot = fallback_bot(fake.endpoint, "hangup")
     result = await call(bot, fake, [WaitForHangup(timeout_s=20)], down=True)
     assert result.hung_up_by == "bot"
-    assert texts_asked(fake) == [FILLER, *GOODBYE, REPLY[0]]
+    assert texts_asked(fake) == [FILLER, *GOODBYE, LATE, REPLY[0]]
     assert abs(sum(heard_s(result)) - seconds_of(FILLER, *GOODBYE)) < 0.4
 
 
@@ -180,3 +181,36 @@ def test_standby_clips_stay_pinned_when_the_cache_turns_over() -> None:
     assert cache.get(FILLER) == (b"\x01\x00", 16000)
     assert cache.get("One.") is None
     assert PhraseCache(size=0).get(FILLER) is None
+
+
+async def test_a_sentence_many_calls_want_at_once_is_synthesised_once() -> None:
+    cache = PhraseCache(size=8)
+    asked: list[str] = []
+
+    async def voice(text: str) -> tuple[bytes, int]:
+        asked.append(text)
+        await asyncio.sleep(0.1)
+        return b"\x01\x00", 16000
+
+    heard = await asyncio.gather(*(cache.shared("Hello.", voice) for _ in range(10)))
+    assert asked == ["Hello."] and set(heard) == {(b"\x01\x00", 16000)}
+
+    async def down(text: str) -> tuple[bytes, int]:
+        asked.append(text)
+        await asyncio.sleep(0.05)
+        raise ConnectionError("the voice is down")
+
+    failed = await asyncio.gather(
+        *(cache.shared("Bye.", down) for _ in range(3)), return_exceptions=True
+    )
+    assert asked.count("Bye.") == 1
+    assert all(isinstance(result, ConnectionError) for result in failed)
+
+    # The call that asked first hangs up mid-synthesis: the one waiting asks again.
+    first = asyncio.create_task(cache.shared("Thanks.", voice))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(cache.shared("Thanks.", voice))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    assert await second == (b"\x01\x00", 16000)
+    assert asked.count("Thanks.") == 2

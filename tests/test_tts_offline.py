@@ -169,10 +169,10 @@ async def test_sentences_already_spoken_by_the_bot_play_from_its_phrase_cache(
         await out.wait_for(lambda out=out: bool(out.frames))
         if attempt == 1:
 
-            def broken(self: PiperTTS, text: str) -> tuple[bytes, int]:
+            async def broken(self: PiperTTS, text: str) -> tuple[bytes, int]:
                 raise AssertionError(f"synthesised {text!r} again")
 
-            monkeypatch.setattr(PiperTTS, "synthesize_blocking", broken)
+            monkeypatch.setattr(PiperTTS, "synthesize", broken)
         await task.push_frame(TTSSpeakFrame("Are you still there?"))
         await out.wait_for(lambda out=out: bool(out.of(TTSStoppedFrame)))
         heard.append([frame.audio for frame in out.of(OutputAudioFrame)])

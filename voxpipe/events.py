@@ -64,6 +64,12 @@ class Observer:
     def turn_latency(self, call: Call, seconds: float) -> None:
         """From the end of the caller's speech to the bot's first audio."""
 
+    def turn_lost(self, call: Call, reason: str) -> None:
+        """Words the caller said will never be answered (``reason``: which step lost them)."""
+
+    def reply_late(self, call: Call) -> None:
+        """The reply to the caller was late: the bot said its filler ("One moment.")."""
+
     def provider_ttfb(self, call: Call, kind: str, provider: str, seconds: float) -> None:
         """Time to first byte of an STT, LLM or TTS request (``kind`` is stt, llm or tts)."""
 

@@ -115,6 +115,27 @@ class UserStoppedSpeakingFrame(SystemFrame):
 
 
 @dataclass(slots=True)
+class TranscriptsPendingFrame(SystemFrame):
+    """How many of the caller's finished utterances speech-to-text has yet to deliver.
+
+    Sent when the count changes: up as the caller stops speaking (before the VAD's stopped
+    frame goes on), down once an utterance's ``TranscriptionFrame`` has gone (or the utterance
+    turned out to hold no words, or was lost). A turn waits for its transcripts, however late.
+    """
+
+    count: int = 0
+
+
+@dataclass(slots=True)
+class TTSFillerFrame(SystemFrame):
+    """Speak ``text`` at once, ahead of the sentences waiting for synthesis: a short filler
+    ("One moment.") while the reply to the caller is late. Text-to-speech plays it from its
+    phrase cache without waiting; a line it must synthesise first goes first in its queue."""
+
+    text: str = ""
+
+
+@dataclass(slots=True)
 class InputAudioFrame(SystemFrame):
     """Caller audio: signed 16-bit little-endian PCM."""
 

@@ -31,6 +31,8 @@ CALL_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600
 LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 _LABEL = re.compile(r"[^a-z0-9_]+")
+# Refusals of callers the bot could not take (rather than connections it must not take).
+REFUSED = frozenset({"max_calls", "draining"})
 
 
 def label(text: str) -> str:
@@ -54,6 +56,12 @@ class Metrics(Observer):
         self.rejected = Counter(
             "voxpipe_calls_rejected", "Connections refused, by reason.", ["reason"], registry=r
         )
+        self.refused = Counter(
+            "voxpipe_calls_refused",
+            "Calls turned away because the bot was full (max_calls) or draining.",
+            ["reason"],
+            registry=r,
+        )
         self.ended = Counter(
             "voxpipe_calls_ended", "Calls ended, by reason.", ["bot", "reason"], registry=r
         )
@@ -76,6 +84,18 @@ class Metrics(Observer):
             "Time to first byte of a speech-to-text, LLM or text-to-speech request.",
             ["kind", "provider"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.turns_lost = Counter(
+            "voxpipe_turns_lost",
+            "Caller utterances that will never be answered (a failed speech-to-text).",
+            ["bot", "reason"],
+            registry=r,
+        )
+        self.late_replies = Counter(
+            "voxpipe_late_replies",
+            "Turns whose reply was late, so the bot said its filler.",
+            ["bot"],
             registry=r,
         )
         self.barge_ins = Counter(
@@ -103,6 +123,9 @@ class Metrics(Observer):
     def call_started(self, call: Call) -> None:
         self.calls.labels(call.bot).inc()
         self.active.labels(call.bot).inc()
+        # Shown at 0 from the first call, so that an alert on them has a series to watch.
+        self.turns_lost.labels(call.bot, "stt")
+        self.late_replies.labels(call.bot)
 
     def call_ended(self, call: Call, reason: str) -> None:
         self.active.labels(call.bot).dec()
@@ -110,10 +133,19 @@ class Metrics(Observer):
         self.call_seconds.labels(call.bot).observe(call.duration_s)
 
     def call_rejected(self, reason: str) -> None:
-        self.rejected.labels(label(reason)).inc()
+        reason = label(reason)
+        self.rejected.labels(reason).inc()
+        if reason in REFUSED:
+            self.refused.labels(reason).inc()
 
     def turn_latency(self, call: Call, seconds: float) -> None:
         self.turn_seconds.labels(call.bot).observe(seconds)
+
+    def turn_lost(self, call: Call, reason: str) -> None:
+        self.turns_lost.labels(call.bot, label(reason)).inc()
+
+    def reply_late(self, call: Call) -> None:
+        self.late_replies.labels(call.bot).inc()
 
     def provider_ttfb(self, call: Call, kind: str, provider: str, seconds: float) -> None:
         self.ttfb.labels(kind, provider).observe(seconds)

@@ -65,6 +65,8 @@ class ServiceState:
     ``store_status`` reports the session store (``"ok"``, ``"memory"``, or the outage);
     ``records_status`` the call records (``"ok"``, or ``"degraded: ..."`` while the database
     cannot be written).
+    ``capacity``, once the AudioSocket server runs, tells its calls against its limit (and the
+    model workers' queue); a full bot answers 503 ``full``, so a balancer sends calls elsewhere.
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class ServiceState:
         self.started_at = time.monotonic()
         self.draining = False
         self.providers: dict[str, str] = {}
+        self.capacity: Callable[[], dict[str, Any]] | None = None
 
     def provider_down(self, name: str, problem: str) -> None:
         """A required provider stopped working: ``/health`` answers 503 until it is back."""
@@ -97,10 +100,13 @@ class ServiceState:
         """The HTTP status and body of ``/health``."""
         store = await self._store()
         records = self.records_status() if self.records_status is not None else "off"
+        capacity = self.capacity() if self.capacity is not None else None
         if self.draining:
             status = "draining"
         elif self.providers:
             status = "down"
+        elif capacity is not None and capacity.get("full"):
+            status = "full"
         elif store not in ("ok", "memory") or records not in ("ok", "off"):
             status = "degraded"
         else:
@@ -115,7 +121,9 @@ class ServiceState:
             "providers_down": dict(self.providers),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
-        return (503 if status in ("draining", "down") else 200), body
+        if capacity is not None:
+            body["capacity"] = capacity
+        return (503 if status in ("draining", "down", "full") else 200), body
 
     async def calls(self) -> CallList:
         """The calls in progress: the shared store's (every worker's) plus local ones it lacks.

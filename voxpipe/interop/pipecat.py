@@ -43,6 +43,7 @@ from pipecat.transports.base_output import BaseOutputTransport
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 from voxpipe import frames as vx
+from voxpipe.models.capacity import WITHOUT_MODELS
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
@@ -337,7 +338,10 @@ class AudioSocketListener:
         if not self._allowed(str(peer[0]) if peer else ""):
             log.warning("refused a call from %s: allow_from", peer)
             return
-        if len(self.calls) >= self.settings.max_calls:
+        # ``auto`` sizes a voxpipe bot's limit from its own models; a Pipecat pipeline's
+        # services are its own, so the listener takes the figure for a bot without models.
+        limit = self.settings.max_calls
+        if len(self.calls) >= (WITHOUT_MODELS if limit == "auto" else limit):
             log.warning("refused a call from %s: max_calls", peer)
             return
         try:

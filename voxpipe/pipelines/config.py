@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
+from voxpipe.models.settings import ModelsSettings
 from voxpipe.pipelines.registry import Registry, default_registry
 from voxpipe.pipelines.settings import ProcessorSettings, Settings
 from voxpipe.records.settings import CallerSettings, CallRecordsSettings, HooksSettings
@@ -115,6 +116,10 @@ class BotConfig(Settings):
     session_store: SessionStoreSettings = Field(
         default_factory=SessionStoreSettings,  # type: ignore[arg-type]
         description="Where call state is kept.",
+    )
+    models: ModelsSettings = Field(
+        default_factory=ModelsSettings,  # type: ignore[arg-type]
+        description="Worker processes for the local speech models.",
     )
     http: HttpSettings | None = Field(None, description="Health and metrics HTTP API.")
     ari: AriSettings | None = Field(None, description="ARI call control.")

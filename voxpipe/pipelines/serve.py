@@ -33,13 +33,25 @@ def _banner(bot: Bot, server: AudioSocketServer) -> str:
         [
             f"voxpipe: bot {bot.name!r} listening for AudioSocket on "
             f"{listening} (pipeline {settings.sample_rate} Hz, "
-            f"up to {settings.max_calls} calls)",
+            f"up to {server.max_calls} calls)",
             f"  Asterisk dialplan: AudioSocket(${{UUID()}},{connect})",
             f"  test call:         run-pipeline call {bot_file} --connect {connect} --say 'hello'",
             "  stop:              Ctrl-C or SIGTERM (running calls get "
             f"{settings.drain_s:g} s to finish)",
         ]
     )
+
+
+def _local_models(bot: Bot) -> list[str]:
+    """The steps whose models run in the model workers (``stt whisper``, ``tts piper``)."""
+    from voxpipe.processors.stt.base import LocalSTTSettings
+    from voxpipe.processors.tts.base import LocalTTSSettings
+
+    return [
+        f"{step.type_name} {getattr(step.settings, 'provider', '')}".strip()
+        for step in bot.steps
+        if isinstance(step.settings, LocalSTTSettings | LocalTTSSettings)
+    ]
 
 
 def _address(host: str, port: int) -> str:
@@ -86,6 +98,16 @@ async def serve(
     started = time.monotonic()
     steps = f"{len(bot.steps)} step{'' if len(bot.steps) == 1 else 's'}"
     print(f"voxpipe: preparing bot {bot.name!r} ({steps})...", flush=True)
+    local = _local_models(bot)
+    if local:
+        from voxpipe.models.shared import worker_count
+
+        workers = worker_count(bot)
+        print(
+            f"voxpipe: loading models ({', '.join(local)}) in {workers} worker "
+            f"process{'' if workers == 1 else 'es'}...",
+            flush=True,
+        )
     await bot.prepare()
     print(f"voxpipe: ready in {time.monotonic() - started:.1f} s", flush=True)
     settings = bot.config.transport.audiosocket
@@ -94,12 +116,18 @@ async def serve(
         listen += str(port if port is not None else settings.port)
         settings = settings.model_copy(update={"listen": listen})
     server = AudioSocketServer(bot, settings)
+    if settings.max_calls == "auto":
+        print("voxpipe: measuring the models for max_calls: auto...", flush=True)
     await server.start()
+    if server.capacity is not None:
+        print(f"voxpipe: capacity: {server.capacity.describe()}", flush=True)
     try:
         api = await _start_api(bot)
     except BaseException:
         await server.stop(0.0)
         raise
+    if api is not None:
+        api.state.capacity = server.load
     ari = await _start_ari(bot, server)
     print(_banner(bot, server), flush=True)
     if ready is not None:

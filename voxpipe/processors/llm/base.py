@@ -5,10 +5,15 @@ rounds, yield text chunks and complete ``ToolCall``s (an ``SDKClient`` over an o
 implements ``request`` and ``read`` instead, and always closes the response). ``LLMProcessor``
 does the rest:
 
-* Turns: final transcripts are collected; a turn ends at the VAD's stop once a final transcript
-  arrived. Speech-to-text that decodes at the stop (whisper, pocketsphinx) sends its final
-  after it, late on a busy machine: a final up to ``final_timeout_s`` after the stop still makes
-  the turn at once; a later one is stale and dropped. Without a VAD, each final is a turn.
+* Turns: final transcripts are collected; a turn ends once the caller has stopped speaking
+  (the VAD's stop) and speech-to-text has delivered the transcripts of everything they said
+  (``TranscriptsPendingFrame`` counts what is still being decoded). However late a transcript
+  comes, it ends its turn, or joins the next one if the caller is speaking again: the caller's
+  words are never dropped. Without a VAD, each final is a turn.
+* Late replies: when nothing of the answer has reached the caller ``filler_after_ms`` after
+  they stopped speaking (the transcript, the model or the voice is queued on a busy machine),
+  the bot says ``filler`` ("One moment."), from the voice's phrase cache, at once: at most
+  once per turn, never while the caller or the bot is speaking.
 * The reply streams downstream as ``LLMResponseStartFrame``, ``LLMTextFrame``s and
   ``LLMResponseEndFrame`` per round, in a call-owned task that an interruption cancels at once.
 * History: the user's text once per turn; the assistant's text as the caller heard it. Text-to-
@@ -44,6 +49,8 @@ from voxpipe import events
 from voxpipe.caller_context import render, uses_context
 from voxpipe.events import Turn
 from voxpipe.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     CancelFrame,
     Direction,
     EndFrame,
@@ -58,6 +65,8 @@ from voxpipe.frames import (
     StartFrame,
     ToolCallFrame,
     TranscriptionFrame,
+    TranscriptsPendingFrame,
+    TTSFillerFrame,
     TTSSpeakFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -193,11 +202,18 @@ class LLMBaseSettings(ProcessorSettings):
         4, ge=0, description="Model requests that may follow tool results within one reply."
     )
     tool_timeout_s: float = Field(10.0, gt=0, description="Timeout of one tool call.")
-    final_timeout_s: float = Field(
-        5.0,
+    filler: str = Field(
+        "One moment.",
+        description="What the bot says when its reply is late (see `filler_after_ms`); kept "
+        "synthesised, so it plays at once.",
+    )
+    filler_after_ms: int | None = Field(
+        1500,
         ge=0,
-        description="How long after the caller stops speaking the final transcript may "
-        "arrive (speech-to-text decoding at the stop); a later one is dropped as stale.",
+        le=30000,
+        description="How long after the caller stops speaking the bot waits for its reply to "
+        "start playing before it says `filler`: at most once per turn, never over the caller "
+        "(null: never).",
     )
     on_error: OnErrorSettings = Field(
         default_factory=OnErrorSettings,  # type: ignore[arg-type]
@@ -244,6 +260,11 @@ class _Speech:
     tools: list[dict[str, Any]] = field(default_factory=list)
     lost: bool = False
     seq: int = 0
+    answers: bool = False  # a reply to the caller (not the greeting or a standby line)
+
+    def heard(self) -> bool:
+        """Whether any of it has reached the caller."""
+        return any(u.frames_played > 0 for u in self.utterances)
 
     def add(self, text: str) -> None:
         if not self.lost:
@@ -265,15 +286,20 @@ class LLMProcessor(FrameProcessor):
 
     __slots__ = (
         "_again",
+        "_awaiting",
+        "_bot_speaking",
+        "_filler_timer",
         "_filler_turn",
+        "_late_turn",
         "_reply",
         "_speech",
         "_speeches",
         "_standby",
-        "_stopped_at",
+        "_stt_pending",
         "_texts",
         "_tts_seen",
         "_turns",
+        "_unanswered",
         "_user_speaking",
         "_vad_seen",
         "client",
@@ -298,7 +324,12 @@ class LLMProcessor(FrameProcessor):
         self._texts: list[str] = []
         self._user_speaking = False
         self._vad_seen = False
-        self._stopped_at = 0.0
+        self._stt_pending = 0
+        self._unanswered = False
+        self._bot_speaking = False
+        self._awaiting = False
+        self._filler_timer: asyncio.TimerHandle | None = None
+        self._late_turn = -1
         self._reply: asyncio.Task[Any] | None = None
         self._again = False
         self._speech: _Speech | None = None
@@ -316,16 +347,24 @@ class LLMProcessor(FrameProcessor):
             return
         if isinstance(frame, TranscriptionFrame):
             self._on_final(frame.text)
+        elif isinstance(frame, TranscriptsPendingFrame):
+            self._stt_pending = frame.count
+            self._maybe_end_turn()
         elif isinstance(frame, UserStartedSpeakingFrame):
             self._vad_seen = True
             self._user_speaking = True
+            self._awaiting = False  # what is owed now is the answer to what they are saying
         elif isinstance(frame, UserStoppedSpeakingFrame):
             self._vad_seen = True
             self._user_speaking = False
-            self._stopped_at = time.monotonic()
             self._turns += 1
-            if self._texts:
-                self._end_turn()
+            self._arm_filler()
+            self._maybe_end_turn()
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+            self._awaiting = False
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
         elif isinstance(frame, StartFrame) and self.greeting:
             speech = self._begin_speech()
             speech.add(self.greeting)
@@ -336,44 +375,91 @@ class LLMProcessor(FrameProcessor):
             self._on_error_frame(frame)
         elif isinstance(frame, EndFrame | CancelFrame | HangupFrame):
             self._cancel_reply()
+            self._disarm_filler()
 
     def interrupt(self) -> None:
+        speech = self._speech
         self._cancel_reply()
+        if speech is not None and speech.answers and not speech.heard():
+            # Cut in before a word of the answer (a cough over the filler): still owed.
+            self._unanswered = True
         self._settle()
 
     async def cancel(self) -> None:
         self._cancel_reply()
+        self._disarm_filler()
+
+    async def stop(self) -> None:
+        self._disarm_filler()
 
     # --- turns -------------------------------------------------------------------------------
 
     def _on_final(self, text: str) -> None:
         text = text.strip()
-        if not text:
+        if text:
+            self._texts.append(text)
+            self._maybe_end_turn()
+
+    def _maybe_end_turn(self) -> None:
+        """End the caller's turn once they stopped speaking and every transcript is in."""
+        if self._user_speaking or self._stt_pending > 0:
             return
-        late = time.monotonic() - self._stopped_at > self.settings.final_timeout_s
-        if self._vad_seen and not self._user_speaking and not self._texts and late:
-            self.call.log.info("dropping a final transcript that came too late: %r", text)
-            return
-        self._texts.append(text)
-        if not self._user_speaking:
+        if self._texts or self._unanswered:
             self._end_turn()
 
     def _end_turn(self) -> None:
-        text = " ".join(self._texts)
-        self._texts.clear()
-        self._turns += 1
-        self.call.history.append({"role": "user", "content": text})
-        events.emit.turn(self.call, Turn("caller", text))
+        if self._texts:
+            text = " ".join(self._texts)
+            self._texts.clear()
+            self._turns += 1
+            self.call.history.append({"role": "user", "content": text})
+            events.emit.turn(self.call, Turn("caller", text))
+        self._unanswered = False
+        self._awaiting = True
+        if not self._vad_seen:
+            self._arm_filler()
         if self._reply is not None and not self._reply.done():
             self._again = True
             return
         self._reply = self.create_task(self._respond(), name=f"{self.name}.reply")
 
     def _cancel_reply(self) -> None:
+        # A turn that was waiting for the cancelled reply to finish is still owed an answer:
+        # the caller's next stop gives it one, even if nothing new is said.
+        self._unanswered = self._unanswered or self._again
         self._again = False
+        self._awaiting = False
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
         self._reply = None
+
+    # --- late replies ------------------------------------------------------------------------
+
+    def _arm_filler(self) -> None:
+        """Start the wait after which a reply that has not begun playing gets the filler."""
+        self._disarm_filler()
+        after_ms = self.settings.filler_after_ms
+        if after_ms is not None and self.settings.filler.strip():
+            loop = asyncio.get_running_loop()
+            self._filler_timer = loop.call_later(after_ms / 1000, self._filler_due)
+
+    def _disarm_filler(self) -> None:
+        if self._filler_timer is not None:
+            self._filler_timer.cancel()
+            self._filler_timer = None
+
+    def _filler_due(self) -> None:
+        self._filler_timer = None
+        replying = self._reply is not None and not self._reply.done()
+        coming = self._awaiting or replying or self._texts or self._stt_pending > 0
+        if not coming or self._user_speaking or self._bot_speaking:
+            return
+        if self._late_turn == self._turns or self._filler_turn == self._turns:
+            return  # this turn had its filler (or the on_error one) already
+        self._late_turn = self._turns
+        self.call.log.info("the reply is late: saying %r", self.settings.filler)
+        events.emit.reply_late(self.call)
+        self.create_task(self.push_frame(TTSFillerFrame(self.settings.filler)), name="filler")
 
     # --- speech and history ------------------------------------------------------------------
 
@@ -430,12 +516,14 @@ class LLMProcessor(FrameProcessor):
         """Answer the latest turn, and any turn that ended while answering."""
         while True:
             self._again = False
+            self._awaiting = True
             await self._answer(retry_allowed=self.settings.on_error.then == "retry")
             if not self._again:
                 return
 
     async def _answer(self, *, retry_allowed: bool) -> None:
         speech = self._begin_speech()
+        speech.answers = True
         rounds: list[ToolRound] = []
         try:
             for _ in range(self.settings.max_tool_rounds + 1):

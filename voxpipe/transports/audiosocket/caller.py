@@ -494,7 +494,8 @@ async def _call(args: argparse.Namespace) -> CallResult:
         calls.append(call)
 
     try:
-        async with running_bot(bot) as server:
+        # One simulated call: no need to measure the bot's capacity for max_calls: auto.
+        async with running_bot(bot, max_calls=1) as server:
             server.on_call_start.append(keep)
             script = _script(args, pcm, bool(bot.config.greeting))
             result = await place_call("127.0.0.1", server.port, script, rate=rate)

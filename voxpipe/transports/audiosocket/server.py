@@ -4,6 +4,14 @@ Per connection: check the client's address (``allow_from``) and the call limit (
 read the UUID message, build the bot's pipeline between an ``AudioSocketInput`` and an
 ``AudioSocketOutput``, and run it until either side hangs up or the call outlives
 ``max_call_s``. A malformed stream ends its own call, never the server.
+
+A call the bot cannot take (it is full, or draining) is refused the way Asterisk understands:
+the bot closes its side at once (FIN), reads and drops what Asterisk had already sent (the
+UUID), and closes. Asterisk reads the end of the stream as a hang-up: ``AudioSocket()``
+returns and the dialplan goes on; ``Dial(AudioSocket/...)`` sees its channel answered and hung
+up. Closing with the UUID unread would reset the connection instead, and Asterisk would fail
+the application and hang up the caller. With ``max_calls: auto`` the limit comes from
+measuring the bot's models when the server starts (``voxpipe.models.capacity``).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from voxpipe import events
 from voxpipe.frames import HangupFrame
@@ -28,6 +36,7 @@ from voxpipe.transports.audiosocket.transport import (
 )
 
 if TYPE_CHECKING:
+    from voxpipe.models.capacity import Capacity
     from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.task import PipelineTask
@@ -39,6 +48,8 @@ log = logging.getLogger("voxpipe.audiosocket")
 HANGUP_GRACE_S = 10.0
 # How long a closed connection may take to deliver its last bytes before it is cut.
 CLOSE_GRACE_S = 5.0
+# How long a refused caller's connection is read (and dropped) before it is closed.
+REFUSE_DRAIN_S = 2.0
 
 CallHook = Callable[["Call"], Awaitable[None]]
 
@@ -68,6 +79,9 @@ class AudioSocketServer:
         self.calls: dict[str, ActiveCall] = {}
         self.on_call_start: list[CallHook] = []
         self.draining = False
+        # The call limit: the configured figure, or (``auto``) the one measured at start.
+        self.max_calls = self.settings.max_calls if self.settings.max_calls != "auto" else 0
+        self.capacity: Capacity | None = None
         self._networks = [ipaddress.ip_network(n, strict=False) for n in self.settings.allow_from]
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -86,9 +100,29 @@ class AudioSocketServer:
         """The address bound."""
         return self.settings.host
 
+    def load(self) -> dict[str, Any]:
+        """Calls in progress against the limit (for ``/health``), and the model workers'."""
+        load: dict[str, Any] = {
+            "max_calls": self.max_calls,
+            "active_calls": self._connections,
+            "load": round(self._connections / self.max_calls, 3) if self.max_calls else 0.0,
+            "full": self._connections >= self.max_calls,
+        }
+        models = self.bot.shared.get("models")
+        if models is not None:
+            load["models"] = models.pool.stats()
+        return load
+
     async def start(self) -> None:
-        """Bind and start accepting calls."""
+        """Size the call limit (``max_calls: auto``: measure the bot's models), then bind and
+        start accepting calls."""
         from voxpipe.workers import shares_port
+
+        if self.settings.max_calls == "auto":
+            from voxpipe.models.capacity import calibrate
+
+            self.capacity = await calibrate(self.bot)
+            self.max_calls = self.capacity.max_calls
 
         self._server = await asyncio.start_server(
             self._on_connection,
@@ -132,7 +166,7 @@ class AudioSocketServer:
             return "draining"
         if not self._allowed(host):
             return "allow_from"
-        if self._connections >= self.settings.max_calls:
+        if self._connections >= self.max_calls:
             return "max_calls"
         return ""
 
@@ -147,7 +181,10 @@ class AudioSocketServer:
         if refusal:
             log.warning("refused a connection from %s: %s", peer, refusal)
             events.emit.call_rejected(refusal)
-            writer.close()
+            if refusal == "allow_from":
+                writer.close()
+            else:
+                await _refuse(reader, writer)
             return
         sock: socket.socket | None = writer.get_extra_info("socket")
         if sock is not None:
@@ -226,3 +263,16 @@ class AudioSocketServer:
             del self.calls[call_id]
             call.log.info("call ended after %.1f s: %s", call.duration_s, reason)
             events.emit.call_ended(call, reason)
+
+
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Refuse a call cleanly: end our side at once, drop what the caller sent, then close."""
+    try:
+        writer.write_eof()
+        async with asyncio.timeout(REFUSE_DRAIN_S):
+            while await reader.read(65536):
+                pass
+    except (TimeoutError, ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()

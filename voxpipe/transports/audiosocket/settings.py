@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
@@ -38,8 +38,11 @@ class AudioSocketSettings(Settings):
         description="Rate (and so message kind) of the audio sent to Asterisk; 'caller' "
         "answers at the rate the caller sends (0x10 gets 0x10, 0x12 gets 0x12).",
     )
-    max_calls: int = Field(
-        200, ge=1, description="Concurrent calls; excess connections are closed."
+    max_calls: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Concurrent calls; a connection beyond them is refused (closed at once). "
+        "auto: as many as the bot's local models answer within `models.turn_latency_s` when "
+        "all callers stop speaking at once, measured at start (200 without local models).",
     )
     allow_from: list[str] = Field(
         list(DEFAULT_ALLOW_FROM),
@@ -86,6 +89,18 @@ class AudioSocketSettings(Settings):
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("expected host:port, for example '0.0.0.0:9092'")
         return value
+
+    @field_validator("max_calls", mode="before")
+    @classmethod
+    def _check_max_calls(cls, value: object) -> object:
+        # One clear message for either mistake, rather than one per member of the union.
+        if value == "auto":
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise ValueError(f"expected a number of calls (at least 1) or 'auto' (got {value!r})")
 
     @field_validator("allow_from")
     @classmethod
