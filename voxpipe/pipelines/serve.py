@@ -59,7 +59,8 @@ async def _start_api(bot: Bot) -> OperationsApi | None:
     host = api.server.listen.rpartition(":")[0]
     print(f"voxpipe: HTTP API on http://{host}:{api.port}", flush=True)
     if api.call_api is not None:
-        print(f"voxpipe: call API on ws://{host}:{api.port}{api.call_api.settings.path}", flush=True)
+        path = api.call_api.settings.path
+        print(f"voxpipe: call API on ws://{host}:{api.port}{path}", flush=True)
         if bot.config.http is not None and bot.config.http.web:
             print(f"voxpipe: talk to the bot at http://{host}:{api.port}/", flush=True)
     return api
