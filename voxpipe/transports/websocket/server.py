@@ -79,7 +79,7 @@ class CallApi(events.Observer):
         self.on_call_start: list[CallHook] = []
         self.draining = False
         self._handlers: set[asyncio.Task[None]] = set()
-        self._starting = 0
+        self._taken = 0  # calls starting or running
 
     # --- events ----------------------------------------------------------------------------------
 
@@ -121,11 +121,11 @@ class CallApi(events.Observer):
             code = TRY_AGAIN_LATER if reason in ("draining", "max_calls") else POLICY
             await _close_with(socket, event("call_failed", reason=reason, message=message), code)
             return
-        self._starting += 1
+        self._taken += 1
         try:
             await self._run_call(socket, start, trace_header, peer)
         finally:
-            self._starting -= 1
+            self._taken -= 1
 
     async def _call_start(self, socket: MessageSocket) -> CallStart:
         settings = self.settings
@@ -149,7 +149,7 @@ class CallApi(events.Observer):
         """Why ``start`` may not become a call now (reason, message), or ``None``."""
         if self.draining:
             return "draining", "the bot is shutting down; call again"
-        if len(self.calls) + self._starting >= self.settings.max_calls:
+        if self._taken >= self.settings.max_calls:
             return "max_calls", f"the bot is busy ({self.settings.max_calls} calls); call again"
         if start.call_id in self.calls:
             return "duplicate_call_id", f"call {start.call_id} is already in progress"
