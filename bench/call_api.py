@@ -3,7 +3,7 @@
     .venv/bin/python bench/call_api.py [--calls 20 50 100] [--seconds 10] [--rate 16000]
 
 For each N the bot runs in its own process, its HTTP server (uvicorn, on the event loop
-``serve`` uses) serving the call API for an echo bot at 16 kHz, pinned to the first core; this
+``serve`` uses) serving the call API for configs/echo.yaml's bot, pinned to the first core; this
 process, pinned to the second, opens N connections with the ``websockets`` client, sends
 ``call_start`` and then one 20 ms audio message per call per slot (callers spread over the
 slot), and counts the echo that comes back. Over a measuring window it reports the bot process's
@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -27,14 +28,16 @@ from _machine import machine
 REPO = Path(__file__).resolve().parents[1]
 FRAME_S = 0.02
 
+# configs/echo.yaml's bot (an 8 kHz pipeline with a VAD), as bench/calls.py runs it.
 BOT = """
 name: echo
 transport:
-  audiosocket: {{listen: "127.0.0.1:0", sample_rate: 16000}}
+  audiosocket: {{listen: "127.0.0.1:0", sample_rate: 8000}}
   websocket: {{max_calls: 1000, sample_rate: {rate}}}
 http: {{listen: "127.0.0.1:{port}"}}
 pipeline:
   - echo: {{passthrough: true}}
+  - vad: {{engine: webrtc, aggressiveness: 2, start_ms: 200, stop_ms: 600}}
 """
 
 
@@ -78,8 +81,14 @@ async def _caller(url: str, rate: int, phase: float, stop: float, got: list[int]
         reader.cancel()
 
 
-async def _run(calls: int, seconds: float, rate: int) -> None:
-    port = 20000 + os.getpid() % 20000
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(calls: int, seconds: float, rate: int) -> None:
+    port = _free_port()
     bot = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(port), "--rate", str(rate)],
         stdout=subprocess.PIPE,
@@ -91,32 +100,34 @@ async def _run(calls: int, seconds: float, rate: int) -> None:
             os.sched_setaffinity(bot.pid, {0})
             os.sched_setaffinity(0, {1})
         assert bot.stdout is not None and bot.stdout.readline().strip() == "ready"
-        url = f"ws://127.0.0.1:{port}/api/v1/call"
-        warm = 2.0
-        start = time.monotonic()
-        stop = start + warm + seconds + 1.0
-        got = [0]
-        tasks = [
-            asyncio.create_task(_caller(url, rate, i * FRAME_S / calls, stop, got))
-            for i in range(calls)
-        ]
-        await asyncio.sleep(warm)
-        cpu0, got0, t0 = _cpu_s(bot.pid), got[0], time.monotonic()
-        await asyncio.sleep(seconds)
-        cpu1, got1, t1 = _cpu_s(bot.pid), got[0], time.monotonic()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        window = t1 - t0
-        frames = calls * window / FRAME_S
-        share = (got1 - got0) / 2 / rate / (calls * window)
-        print(
-            f"{calls:4d} calls: bot CPU {100 * (cpu1 - cpu0) / window:5.1f} % of a core, "
-            f"{1e6 * (cpu1 - cpu0) / frames:5.1f} µs per 20 ms frame in and out, "
-            f"echo delivered {100 * share:5.1f} %",
-            flush=True,
-        )
+        asyncio.run(_measure(bot.pid, f"ws://127.0.0.1:{port}/api/v1/call", calls, seconds, rate))
     finally:
         bot.terminate()
         bot.wait(10)
+
+
+async def _measure(pid: int, url: str, calls: int, seconds: float, rate: int) -> None:
+    warm = 2.0
+    stop = time.monotonic() + warm + seconds + 1.0
+    got = [0]
+    tasks = [
+        asyncio.create_task(_caller(url, rate, i * FRAME_S / calls, stop, got))
+        for i in range(calls)
+    ]
+    await asyncio.sleep(warm)
+    cpu0, got0, t0 = _cpu_s(pid), got[0], time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu1, got1, t1 = _cpu_s(pid), got[0], time.monotonic()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    window = t1 - t0
+    frames = calls * window / FRAME_S
+    share = (got1 - got0) / 2 / rate / (calls * window)
+    print(
+        f"{calls:4d} calls: bot CPU {100 * (cpu1 - cpu0) / window:5.1f} % of a core, "
+        f"{1e6 * (cpu1 - cpu0) / frames:5.1f} µs per 20 ms frame in and out, "
+        f"echo delivered {100 * share:5.1f} %",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -134,7 +145,7 @@ def main() -> None:
     print("machine:", machine(), flush=True)
     print(f"call API echo at {args.rate} Hz, {args.seconds:g} s window", flush=True)
     for calls in args.calls:
-        asyncio.run(_run(calls, args.seconds, args.rate))
+        _run(calls, args.seconds, args.rate)
 
 
 if __name__ == "__main__":
