@@ -252,8 +252,10 @@ async def _refused(url: str, message: str | bytes) -> tuple[dict[str, Any], int 
 async def test_every_bad_input_gets_an_error_event_and_a_close_and_nothing_else_is_hurt() -> None:
     async with serving(Bot.from_yaml(ECHO % "")) as api:
         url = call_url(api)
-        async with CallClient.open(url, {"call_id": "good"}) as good:
-            await good.event("call_accepted")
+        trace = {"X-Trace-ID": "0af76519-16cd-43dd-8448-eb211c80319c"}
+        async with CallClient.open(url, {"call_id": "good"}, additional_headers=trace) as good:
+            accepted = await good.event("call_accepted")
+            assert accepted["trace_id"] == "0af7651916cd43dd8448eb211c80319c"  # the header's
             for what, message, reason, code in BAD_FIRST:
                 payload, closed = await _refused(url, message)
                 assert (payload["reason"], closed) == (reason, code), what
