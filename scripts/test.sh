@@ -7,8 +7,7 @@ cd "$(dirname "$0")/.."
 install_voxpipe "all,dev"
 
 # The tests start their own redis-server, PostgreSQL and haproxy, run espeak-ng and chromium;
-# install
-# what is missing.
+# install what is missing.
 apt_updated=""
 need() {  # need BINARY DEBIAN-PACKAGE WHY
   command -v "$1" >/dev/null 2>&1 && return 0

@@ -19,6 +19,7 @@ import collections
 import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
+from voxpipe import events
 from voxpipe.frames import (
     DOWNSTREAM,
     CancelFrame,
@@ -273,8 +274,6 @@ class WebSocketInput(FrameProcessor):
         except ProtocolError as exc:
             if conn.closed:
                 return
-            from voxpipe import events
-
             call.log.warning("call API: %s, ending the call", exc.message)
             events.emit.error(call, "protocol")
             conn.fail(exc)
