@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 . scripts/_venv.sh
 install_voxpipe "all,dev"
 
-# The tests start their own redis-server, PostgreSQL and haproxy and run espeak-ng; install
-# what is missing.
+# The tests start their own redis-server, PostgreSQL and haproxy, run espeak-ng and chromium;
+# install what is missing.
 apt_updated=""
 need() {  # need BINARY DEBIAN-PACKAGE WHY
   command -v "$1" >/dev/null 2>&1 && return 0
@@ -27,6 +27,7 @@ need() {  # need BINARY DEBIAN-PACKAGE WHY
 need redis-server redis-server "the session store tests start their own"
 need espeak-ng espeak-ng "the espeak text-to-speech provider's tests run it"
 need haproxy haproxy "the scale-out test load-balances two bots"
+need chromium chromium "the call page's tests drive it with Playwright (no browser download)"
 # PostgreSQL's server binaries live off the PATH, in /usr/lib/postgresql/VERSION/bin.
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null \
   || need /usr/lib/postgresql/bin/postgres postgresql "the call records tests start their own PostgreSQL"

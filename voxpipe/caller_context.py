@@ -3,8 +3,8 @@
 The caller's number and name, and the channel variables the bot asks for (``caller.variables``
 in the bot file), come from Asterisk: over ARI from the channel entering the Stasis app; with
 ``AudioSocket()`` or ``Dial(AudioSocket/...)`` from the dialplan, which posts them to the bot
-(``POST /calls/{uuid}/context``) before it connects. With call records, ``customer`` is the
-customer whose phone is the caller's number.
+(``POST /calls/{uuid}/context``) before it connects; over the call API from ``call_start``.
+With call records, ``customer`` is the customer whose phone is the caller's number.
 
 Greetings, system prompts and tool arguments may use ``{caller.number}``, ``{caller.name}``,
 ``{caller.VARIABLE}``, ``{customer.name}``, ``{customer.phone}`` and ``{customer.KEY}`` (a key
@@ -38,7 +38,8 @@ class CallerContext:
     """What the bot knows about the caller when the call starts.
 
     ``way_in`` is how the call came: ``audiosocket`` (the dialplan's ``AudioSocket()`` or
-    ``Dial(AudioSocket/...)``) or ``ari`` (a Stasis app bridged to externalMedia).
+    ``Dial(AudioSocket/...)``), ``ari`` (a Stasis app bridged to externalMedia) or
+    ``websocket`` (the call API, whose ``call_start`` gives ``initial_vars``).
     """
 
     number: str = ""

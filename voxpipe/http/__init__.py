@@ -6,6 +6,9 @@
     await api.start()            # subscribes the metrics and call tracker to voxpipe.events
     api.state.draining = True    # on SIGTERM: /health answers 503 while calls drain
     await api.stop()
+
+With ``transport.websocket`` in the bot file it also serves the call API (``api.call_api``,
+``voxpipe.http.call_api``), and with ``http.web`` the page that talks to it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from voxpipe.sessions.outcomes import RETENTION_S, OutcomeLog
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.bot import Bot
+    from voxpipe.transports.websocket.server import CallApi
 
 __all__ = [
     "CallTracker",
@@ -51,6 +55,7 @@ class OperationsApi:
         shared_record: RecordFetcher | None = None,
         outcome_retention_s: float = RETENTION_S,
         records: RecordsRoutes | None = None,
+        call_api: CallApi | None = None,
     ) -> None:
         self.metrics = Metrics()
         self.tracker = CallTracker()
@@ -67,6 +72,11 @@ class OperationsApi:
         token = settings.token.get_secret_value() if settings.token else None
         lookup = OutcomeLookup(self.outcomes, self.tracker, shared_record=shared_record)
         self.app = create_app(self.state, self.metrics, token, lookup, records)
+        self.call_api = call_api
+        if call_api is not None:
+            from voxpipe.http.call_api import add_call_api
+
+            add_call_api(self.app, call_api, token, web=settings.web)
         self.server = HttpServer(self.app, settings.listen)
 
     @classmethod
@@ -86,8 +96,13 @@ class OperationsApi:
         store = session_store(bot)
         settings = settings.model_copy(update={"listen": worker_listen(settings.listen)})
         records = RecordsRoutes.for_bot(bot)
+        call_api = None
+        if bot.config.transport.websocket is not None:
+            from voxpipe.transports.websocket.server import CallApi
+
+            call_api = CallApi(bot)
         if not isinstance(store, RedisSessionStore):
-            return cls(settings, [bot.name], records=records)
+            return cls(settings, [bot.name], records=records, call_api=call_api)
 
         async def shared_calls() -> CallList:
             now = time.time()
@@ -113,6 +128,7 @@ class OperationsApi:
             store_status=store_status,
             shared_record=store.fetch,
             records=records,
+            call_api=call_api,
         )
 
     @property
@@ -131,14 +147,19 @@ class OperationsApi:
             raise
 
     async def stop(self) -> None:
-        """Stop serving and unsubscribe."""
+        """End the call API's calls (if any are left), stop serving and unsubscribe."""
         try:
+            if self.call_api is not None:
+                await self.call_api.stop()
             await self.server.stop()
         finally:
             self._unsubscribe()
 
     def _observers(self) -> list[events.Observer]:
-        return [self.metrics, self.tracker, self.watch, self.outcomes]
+        observers: list[events.Observer] = [self.metrics, self.tracker, self.watch, self.outcomes]
+        if self.call_api is not None:
+            observers.append(self.call_api)
+        return observers
 
     def _unsubscribe(self) -> None:
         for observer in self._observers():

@@ -15,6 +15,8 @@ from typing import Any
 
 import uvicorn
 
+from voxpipe.transports.websocket.settings import SERVER_MAX_MESSAGE_BYTES
+
 
 class _EmbeddedServer(uvicorn.Server):
     """A uvicorn server that leaves signal handling to its host."""
@@ -63,7 +65,16 @@ class HttpServer:
         self._sock = bind(self.listen)
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="off", log_level="warning"
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            log_level="warning",
+            # The call API's WebSockets: audio does not compress, and the call API checks a
+            # message's size itself (transport.websocket.max_message_bytes) up to this.
+            ws="websockets-sansio",
+            ws_max_size=SERVER_MAX_MESSAGE_BYTES,
+            ws_per_message_deflate=False,
         )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve([self._sock]), name="http-api")

@@ -55,6 +55,11 @@ class HttpSettings(Settings):
 
     listen: str = Field("127.0.0.1:8080", description="host:port of the HTTP API.")
     token: SecretStr | None = Field(None, description="Bearer token required on every request.")
+    web: bool = Field(
+        False,
+        description="Serve a page at / to talk to the bot from a browser (over the call API, "
+        "transport.websocket).",
+    )
 
 
 class AriSettings(Settings):
@@ -102,7 +107,7 @@ class BotConfig(Settings):
     description: str = Field("", description="What the bot is for.")
     greeting: str | None = Field(None, description="What the bot says when a call starts.")
     transport: TransportSettings = Field(
-        default_factory=TransportSettings,
+        default_factory=TransportSettings,  # type: ignore[arg-type]
         description="How calls reach the bot.",
     )
     pipeline: list[Any] = Field(
@@ -490,6 +495,18 @@ def _check_references(
                 ("tools", name), "a tool needs `http` or `python` (or is `hangup`/`transfer`)"
             )
     if config is not None:
+        if config.transport.websocket is not None and config.http is None:
+            doc.problem(
+                ("transport", "websocket"),
+                "the call API is served by the bot's HTTP server: add an http: block "
+                "(http: {listen: '127.0.0.1:8080'})",
+            )
+        if config.http is not None and config.http.web and config.transport.websocket is None:
+            doc.problem(
+                ("http", "web"),
+                "the page talks to the bot over the call API: add transport.websocket "
+                "(transport: {websocket: {path: /api/v1/call}})",
+            )
         templates: list[tuple[Path_, str | None]] = [(("greeting",), config.greeting)]
         for step in steps:
             system = getattr(step.settings, "system", None)

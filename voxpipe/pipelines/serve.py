@@ -68,9 +68,13 @@ async def _start_api(bot: Bot) -> OperationsApi | None:
     api = OperationsApi.for_bot(bot)
     assert api is not None
     await api.start()
-    print(
-        f"voxpipe: HTTP API on http://{api.server.listen.rpartition(':')[0]}:{api.port}", flush=True
-    )
+    host = api.server.listen.rpartition(":")[0]
+    print(f"voxpipe: HTTP API on http://{host}:{api.port}", flush=True)
+    if api.call_api is not None:
+        path = api.call_api.settings.path
+        print(f"voxpipe: call API on ws://{host}:{api.port}{path}", flush=True)
+        if bot.config.http is not None and bot.config.http.web:
+            print(f"voxpipe: talk to the bot at http://{host}:{api.port}/", flush=True)
     return api
 
 
@@ -151,7 +155,10 @@ async def serve(
         )
         if api is not None:
             api.state.draining = True
-        await server.stop(settings.drain_s)
+        drains = [server.stop(settings.drain_s)]
+        if api is not None and api.call_api is not None:
+            drains.append(api.call_api.stop(api.call_api.settings.drain_s))
+        await asyncio.gather(*drains)
         if ari is not None:
             await ari.stop()
         if api is not None:

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from voxpipe.pipelines.settings import Settings
+from voxpipe.transports.websocket.settings import WebSocketSettings
 
 PIPELINE_RATES = (8000, 12000, 16000, 24000, 32000, 44100, 48000)
 
@@ -124,9 +125,14 @@ class AudioSocketSettings(Settings):
 
 
 class TransportSettings(Settings):
-    """How calls reach the bot. Today: AudioSocket."""
+    """How calls reach the bot: AudioSocket, and the call API when ``websocket`` is given."""
 
     audiosocket: AudioSocketSettings = Field(
         default_factory=AudioSocketSettings,  # type: ignore[arg-type]
         description="Asterisk AudioSocket (dialplan application, channel driver or ARI).",
+    )
+    websocket: WebSocketSettings | None = Field(
+        None,
+        description="The call API: gateways and browsers stream calls over a WebSocket on "
+        "the bot's HTTP server (needs an http: block).",
     )
