@@ -68,7 +68,8 @@ def sample(text: str, name: str) -> float:
 def demo_bot(tmp_path: Path) -> Bot:
     text = (ROOT / "configs" / "demo.yaml").read_text()
     text = text.replace('listen: "0.0.0.0:9092"', 'listen: "127.0.0.1:0"')
-    text = text.replace("    max_calls: 50\n", "    max_calls: 50\n  websocket: {}\n")
+    text, added = re.subn(r"(?m)^(    max_calls: .*\n)", r"\1  websocket: {}\n", text)
+    assert added == 1, "configs/demo.yaml no longer has transport.audiosocket.max_calls"
     text += 'http: {listen: "127.0.0.1:0"}\n'
     text += "caller: {variables: [ACCOUNT]}\n"
     text += f'call_records: {{url: "sqlite+aiosqlite:///{tmp_path / "calls.db"}", '

@@ -4,6 +4,7 @@ Playwright, with a WAV file as the microphone, talking to the offline demo over 
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import struct
 import wave
@@ -26,7 +27,8 @@ GREETING_S = 4.5
 def demo_with_page(token: str | None = None) -> Bot:
     text = (ROOT / "configs" / "demo.yaml").read_text()
     text = text.replace('listen: "0.0.0.0:9092"', 'listen: "127.0.0.1:0"')
-    text = text.replace("    max_calls: 50\n", "    max_calls: 50\n  websocket: {}\n")
+    text, added = re.subn(r"(?m)^(    max_calls: .*\n)", r"\1  websocket: {}\n", text)
+    assert added == 1, "configs/demo.yaml no longer has transport.audiosocket.max_calls"
     text += 'http: {listen: "127.0.0.1:0", web: true'
     text += f", token: {token}}}\n" if token else "}\n"
     return Bot.from_yaml(text)
