@@ -22,7 +22,7 @@ from _machine import machine
 from voxpipe import events, logs
 from voxpipe.http import OperationsApi
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import HttpSettings
+from voxpipe.bots.config import HttpSettings
 
 
 def per_op_us(run: Callable[[], None], count: int) -> float:

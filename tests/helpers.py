@@ -17,7 +17,7 @@ import redis
 
 from voxpipe import events
 from voxpipe.frames import DOWNSTREAM, Direction, Frame, StartFrame
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 

@@ -34,10 +34,10 @@ from voxpipe.frames import (
     TTSStoppedFrame,
     Utterance,
 )
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
-from voxpipe.pipelines.registry import ProcessorType, Registry
+from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.pipelines.settings import ProcessorSettings
 from voxpipe.transports.audiosocket.caller import (
     Dtmf,

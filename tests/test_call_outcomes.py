@@ -26,11 +26,11 @@ from voxpipe.frames import Direction, DTMFFrame, Frame, HangupFrame, TransferFra
 from voxpipe.http import OperationsApi
 from voxpipe.http.outcomes import OutcomeLookup
 from voxpipe.http.state import CallTracker
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import AriSettings, HttpSettings
+from voxpipe.bots.config import AriSettings, HttpSettings
 from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
-from voxpipe.pipelines.registry import ProcessorType, Registry
+from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.pipelines.settings import ProcessorSettings
 from voxpipe.sessions.outcomes import OutcomeLog
 from voxpipe.sessions.store import KEY_PREFIX, RedisSessionStore

@@ -23,7 +23,7 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask

@@ -26,7 +26,7 @@ from voxpipe.conversation.state import CallState, state_of
 from voxpipe.http.metrics import Metrics
 from voxpipe.http.state import CallTracker, ServiceState
 from voxpipe.models.shared import models_of
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.transports.audiosocket.caller import (
     CallResult,

@@ -24,7 +24,7 @@ import yaml
 
 from voxpipe.http import OperationsApi
 from voxpipe.http.metrics import Metrics
-from voxpipe.pipelines.config import ConfigError, HttpSettings, load_bot
+from voxpipe.bots.config import ConfigError, HttpSettings, load_bot
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

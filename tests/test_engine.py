@@ -23,7 +23,7 @@ from voxpipe.frames import (
     TextFrame,
     UserStartedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
 from voxpipe.pipelines.task import PipelineTask
 

@@ -34,8 +34,8 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors.tts.google import strip_wav_header

@@ -10,7 +10,7 @@ from fakes.llm_chain import converse
 from helpers import LOOKUP_TOOL, TTFB, observing
 
 from voxpipe.frames import HangupFrame, LLMTextFrame, ToolCallFrame
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.settings import ProviderError
 
 

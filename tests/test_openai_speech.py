@@ -29,8 +29,8 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError
 from voxpipe.pipelines.task import PipelineTask
 
 

@@ -34,7 +34,7 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.transports.audiosocket.caller import (
     Hangup,

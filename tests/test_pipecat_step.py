@@ -21,8 +21,8 @@ from voxpipe.frames import (
     TranscriptionFrame,
     UserStartedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError, dump_settings
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError, dump_settings
 
 STT = "pipecat.services.openai.stt.OpenAISTTService"
 

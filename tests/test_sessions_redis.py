@@ -21,9 +21,9 @@ from voxpipe.frames import (
     BotStoppedSpeakingFrame,
     LLMResponseStartFrame,
 )
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import RedisStoreSettings
+from voxpipe.bots.config import RedisStoreSettings
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.sessions.store import (
     KEY_PREFIX,
@@ -32,7 +32,7 @@ from voxpipe.sessions.store import (
     session_store,
     worker_id,
 )
-from voxpipe.workers import Supervisor
+from voxpipe.bots.workers import Supervisor
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from voxpipe.frames import (
     UserStoppedSpeakingFrame,
 )
 from voxpipe.models.shared import model_engines
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask
 

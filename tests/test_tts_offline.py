@@ -28,7 +28,7 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask

@@ -25,7 +25,7 @@ from voxpipe.frames import (
     UserStoppedSpeakingFrame,
     Utterance,
 )
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 

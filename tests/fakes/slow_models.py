@@ -16,9 +16,9 @@ from pydantic import Field
 
 from voxpipe.models.engine import STTEngine
 from voxpipe.models.pool import ModelPool
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.registry import ProcessorType, Registry
+from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 
 

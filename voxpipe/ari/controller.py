@@ -42,7 +42,7 @@ from voxpipe.sessions import outcomes
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call
-    from voxpipe.pipelines.config import AriSettings
+    from voxpipe.bots.config import AriSettings
 
 log = logging.getLogger("voxpipe.ari")
 

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from voxpipe.models.settings import ModelsSettings
-from voxpipe.pipelines.registry import Registry, default_registry
+from voxpipe.bots.registry import Registry, default_registry
 from voxpipe.pipelines.settings import ProcessorSettings, Settings
 from voxpipe.records.settings import CallerSettings, CallRecordsSettings, HooksSettings
 from voxpipe.tools.settings import ToolSettings
@@ -325,7 +325,7 @@ def _got(kind: str, value: Any) -> str:
 
 def _tags(model: Any, key: str) -> list[str]:
     """The values of the discriminator ``key`` across a union of settings models."""
-    from voxpipe.pipelines.registry import _models_of
+    from voxpipe.bots.registry import _models_of
 
     tags: list[str] = []
     for m in _models_of(model):
@@ -365,7 +365,7 @@ def _walk(prefix: Path_, data: Any, loc: tuple[Any, ...]) -> tuple[Path_, Any]:
 
 def _field_names(model: Any, inner: Path_) -> list[str]:
     """The keys a block at ``inner`` (relative to ``model``) allows, for did-you-mean."""
-    from voxpipe.pipelines.registry import _models_of
+    from voxpipe.bots.registry import _models_of
 
     models = _models_of(model)
     for part in inner:

@@ -31,7 +31,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.config import RedisStoreSettings
+    from voxpipe.bots.config import RedisStoreSettings
 
 log = logging.getLogger("voxpipe.workers")
 
@@ -68,7 +68,7 @@ class Supervisor:
         self, count: int, argv: Sequence[str], store: RedisStoreSettings | None = None
     ) -> None:
         self.count = count
-        self.argv = [sys.executable, "-m", "voxpipe.pipelines.cli", *argv]
+        self.argv = [sys.executable, "-m", "voxpipe.bots.cli", *argv]
         self.store = store
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started: dict[int, float] = {}

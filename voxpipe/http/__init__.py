@@ -24,11 +24,11 @@ from voxpipe.http.outcomes import OutcomeLookup, RecordFetcher
 from voxpipe.http.records import RecordsRoutes
 from voxpipe.http.server import HttpServer
 from voxpipe.http.state import CallList, CallTracker, ProviderWatch, ServiceState
-from voxpipe.pipelines.config import HttpSettings
+from voxpipe.bots.config import HttpSettings
 from voxpipe.sessions.outcomes import RETENTION_S, OutcomeLog
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.transports.websocket.server import CallApi
 
 __all__ = [
@@ -91,7 +91,7 @@ class OperationsApi:
         if settings is None:
             return None
         from voxpipe.sessions.store import RedisSessionStore, session_store
-        from voxpipe.workers import worker_listen
+        from voxpipe.bots.workers import worker_listen
 
         store = session_store(bot)
         settings = settings.model_copy(update={"listen": worker_listen(settings.listen)})

@@ -14,7 +14,7 @@ from voxpipe.pipelines.settings import ProviderError
 
 if TYPE_CHECKING:
     from voxpipe.models.engine import Engine, SampleJob
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
 
 POOL_KEY = "models"
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
 

@@ -44,7 +44,7 @@ from voxpipe.pipelines.settings import ProcessorSettings, ProviderError
 if TYPE_CHECKING:
     from voxpipe.models.engine import Engine
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
 
 

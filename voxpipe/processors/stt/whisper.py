@@ -28,7 +28,7 @@ from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 
 if TYPE_CHECKING:
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
 
 

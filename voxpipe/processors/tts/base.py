@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
     from voxpipe.models.engine import Engine
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
 
 log = logging.getLogger("voxpipe.tts")
 
