@@ -42,8 +42,8 @@ pipeline:
 
 
 async def _serve(port: int, rate: int) -> None:
-    from voxpipe.http import OperationsApi
     from voxpipe.bots.bot import Bot
+    from voxpipe.http import OperationsApi
 
     bot = Bot.from_yaml(BOT.format(port=port, rate=rate))
     await bot.prepare()

@@ -21,10 +21,10 @@ from helpers import AUDIO
 from pydantic import SecretStr
 
 from voxpipe.ari import AriCall, AriController
-from voxpipe.frames import TransferFrame
 from voxpipe.bots.bot import Bot
-from voxpipe.pipelines.call import Call
 from voxpipe.bots.config import AriSettings
+from voxpipe.frames import TransferFrame
+from voxpipe.pipelines.call import Call
 from voxpipe.sessions import outcomes
 from voxpipe.transports.audiosocket.caller import load_wav, running_bot
 

@@ -14,10 +14,10 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from voxpipe.ari import AriController
-from voxpipe.caller_context import CallerContext, Customer, render, render_arguments
-from voxpipe.http import OperationsApi
 from voxpipe.bots.bot import Bot
 from voxpipe.bots.config import AriSettings
+from voxpipe.caller_context import CallerContext, Customer, render, render_arguments
+from voxpipe.http import OperationsApi
 from voxpipe.records.context import PendingContexts, context_from_form, settle_caller
 from voxpipe.records.service import records_of
 from voxpipe.tools.settings import ToolSettings

@@ -17,11 +17,11 @@ from helpers import AUDIO
 from pydantic import SecretStr
 
 from voxpipe import events, logs
+from voxpipe.bots.config import HttpSettings
 from voxpipe.http import OperationsApi
 from voxpipe.http.metrics import label
 from voxpipe.http.state import CallList
 from voxpipe.pipelines.call import Call
-from voxpipe.bots.config import HttpSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,6 +11,8 @@ import pytest
 from fakes.llm_chain import Conversation, Listener, converse
 from helpers import AUDIO
 
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError
 from voxpipe.frames import (
     UPSTREAM,
     Direction,
@@ -30,8 +32,6 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.bots.bot import Bot
-from voxpipe.bots.config import ConfigError
 from voxpipe.processors.llm.scripted import ScriptedClient
 
 # Settings of the late-reply filler (a short wait, for tests), and none at all.

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from voxpipe.frames import Direction, EndFrame, Frame, TextFrame
 from voxpipe.bots.bot import Bot
 from voxpipe.bots.config import ConfigError
-from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.bots.registry import Registry
+from voxpipe.frames import Direction, EndFrame, Frame, TextFrame
+from voxpipe.pipelines.processor import FrameProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,10 +18,10 @@ from fakes.ari import wait_until
 from helpers import AUDIO, PostgresServer, observing
 from sqlalchemy import inspect, text
 
-from voxpipe.http import OperationsApi
-from voxpipe.http.metrics import Metrics
 from voxpipe.bots.bot import Bot
 from voxpipe.bots.config import ConfigError, parse_bot
+from voxpipe.http import OperationsApi
+from voxpipe.http.metrics import Metrics
 from voxpipe.records import migrate
 from voxpipe.records.partitions import partitions
 from voxpipe.records.service import CallRecords, make_engine, records_of

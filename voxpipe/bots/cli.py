@@ -155,9 +155,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def _load_or_report(file: str, verbose: bool, log_format: str | None = None) -> Bot | None:
     """Load a bot, or print every problem with it and return ``None``."""
-    from voxpipe.logs import secret_values, setup_logging
     from voxpipe.bots.bot import Bot
     from voxpipe.bots.config import ConfigError
+    from voxpipe.logs import secret_values, setup_logging
 
     try:
         bot = Bot.load(file)

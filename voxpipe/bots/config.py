@@ -18,8 +18,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from voxpipe.models.settings import ModelsSettings
 from voxpipe.bots.registry import Registry, default_registry
+from voxpipe.models.settings import ModelsSettings
 from voxpipe.pipelines.settings import ProcessorSettings, Settings
 from voxpipe.records.settings import CallerSettings, CallRecordsSettings, HooksSettings
 from voxpipe.tools.settings import ToolSettings

@@ -36,8 +36,8 @@ from voxpipe.transports.audiosocket.transport import (
 )
 
 if TYPE_CHECKING:
-    from voxpipe.models.capacity import Capacity
     from voxpipe.bots.bot import Bot
+    from voxpipe.models.capacity import Capacity
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.task import PipelineTask
 
