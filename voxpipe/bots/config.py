@@ -7,7 +7,6 @@ runs on an invalid file: ``load_bot`` raises ``ConfigError`` holding all the pro
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from voxpipe.bots.registry import Registry, default_registry
 from voxpipe.models.settings import ModelsSettings
-from voxpipe.pipelines.settings import ProcessorSettings, Settings
+from voxpipe.pipelines.settings import ProcessorSettings, Settings, did_you_mean
 from voxpipe.records.settings import CallerSettings, CallRecordsSettings, HooksSettings
 from voxpipe.tools.settings import ToolSettings
 from voxpipe.transports.audiosocket.settings import TransportSettings
@@ -189,12 +188,6 @@ def format_path(path: Path_) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
-
-
-def did_you_mean(word: str, choices: list[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest choice, or ``""``."""
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # --- YAML with positions ------------------------------------------------------------------------

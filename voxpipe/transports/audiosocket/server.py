@@ -116,7 +116,7 @@ class AudioSocketServer:
     async def start(self) -> None:
         """Size the call limit (``max_calls: auto``: measure the bot's models), then bind and
         start accepting calls."""
-        from voxpipe.bots.workers import shares_port
+        from voxpipe.worker_env import shares_port
 
         if self.settings.max_calls == "auto":
             from voxpipe.models.capacity import calibrate
