@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 from voxpipe.bots.config import BotConfig, LoadedConfig, ProcessorEntry, load_bot, parse_bot
@@ -15,8 +16,9 @@ from voxpipe.bots.registry import Registry
 from voxpipe.conversation.tracker import create_tracker
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.pipelines.settings import Settings
 from voxpipe.pipelines.task import PipelineTask
-from voxpipe.sessions.store import session_store
+from voxpipe.sessions.store import SessionStore, session_store
 
 log = logging.getLogger("voxpipe.bot")
 
@@ -43,7 +45,9 @@ class Bot:
     """One bot file, validated and ready to build a pipeline for each call.
 
     ``shared`` holds what every call of the bot uses (loaded models, clients, the session store),
-    filled by the processors' ``prepare`` hooks before the bot takes calls.
+    filled by the processors' ``prepare`` hooks before the bot takes calls. A ``Bot`` is the
+    ``BotContext`` its processors get and the ``CallHost`` its transports serve
+    (``voxpipe.pipelines.context``).
     """
 
     loaded: LoadedConfig
@@ -80,17 +84,43 @@ class Bot:
         """The audio rate inside the pipeline."""
         return self.config.transport.audiosocket.sample_rate
 
+    @property
+    def greeting(self) -> str | None:
+        """What the bot says when a call starts (``{caller.x}`` templates unrendered)."""
+        return self.config.greeting
+
+    @property
+    def tools(self) -> Mapping[str, Settings]:
+        """The tools the bot declares (``tools:``), by name."""
+        return self.config.tools
+
+    @property
+    def standby_lines(self) -> list[str]:
+        """What the bot's steps speak when something fails, for the voice to keep ready."""
+        return [line for step in self.steps for line in step.settings.standby_lines()]
+
+    @property
+    def speech_stop_s(self) -> float:
+        """The VAD's ``stop_ms``: silence that passes before the caller counts as stopped."""
+        for step in self.steps:
+            if step.type_name == "vad":
+                return float(getattr(step.settings, "stop_ms", 0)) / 1000
+        return 0.0
+
     async def prepare(self) -> None:
         """Load shared resources once (models, clients); raises ``ProviderError`` on failure."""
         if self.prepared:
             return
+        from voxpipe.models.shared import provide_models
+
+        provide_models(self, self.config.models)
         for step in self.steps:
             await step.settings.prepare(self)
-        await session_store(self).start()
+        await self.session_store().start()
         if self.config.call_records is not None or self.config.hooks.call_ended is not None:
             from voxpipe.records.service import start_records
 
-            await start_records(self)
+            await start_records(self, self.config.call_records, self.config.hooks)
         self.prepared = True
 
     async def close(self) -> None:
@@ -116,13 +146,17 @@ class Bot:
         from voxpipe.records.context import SHARED_KEY, settle_caller
 
         if call.caller is not None or SHARED_KEY in self.shared:
-            await settle_caller(self, call)
+            await settle_caller(self, call, self.config.caller)
+
+    def session_store(self) -> SessionStore:
+        """The bot's session store, opened on first use from ``session_store:``."""
+        return session_store(self, self.config.session_store)
 
     def create_processors(self, call: Call) -> list[FrameProcessor]:
         """Build the chain of processors for one call."""
         return [step.settings.create(call, self) for step in self.steps]
 
-    def create_task(
+    def create_pipeline(
         self,
         call: Call,
         head: list[FrameProcessor] | None = None,
@@ -130,7 +164,7 @@ class Bot:
     ) -> PipelineTask:
         """Build one call's pipeline task, with transport processors around the bot's chain."""
         started = time.perf_counter()
-        tracker = create_tracker(call, self)
+        tracker = create_tracker(call, self.session_store(), self.greeting)
         recorder = self._audio_recorder(call)
         processors = [
             *(head or ()),
