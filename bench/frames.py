@@ -91,7 +91,7 @@ async def build_us(count: int) -> float:
     bot = Bot.from_yaml(f"name: bench\npipeline:\n{steps}")
     await bot.prepare()
     started = time.perf_counter()
-    tasks = [bot.create_task(bot.new_call()) for _ in range(count)]
+    tasks = [bot.create_pipeline(bot.new_call()) for _ in range(count)]
     elapsed = time.perf_counter() - started
     assert len(tasks) == count and isinstance(StartFrame(), StartFrame)
     return elapsed / count * 1e6

@@ -84,7 +84,7 @@ class RunningCalls:
     ) -> PipelineTask:
         """Start one call of ``bot`` with ``out`` at the tail; return once a frame reached it."""
         await bot.prepare()
-        task = bot.create_task(bot.new_call(), head=[head] if head else None, tail=[out])
+        task = bot.create_pipeline(bot.new_call(), head=[head] if head else None, tail=[out])
         self.runners.append((task, asyncio.create_task(task.run())))
         await out.wait_for(lambda: bool(out.frames))
         return task

@@ -211,7 +211,7 @@ async def test_every_bot_call_gets_a_tracker_just_before_the_transport() -> None
     bot = Bot.from_yaml("name: t\ngreeting: Hi\npipeline:\n  - echo: {}\n")
     call = bot.new_call()
     tail = FrameProcessor(name="output")
-    task = bot.create_task(call, head=[FrameProcessor(name="input")], tail=[tail])
+    task = bot.create_pipeline(call, head=[FrameProcessor(name="input")], tail=[tail])
     names = [p.name for p in task.processors]
     assert names == ["input", "echo", "conversation", "output"]
     tracker = task.processors[2]

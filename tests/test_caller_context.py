@@ -177,7 +177,7 @@ async def test_ari_gives_the_caller_and_the_listed_channel_variables(tmp_path: P
         call = bot.new_call(ari_call.uuid)
         await controller.attach(call)
         await bot.prepare()
-        await settle_caller(bot, call)
+        await settle_caller(bot, call, bot.config.caller)
     finally:
         await bot.close()
         await controller.stop()

@@ -59,45 +59,17 @@ RUNTIME_ALLOWED: dict[tuple[str, str], str] = {
 }
 
 # Imports under ``if TYPE_CHECKING:`` from a higher layer (annotations only).
-_BOT_CONTEXT = "prepare(bot)/create(call, bot) annotations: item 2's BotContext protocol"
 TYPE_ONLY_ALLOWED: dict[tuple[str, str], str] = {
     # Layer 0 names the engine's Call in its observer/log interfaces. No issue-12 item removes
     # these: Call is only an annotation there, and events must stay below the engine, which
     # emits them.
     ("voxpipe.events", "voxpipe.pipelines.call"): "observer methods take a Call (annotation)",
     ("voxpipe.logs", "voxpipe.pipelines.call"): "call_started/call_ended take a Call (annotation)",
-    # Everything below takes the application's Bot where item 2 gives it a BotContext.
-    ("voxpipe.pipelines.settings", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.conversation.tracker", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.models.capacity", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.models.shared", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.barge_in", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.echo", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.llm.anthropic", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.llm.base", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.llm.openai_compatible", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.llm.scripted", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.openai_speech", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.pipecat", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.silence_timeout", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.stt.base", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.stt.google", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.stt.openai_compatible", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.stt.pocketsphinx", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.stt.whisper", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.base", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.espeak", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.google", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.openai_compatible", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.piper", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.tone", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.vad", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.records.context", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.records.service", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.sessions.store", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.transports.audiosocket.caller", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.transports.audiosocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.transports.websocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
+    # The caller library's running_bot takes a Bot or a path: command code, which item 3 moves.
+    ("voxpipe.transports.audiosocket.caller", "voxpipe.bots.bot"): (
+        "running_bot(bot_or_path) takes the application's Bot: item 3 moves it with the "
+        "`run-pipeline call` command code"
+    ),
 }
 
 
@@ -211,9 +183,10 @@ def test_every_import_respects_the_layers() -> None:
 
 
 def test_the_engine_is_only_the_engine() -> None:
-    """pipelines keeps processor, task, call and settings; the application lives in bots."""
+    """pipelines keeps processor, task, call, settings and the processors' contract (context);
+    the application lives in bots."""
     engine = {path.stem for path in (PACKAGE / "pipelines").glob("*.py")}
-    assert engine == {"__init__", "processor", "task", "call", "settings"}
+    assert engine == {"__init__", "processor", "task", "call", "settings", "context"}
 
 
 def test_every_allow_list_entry_says_why() -> None:
@@ -263,13 +236,26 @@ def test_a_type_only_import_is_listed_apart() -> None:
 
 def test_an_allow_list_entry_that_no_longer_occurs_fails() -> None:
     sources = package_sources()
-    sources["voxpipe.processors.echo"] = sources["voxpipe.processors.echo"].replace(
-        "from voxpipe.bots.bot import Bot", "from voxpipe.pipelines.settings import Settings as Bot"
+    sources["voxpipe.events"] = sources["voxpipe.events"].replace(
+        "from voxpipe.pipelines.call import Call", "from voxpipe.frames import Frame as Call"
     )
     assert check(sources) == [
-        "voxpipe.processors.echo no longer imports voxpipe.bots.bot: remove it from "
-        "TYPE_ONLY_ALLOWED"
+        "voxpipe.events no longer imports voxpipe.pipelines.call: remove it from TYPE_ONLY_ALLOWED"
     ]
+
+
+def test_processors_are_given_the_context_not_the_bot() -> None:
+    """No processor module names the application's Bot, even for annotations (item 2)."""
+    sources = package_sources()
+    sources["voxpipe.processors.echo"] += (
+        "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from voxpipe.bots.bot import Bot\n"
+    )
+    (problem,) = check(sources)
+    assert (
+        "voxpipe.processors.echo" in problem
+        and "TYPE_CHECKING import of voxpipe.bots.bot" in problem
+    )
 
 
 def test_a_module_without_a_layer_fails() -> None:

@@ -118,7 +118,7 @@ async def test_a_plugin_runs_from_yaml_through_a_pipeline_task(registry: Registr
         "name: shouter\npipeline:\n  - shout: {suffix: '!!'}\n  - echo:\n", registry=registry
     )
     collect = Collect()
-    task = bot.create_task(bot.new_call(), tail=[collect])
+    task = bot.create_pipeline(bot.new_call(), tail=[collect])
     runner = asyncio.create_task(task.run())
     task.queue_frame(TextFrame("hello"))
     task.queue_frame(EndFrame())

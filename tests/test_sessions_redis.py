@@ -139,7 +139,7 @@ async def test_redis_down_at_start_the_bot_still_takes_calls(
     assert store.status() == "degraded"
     call = bot.new_call()
     started = Started()
-    task = bot.create_task(call, tail=[started])
+    task = bot.create_pipeline(call, tail=[started])
     runner = asyncio.create_task(task.run())
     await started.event.wait()
     assert store.get(call.call_id) is not None

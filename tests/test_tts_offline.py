@@ -164,7 +164,7 @@ async def test_sentences_already_spoken_by_the_bot_play_from_its_phrase_cache(
     heard: list[list[bytes]] = []
     for attempt in range(2):
         out = Recorder()
-        task = bot.create_task(bot.new_call(), tail=[out])
+        task = bot.create_pipeline(bot.new_call(), tail=[out])
         runner = asyncio.create_task(task.run())
         await out.wait_for(lambda out=out: bool(out.frames))
         if attempt == 1:

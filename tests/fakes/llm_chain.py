@@ -99,7 +99,7 @@ class Conversation:
 
     async def __aenter__(self) -> Conversation:
         await self.bot.prepare()
-        self.task = self.bot.create_task(self.call, tail=[self.listener])
+        self.task = self.bot.create_pipeline(self.call, tail=[self.listener])
         self.runner = asyncio.create_task(self.task.run())
         await self.listener.wait_for(lambda: bool(self.listener.of(StartFrame)))
         return self

@@ -7,8 +7,8 @@ import inspect
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from voxpipe.bots.config import BotConfig, LoadedConfig, ProcessorEntry, load_bot, parse_bot
@@ -18,7 +18,7 @@ from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import Settings
 from voxpipe.pipelines.task import PipelineTask
-from voxpipe.sessions.store import SessionStore, session_store
+from voxpipe.sessions.store import SessionStore, open_store
 
 log = logging.getLogger("voxpipe.bot")
 
@@ -150,7 +150,10 @@ class Bot:
 
     def session_store(self) -> SessionStore:
         """The bot's session store, opened on first use from ``session_store:``."""
-        return session_store(self, self.config.session_store)
+        redis = self.config.session_store.redis
+        if redis is None:
+            return open_store(self)
+        return open_store(self, redis.url.get_secret_value(), redis.ttl_s)
 
     def create_processors(self, call: Call) -> list[FrameProcessor]:
         """Build the chain of processors for one call."""

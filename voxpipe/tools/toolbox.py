@@ -18,7 +18,10 @@ from voxpipe.caller_context import CallerContext, render_arguments
 from voxpipe.tools.schema import object_schema, validate
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from voxpipe.frames import Frame
+    from voxpipe.pipelines.settings import Settings
     from voxpipe.tools.settings import ToolSettings
 
 BUILTIN_TOOLS = ("hangup", "transfer")
@@ -130,7 +133,7 @@ class Toolbox:
 
 
 def build_toolbox(
-    names: list[str], declared: dict[str, ToolSettings], timeout_s: float = 10.0
+    names: list[str], declared: Mapping[str, Settings], timeout_s: float = 10.0
 ) -> Toolbox:
     """Build the tools named by an LLM step; Python tools are resolved now, to fail fast."""
     from voxpipe.tools.builtins import HangupTool, TransferTool
@@ -141,6 +144,8 @@ def build_toolbox(
     tools: dict[str, Tool] = {}
     for name in names:
         settings = declared.get(name) or ToolSettings.model_validate({})
+        if not isinstance(settings, ToolSettings):
+            raise TypeError(f"tool {name!r}: {type(settings).__name__} is no ToolSettings")
         tool: Tool
         if settings.http is not None:
             tool = HttpTool(name, settings)

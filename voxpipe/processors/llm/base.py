@@ -77,8 +77,8 @@ from voxpipe.pipelines.settings import ProcessorSettings, ProviderError, Setting
 from voxpipe.tools.toolbox import Toolbox, ToolCall, ToolSpec, build_toolbox
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 log = logging.getLogger("voxpipe.llm")
 
@@ -220,19 +220,29 @@ class LLMBaseSettings(ProcessorSettings):
         description="What to do when the provider fails mid-call.",
     )
 
-    def make_client(self, bot: Bot) -> LLMClient:
+    def standby_lines(self) -> list[str]:
+        """The ``on_error`` filler and goodbye, and the filler for late replies (a classifier
+        speaks none of them)."""
+        if getattr(self, "kind", "llm") != "llm":
+            return []
+        lines = [self.on_error.say, self.on_error.goodbye]
+        if self.filler_after_ms is not None:
+            lines.append(self.filler)
+        return lines
+
+    def make_client(self, ctx: BotContext) -> LLMClient:
         """Build the provider's client (import its SDK here); raise ``ProviderError``."""
         raise NotImplementedError
 
-    async def prepare(self, bot: Bot) -> None:
+    async def prepare(self, ctx: BotContext) -> None:
         try:
-            toolbox = build_toolbox(self.tools, bot.config.tools, self.tool_timeout_s)
+            toolbox = build_toolbox(self.tools, ctx.tools, self.tool_timeout_s)
         except Exception as exc:
             raise ProviderError(f"llm tools: {exc}") from exc
-        bot.shared[f"llm:{id(self)}"] = (self.make_client(bot), toolbox)
+        ctx.shared[f"llm:{id(self)}"] = (self.make_client(ctx), toolbox)
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        shared = bot.shared.get(f"llm:{id(self)}")
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
+        shared = ctx.shared.get(f"llm:{id(self)}")
         if shared is None:
             raise ProviderError("the LLM was not prepared (call bot.prepare() first)")
         client, toolbox = shared
@@ -241,7 +251,7 @@ class LLMBaseSettings(ProcessorSettings):
             # The system prompt names the caller: this call gets a client of its own prompt.
             personal = self.model_copy(update={"system": render(system or "", call.caller)})
             client = type(client)(personal, client.sdk)
-        greeting = bot.config.greeting
+        greeting = ctx.greeting
         return LLMProcessor(
             self, client, toolbox, greeting=greeting and render(greeting, call.caller)
         )

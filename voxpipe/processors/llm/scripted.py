@@ -22,7 +22,7 @@ from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound
 from voxpipe.tools.toolbox import ToolCall, ToolSpec
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
+    from voxpipe.pipelines.context import BotContext
 
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -119,7 +119,7 @@ class ScriptedSettings(LLMBaseSettings):
                 )
         return self
 
-    def make_client(self, bot: Bot) -> LLMClient:
+    def make_client(self, ctx: BotContext) -> LLMClient:
         return ScriptedClient(self.intents, self.fallback)
 
 

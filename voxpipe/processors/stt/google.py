@@ -23,8 +23,8 @@ from voxpipe.pipelines.settings import ProviderError, Settings
 from voxpipe.processors.stt.base import STTProcessor, STTProviderSettings
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
     from voxpipe.pipelines.processor import FrameProcessor
 
 T = TypeVar("T")
@@ -186,9 +186,9 @@ class GoogleSTTSettings(STTProviderSettings, GoogleConnection):
         description="Seconds to wait for the final transcript after the caller stops speaking.",
     )
 
-    async def prepare(self, bot: Bot) -> None:
+    async def prepare(self, ctx: BotContext) -> None:
         key = self.client_key("stt")
-        if key in bot.shared:
+        if key in ctx.shared:
             return
         try:
             from google.cloud import speech_v1
@@ -200,12 +200,12 @@ class GoogleSTTSettings(STTProviderSettings, GoogleConnection):
                 "google speech-to-text: google-cloud-speech is not installed "
                 "(pip install 'voxpipe[google]')"
             ) from exc
-        bot.shared[key] = await self.connect(
+        ctx.shared[key] = await self.connect(
             "google speech-to-text", speech_v1.SpeechAsyncClient, SpeechGrpcAsyncIOTransport
         )
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        return GoogleSTT(bot.shared[self.client_key("stt")], self, sample_rate=call.sample_rate)
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
+        return GoogleSTT(ctx.shared[self.client_key("stt")], self, sample_rate=call.sample_rate)
 
 
 class _Speech:

