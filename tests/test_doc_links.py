@@ -51,8 +51,13 @@ def anchors(page: Path) -> set[str]:
 
 def links(page: Path) -> list[tuple[int, str]]:
     """The relative link targets of a page (code spans and blocks left out), with line numbers."""
+    return links_in(page.read_text(encoding="utf-8"))
+
+
+def links_in(text: str) -> list[tuple[int, str]]:
+    """The relative link targets of markdown ``text``, with line numbers."""
     found = []
-    for number, line in prose(page.read_text(encoding="utf-8")):
+    for number, line in prose(text):
         line = CODE_SPAN.sub(lambda m: "[]" if m.group(0).endswith("]") else "x", line)
         for target in LINK.findall(line):
             if not re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto: ...
@@ -123,3 +128,19 @@ def test_a_broken_link_or_anchor_is_found(tmp_path: Path) -> None:
         "#nowhere",
     ]
     assert problems[0].startswith("page.md:4: ")
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "docs").glob("*.md")), ids=lambda p: p.name)
+def test_each_docs_page_lists_its_sections(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("# ") and "\nContents:\n" in text
+    contents = text.split("\nContents:\n", 1)[1].split("\n## ", 1)[0]
+    listed = {target for _, target in links_in(contents)}
+    sections = [
+        match.group(2)
+        for _, line in prose(text)
+        if (match := HEADING.match(line)) and match.group(1) == "##"
+    ]
+    assert sections
+    for title in sections:
+        assert f"#{slug(title)}" in listed, f"{page.name}: contents list lacks {title!r}"
