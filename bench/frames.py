@@ -8,7 +8,7 @@ each figure next to its target, plus the machine it ran on.
   does) and through the head queue.
 - KB per pipeline: 1,000 idle running calls (each a ``PipelineTask`` of 6 processors, its
   ``Call`` and its head-queue task), measured with tracemalloc.
-- µs to build one call's pipeline from a parsed bot (``Bot.create_task``).
+- µs to build one call's pipeline from a parsed bot (``Bot.create_pipeline``).
 - ms to import ``voxpipe.pipelines`` and what loading a bot needs, in fresh interpreters.
 """
 
