@@ -23,7 +23,6 @@ from voxpipe import events
 from voxpipe.bots.bot import Bot
 from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.frames import (
-    BotSpokeFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Direction,
@@ -412,8 +411,7 @@ async def test_resampled_speech_plays_whole_and_is_reported_spoken() -> None:
     assert np.diff(loud).max() < 10, "audio went missing inside the sentence"
     utterance = UTTERANCES[result.call_id]
     assert utterance.finished
-    spoken = [f.text for f, d in SEEN[result.call_id] if isinstance(f, BotSpokeFrame)]
-    assert spoken == [utterance.text]
+    assert utterance.spoken_text() == utterance.text
 
 
 async def test_a_caller_that_stops_reading_is_hung_up(

@@ -69,7 +69,7 @@ def test_a_whole_conversation_is_valid(states: States) -> None:
     path += [S.SPEAKING, S.TRANSFERRING, S.ENDED]
     for state in path:
         assert move(call, state)
-    assert call.data["state"] == "ended"
+    assert call.state == "ended"
     assert states.seen == [s.value for s in path]
 
 

@@ -174,7 +174,7 @@ async def test_a_silent_caller_is_prompted_then_hung_up() -> None:
     assert prompt[1] - prompt[0] >= 0.3, "four words of tone"
     assert goodbye[0] - prompt[1] >= 0.9, "the goodbye comes a timeout after the prompt"
     assert "processing" not in recorder.states, "silence is never a turn"
-    assert call.data["state"] is CallState.ENDED
+    assert call.state is CallState.ENDED
 
 
 async def test_a_caller_who_answers_the_prompt_keeps_the_call() -> None:

@@ -1,7 +1,7 @@
 """Runs one call through a bot's chain with a stand-in for text-to-speech and the transport.
 
 ``Listener`` records every frame reaching the end of the chain and, like a TTS plus transport,
-turns the text it is asked to speak into ``Utterance``s in ``call.data["utterances"]``, marked
+turns the text it is asked to speak into ``Utterance``s in ``call.speech``, marked
 played in full (or only partly, with ``play_fraction``) so that history tests can tell what
 the caller heard.
 """
@@ -57,7 +57,7 @@ class Listener(FrameProcessor):
     def _speak(self, text: str) -> None:
         utterance = Utterance(text, frames_total=10)
         utterance.frames_played = round(10 * self.play_fraction)
-        self.call.data.setdefault("utterances", []).append(utterance)
+        self.call.speech.sent(utterance)
 
     def of(self, kind: type[Any]) -> list[Any]:
         """The frames of one type, in order."""

@@ -17,9 +17,9 @@ does the rest:
 * The reply streams downstream as ``LLMResponseStartFrame``, ``LLMTextFrame``s and
   ``LLMResponseEndFrame`` per round, in a call-owned task that an interruption cancels at once.
 * History: the user's text once per turn; the assistant's text as the caller heard it. Text-to-
-  speech appends each ``Utterance`` it creates to ``call.data["utterances"]``, the list of the
-  reply being spoken; on an interruption the reply's history entry becomes the words played.
-  When text-to-speech reports a lost sentence (an ``ErrorFrame`` from a ``tts.*`` processor),
+  speech records each ``Utterance`` it sends in ``call.speech``, the ledger of the reply being
+  spoken; on an interruption the reply's history entry becomes the words played.
+  When text-to-speech reports a lost sentence (an ``ErrorFrame`` of kind ``SPEECH_LOST``),
   it drops the rest of that reply: the entry then keeps only the sentences it made audio of,
   and leaves the history if there were none. Each tool round of a reply is kept as a ``tool``
   entry (see ``Call``) just before the reply's text, so later turns show what it looked up.
@@ -49,6 +49,7 @@ from voxpipe import events
 from voxpipe.caller_context import render, uses_context
 from voxpipe.events import Turn
 from voxpipe.frames import (
+    SPEECH_LOST,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     CancelFrame,
@@ -81,9 +82,6 @@ if TYPE_CHECKING:
     from voxpipe.pipelines.context import BotContext
 
 log = logging.getLogger("voxpipe.llm")
-
-# The name of every text-to-speech processor starts so; its errors mean a sentence was lost.
-TTS_PREFIX = "tts."
 
 SettingsT = TypeVar("SettingsT", bound="LLMBaseSettings")
 
@@ -478,7 +476,7 @@ class LLMProcessor(FrameProcessor):
         self._tts_seen = self._tts_seen or bool(self._speech and self._speech.utterances)
         self._speeches += 1
         speech = _Speech({"role": "assistant", "content": ""}, seq=self._speeches)
-        self.call.data["utterances"] = speech.utterances
+        self.call.speech.begin(speech.utterances)
         if record:
             self.call.history.append(speech.entry)
             self._speech = speech
@@ -649,7 +647,7 @@ class LLMProcessor(FrameProcessor):
     def _on_error_frame(self, frame: ErrorFrame) -> None:
         if frame.fatal or not frame.source or frame.source == self.name:
             return
-        if frame.source.startswith(TTS_PREFIX):
+        if frame.kind == SPEECH_LOST:
             self._lose_speech()
         if self._standby_pending() or not self._claim_filler():
             return

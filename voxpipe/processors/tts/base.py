@@ -33,6 +33,7 @@ from pydantic import Field
 from voxpipe import events
 from voxpipe.frames import (
     DOWNSTREAM,
+    SPEECH_LOST,
     UPSTREAM,
     CancelFrame,
     Direction,
@@ -380,6 +381,10 @@ class TTSProcessor(QueuedProcessor):
         self._cache = cache
         self._reply_lost = False
 
+    async def push_error(self, error: str, *, fatal: bool = False, kind: str = "") -> None:
+        """A voice's errors cost the sentence it was speaking (``SPEECH_LOST``)."""
+        await super().push_error(error, fatal=fatal, kind=kind or SPEECH_LOST)
+
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         # Frames going upstream (the transport's bot started/stopped speaking, errors) never
         # wait behind the sentences queued for synthesis.
@@ -461,7 +466,7 @@ class TTSProcessor(QueuedProcessor):
         frames = cut_frames(resample_pcm16(audio, rate, self.sample_rate), self.sample_rate)
         utterance = Utterance(text, frames_total=len(frames))
         if reply:
-            self.call.data.setdefault("utterances", []).append(utterance)
+            self.call.speech.sent(utterance)
         await self.push_frame(TTSStartedFrame(text=text))
         for chunk in frames:
             await self.push_frame(OutputAudioFrame(chunk, self.sample_rate, utterance=utterance))
