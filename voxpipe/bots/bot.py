@@ -159,32 +159,39 @@ class Bot:
         """Build the chain of processors for one call."""
         return [step.settings.create(call, self) for step in self.steps]
 
+    def added_processors(self) -> list[tuple[str, str]]:
+        """What the bot puts after its steps in every call's chain, in order, as (name, what
+        it does): the conversation tracker always (it sees what the bot is about to say going
+        down and what the caller heard coming back up), the audio recorder when call records
+        keep audio. ``run-pipeline graph`` shows them."""
+        added = [("conversation", "call state, turns, session store")]
+        records = self.config.call_records
+        if records is not None and records.audio is not None:
+            added.append(("recorder", "call audio"))
+        return added
+
     def create_pipeline(
         self,
         call: Call,
         head: list[FrameProcessor] | None = None,
         tail: list[FrameProcessor] | None = None,
     ) -> PipelineTask:
-        """Build one call's pipeline task, with transport processors around the bot's chain."""
+        """Build one call's pipeline: ``head`` (the transport's input), the bot's steps, the
+        processors the bot adds (``added_processors``), ``tail`` (the transport's output)."""
         started = time.perf_counter()
-        tracker = create_tracker(call, self.session_store(), self.greeting)
-        recorder = self._audio_recorder(call)
-        processors = [
-            *(head or ()),
-            *self.create_processors(call),
-            tracker,
-            *recorder,
-            *(tail or ()),
-        ]
+        processors = [*(head or ()), *self.create_processors(call)]
+        for name, _ in self.added_processors():
+            if name == "conversation":
+                processors.append(create_tracker(call, self.session_store(), self.greeting))
+            elif name == "recorder":
+                processors += self._audio_recorder(call)
+        processors += tail or ()
         task = PipelineTask(processors, call)
         call.data["build_ms"] = (time.perf_counter() - started) * 1000
         return task
 
     def _audio_recorder(self, call: Call) -> list[FrameProcessor]:
-        """The call's audio recorder, when its call records keep audio."""
-        records = self.config.call_records
-        if records is None or records.audio is None:
-            return []
+        """The call's audio recorder (its call records keep audio)."""
         from voxpipe.records.service import records_of
 
         service = records_of(self)
