@@ -20,8 +20,9 @@ from voxpipe.caller_context import CallerContext, Customer, render, render_argum
 from voxpipe.http import OperationsApi
 from voxpipe.records.context import PendingContexts, context_from_form, settle_caller
 from voxpipe.records.service import records_of
+from voxpipe.tools import build_toolbox
 from voxpipe.tools.settings import ToolSettings
-from voxpipe.tools.toolbox import ToolCall, build_toolbox
+from voxpipe.tools.toolbox import ToolCall
 from voxpipe.transports.audiosocket.caller import Hangup, WaitForBot, place_call, running_bot
 
 TRICKY = "{x} ${HOME} {caller.number} {customer.name|y}"

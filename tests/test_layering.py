@@ -261,3 +261,119 @@ def test_processors_are_given_the_context_not_the_bot() -> None:
 def test_a_module_without_a_layer_fails() -> None:
     with pytest.raises(AssertionError, match=r"voxpipe\.newthing has no layer"):
         layer("voxpipe.newthing.x")
+
+
+# --- import cycles ---------------------------------------------------------------------------
+
+
+def runtime_graph(modules: dict[str, str]) -> dict[str, set[str]]:
+    """Module -> the voxpipe modules it imports at run time (module level or in a function;
+    ``if TYPE_CHECKING:`` imports left out); ``from voxpipe.x import name`` counts as
+    ``voxpipe.x`` when ``name`` is no module."""
+    graph: dict[str, set[str]] = {}
+    for module, source in modules.items():
+        is_package = any(m.startswith(f"{module}.") for m in modules)
+        targets: set[str] = set()
+        for found in imports(source, module, is_package):
+            if found.type_only:
+                continue
+            target = found.imported
+            while target not in modules and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if target in modules and target != module:
+                targets.add(target)
+        graph[module] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group: list[str] = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def processor_packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The same imports between the processor packages (``voxpipe.processors.stt`` ...)."""
+
+    def package(module: str) -> str | None:
+        parts = module.split(".")
+        return ".".join(parts[:3]) if parts[:2] == ["voxpipe", "processors"] else None
+
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        source = package(module)
+        if source is None:
+            continue
+        packages.setdefault(source, set()).update(
+            target
+            for target in map(package, targets)
+            if target is not None and target != source and target != "voxpipe.processors"
+        )
+    return packages
+
+
+def test_no_module_imports_itself_round_a_cycle() -> None:
+    """Function-level imports count: a cycle hidden in a function is still a cycle."""
+    assert cycles(runtime_graph(package_sources())) == []
+
+
+def test_no_processor_package_imports_itself_round_a_cycle() -> None:
+    """stt and tts (and the rest) share helpers through neutral modules, not each other."""
+    assert cycles(processor_packages(runtime_graph(package_sources()))) == []
+
+
+def test_a_cycle_hidden_in_a_function_is_caught() -> None:
+    sources = package_sources()
+    sources["voxpipe.processors.audio"] += (
+        "\n\ndef _sneaky() -> None:\n    from voxpipe.processors.tts.base import TTSProcessor\n"
+    )
+    found = cycles(runtime_graph(sources))
+    assert found and all("voxpipe.processors.audio" in group for group in found)
+    assert any("voxpipe.processors.tts.base" in group for group in found)
+
+
+def test_a_package_cycle_is_caught_and_a_type_only_import_is_no_cycle() -> None:
+    sources = package_sources()
+    sources["voxpipe.processors.stt.base"] += (
+        "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from voxpipe.processors.tts.base import TTSProcessor\n"
+    )
+    assert cycles(processor_packages(runtime_graph(sources))) == []
+    sources["voxpipe.processors.stt.base"] += (
+        "\n\ndef _helper() -> None:\n    from voxpipe.processors.tts.base import TTSProcessor\n"
+    )
+    sources["voxpipe.processors.tts.base"] += (
+        "\n\ndef _other() -> None:\n    from voxpipe.processors.stt.base import STTProcessor\n"
+    )
+    assert cycles(processor_packages(runtime_graph(sources))) == [
+        ["voxpipe.processors.stt", "voxpipe.processors.tts"]
+    ]

@@ -33,8 +33,9 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors.tts import offline_say
-from voxpipe.processors.tts.base import TTSProcessor, split_sentences
+from voxpipe.processors.tts.base import TTSProcessor
 from voxpipe.processors.tts.piper import PiperTTS
+from voxpipe.processors.tts.text import split_sentences
 
 
 def bot_yaml(rate: int, *steps: tuple[str, dict[str, Any]]) -> str:

@@ -145,10 +145,10 @@ async def _caller_speech(
     """A caller-like sentence at the pipeline's ``rate``: spoken by the bot's local voice,
     else by the packaged one."""
     if tts is None:
-        from voxpipe.processors.tts.piper import offline_say
+        from voxpipe.processors.tts.packaged import offline_say
 
         return await asyncio.to_thread(offline_say, CALLER_SENTENCE, rate), rate
-    from voxpipe.processors.tts.base import resample_pcm16
+    from voxpipe.processors.audio import resample_pcm16
 
     engine, job = tts
     method, args = job(CALLER_SENTENCE)

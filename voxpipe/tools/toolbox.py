@@ -18,10 +18,7 @@ from voxpipe.caller_context import CallerContext, render_arguments
 from voxpipe.tools.schema import object_schema, validate
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from voxpipe.frames import Frame
-    from voxpipe.pipelines.settings import Settings
     from voxpipe.tools.settings import ToolSettings
 
 BUILTIN_TOOLS = ("hangup", "transfer")
@@ -130,35 +127,6 @@ class Toolbox:
             return ToolOutcome(f"error: the tool timed out after {self.timeout_s:g} s", error=True)
         except Exception as exc:
             return ToolOutcome(f"error: {type(exc).__name__}: {exc}", error=True)
-
-
-def build_toolbox(
-    names: list[str], declared: Mapping[str, Settings], timeout_s: float = 10.0
-) -> Toolbox:
-    """Build the tools named by an LLM step; Python tools are resolved now, to fail fast."""
-    from voxpipe.tools.builtins import HangupTool, TransferTool
-    from voxpipe.tools.http import HttpTool
-    from voxpipe.tools.python import PythonTool
-    from voxpipe.tools.settings import ToolSettings
-
-    tools: dict[str, Tool] = {}
-    for name in names:
-        settings = declared.get(name) or ToolSettings.model_validate({})
-        if not isinstance(settings, ToolSettings):
-            raise TypeError(f"tool {name!r}: {type(settings).__name__} is no ToolSettings")
-        tool: Tool
-        if settings.http is not None:
-            tool = HttpTool(name, settings)
-        elif settings.python is not None:
-            tool = PythonTool(name, settings)
-        elif name == "hangup":
-            tool = HangupTool(name, settings)
-        elif name == "transfer":
-            tool = TransferTool(name, settings)
-        else:
-            raise ValueError(f"tool {name!r} is not declared under `tools:`")
-        tools[name] = tool
-    return Toolbox(tools, timeout_s)
 
 
 def as_text(value: Any) -> str:

@@ -75,7 +75,8 @@ from voxpipe.frames import (
 )
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings, ProviderError, Settings
-from voxpipe.tools.toolbox import Toolbox, ToolCall, ToolSpec, build_toolbox
+from voxpipe.tools import build_toolbox
+from voxpipe.tools.toolbox import Toolbox, ToolCall, ToolSpec
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call

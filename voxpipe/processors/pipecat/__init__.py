@@ -38,7 +38,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.llm.base import LLMBaseSettings
-from voxpipe.processors.tts.base import CachedTTSSettings, standby_clips
+from voxpipe.processors.tts.base import CachedTTSSettings
+from voxpipe.processors.tts.standby import standby_clips
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call

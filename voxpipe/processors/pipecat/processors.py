@@ -22,7 +22,8 @@ from voxpipe.processors.pipecat.bridge import (
     Translator,
     error_text,
 )
-from voxpipe.processors.tts.base import PhraseCache, TTSProcessor
+from voxpipe.processors.tts.base import TTSProcessor
+from voxpipe.processors.tts.cache import PhraseCache
 from voxpipe.tools.toolbox import ToolCall, ToolSpec
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ from pydantic import Field, model_validator
 
 from voxpipe.models.engine import ModelError, STTEngine, WorkerLost
 from voxpipe.pipelines.settings import ProviderError
+from voxpipe.processors.audio import resample_pcm16
 from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
-from voxpipe.processors.tts.base import resample_pcm16
 
 if TYPE_CHECKING:
     from voxpipe.models.pool import ModelPool

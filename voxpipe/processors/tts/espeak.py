@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
+from voxpipe.processors.tts.base import CachedTTSSettings, TTSProcessor
+from voxpipe.processors.tts.cache import PhraseCache
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call

@@ -16,8 +16,9 @@ from pydantic import Field
 
 from voxpipe import events
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.stt.google import GoogleConnection, describe, is_provider_failure
-from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
+from voxpipe.processors.google import GoogleConnection, describe, is_provider_failure
+from voxpipe.processors.tts.base import CachedTTSSettings, TTSProcessor
+from voxpipe.processors.tts.cache import PhraseCache
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call

@@ -21,7 +21,8 @@ from voxpipe.processors.openai_speech import (
     describe,
     is_provider_failure,
 )
-from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
+from voxpipe.processors.tts.base import CachedTTSSettings, TTSProcessor
+from voxpipe.processors.tts.cache import PhraseCache
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call
