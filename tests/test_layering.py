@@ -52,10 +52,6 @@ RUNTIME_ALLOWED: dict[tuple[str, str], str] = {
         "the `run-pipeline call` command code loads the bot: item 3 moves that command code out "
         "of the AudioSocket caller library"
     ),
-    ("voxpipe.records.cli", "voxpipe.bots.config"): (
-        "`run-pipeline db`/`calls` read call_records.url from the bot file: command code, which "
-        "item 3 moves out of the libraries with the `call` command"
-    ),
 }
 
 # Imports under ``if TYPE_CHECKING:`` from a higher layer (annotations only).

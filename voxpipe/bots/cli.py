@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from voxpipe.bots.bot import Bot
     from voxpipe.bots.registry import Registry
+    from voxpipe.records.settings import CallRecordsSettings
 
 log = logging.getLogger("voxpipe.cli")
 
@@ -306,8 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from voxpipe.records.cli import add_commands
 
-    add_commands(command)
+    add_commands(command, _call_records)
     return parser
+
+
+def _call_records(path: str) -> CallRecordsSettings | None:
+    """The ``call_records:`` of the bot file at ``path`` (``ConfigError`` when it is invalid)."""
+    from voxpipe.bots.config import load_bot
+
+    return load_bot(path).config.call_records
 
 
 def main(argv: Sequence[str] | None = None) -> int:
