@@ -21,6 +21,7 @@ from pydantic import Field
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.frames import (
     BotStartedSpeakingFrame,
@@ -45,7 +46,6 @@ from voxpipe.transports.audiosocket.caller import (
     Silence,
     WaitForHangup,
     place_call,
-    running_bot,
 )
 from voxpipe.transports.audiosocket.protocol import Kind, encode
 from voxpipe.transports.audiosocket.server import AudioSocketServer

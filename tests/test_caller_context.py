@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from voxpipe.ari import AriController
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.bots.config import AriSettings
 from voxpipe.caller_context import CallerContext, Customer, render, render_arguments
 from voxpipe.http import OperationsApi
@@ -23,7 +24,11 @@ from voxpipe.records.service import records_of
 from voxpipe.tools import build_toolbox
 from voxpipe.tools.settings import ToolSettings
 from voxpipe.tools.toolbox import ToolCall
-from voxpipe.transports.audiosocket.caller import Hangup, WaitForBot, place_call, running_bot
+from voxpipe.transports.audiosocket.caller import (
+    Hangup,
+    WaitForBot,
+    place_call,
+)
 
 TRICKY = "{x} ${HOME} {caller.number} {customer.name|y}"
 

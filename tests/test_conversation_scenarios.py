@@ -14,6 +14,7 @@ from helpers import AUDIO, observing
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.conversation import CallState
 from voxpipe.pipelines.call import Call
 from voxpipe.transports.audiosocket.caller import (
@@ -24,7 +25,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForHangup,
     load_wav,
     place_call,
-    running_bot,
 )
 from voxpipe.transports.audiosocket.protocol import RATE_OF_KIND
 

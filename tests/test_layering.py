@@ -47,12 +47,7 @@ LAYERS: dict[str, int] = {
 }
 
 # Run-time imports (module level or inside a function) from a higher layer.
-RUNTIME_ALLOWED: dict[tuple[str, str], str] = {
-    ("voxpipe.transports.audiosocket.caller", "voxpipe.bots.bot"): (
-        "the `run-pipeline call` command code loads the bot: item 3 moves that command code out "
-        "of the AudioSocket caller library"
-    ),
-}
+RUNTIME_ALLOWED: dict[tuple[str, str], str] = {}
 
 # Imports under ``if TYPE_CHECKING:`` from a higher layer (annotations only).
 TYPE_ONLY_ALLOWED: dict[tuple[str, str], str] = {
@@ -61,11 +56,6 @@ TYPE_ONLY_ALLOWED: dict[tuple[str, str], str] = {
     # emits them.
     ("voxpipe.events", "voxpipe.pipelines.call"): "observer methods take a Call (annotation)",
     ("voxpipe.logs", "voxpipe.pipelines.call"): "call_started/call_ended take a Call (annotation)",
-    # The caller library's running_bot takes a Bot or a path: command code, which item 3 moves.
-    ("voxpipe.transports.audiosocket.caller", "voxpipe.bots.bot"): (
-        "running_bot(bot_or_path) takes the application's Bot: item 3 moves it with the "
-        "`run-pipeline call` command code"
-    ),
 }
 
 

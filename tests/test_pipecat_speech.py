@@ -19,6 +19,7 @@ from fakes.openai_sse import openai_reply
 from helpers import AUDIO, Recorder, RunningCalls
 
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.frames import (
     UPSTREAM,
     Direction,
@@ -43,7 +44,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForBot,
     load_wav,
     place_call,
-    running_bot,
 )
 
 STT = "pipecat.services.openai.stt.OpenAISTTService"

@@ -19,6 +19,7 @@ from fakes.google_speech import FakeGoogleServer
 from helpers import AUDIO
 
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.processors.tts.cache import PhraseCache
 from voxpipe.processors.tts.standby import standby_lines
 from voxpipe.transports.audiosocket.caller import (
@@ -31,7 +32,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForHangup,
     load_wav,
     place_call,
-    running_bot,
 )
 
 MS_PER_CHAR = 40

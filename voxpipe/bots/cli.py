@@ -54,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_call(args: argparse.Namespace) -> int:
     """Place a simulated call to a bot over AudioSocket (see ``caller.run_call_command``)."""
-    from voxpipe.transports.audiosocket.caller import run_call_command
+    from voxpipe.bots.call import run_call_command
 
     return run_call_command(args)
 
