@@ -13,13 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.llm.base import (
-    LLMBaseSettings,
-    LLMClient,
-    SDKClient,
-    ToolRound,
-    import_sdk,
-)
+from voxpipe.processors.llm.base import LLMBaseSettings
+from voxpipe.processors.llm.client import LLMClient, SDKClient, ToolRound, import_sdk
 from voxpipe.tools.toolbox import ToolCall, ToolSpec, parse_arguments
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ from pydantic import Field, model_validator
 
 from voxpipe.caller_context import FIELD as CALLER_FIELD
 from voxpipe.pipelines.settings import Settings
-from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound
+from voxpipe.processors.llm.base import LLMBaseSettings
+from voxpipe.processors.llm.client import LLMClient, ToolRound
 from voxpipe.tools.toolbox import ToolCall, ToolSpec
 
 if TYPE_CHECKING:
