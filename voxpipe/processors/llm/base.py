@@ -14,13 +14,32 @@ from pydantic import Field
 from voxpipe.caller_context import render, uses_context
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings, ProviderError, Settings
-from voxpipe.processors.llm.client import SDKClient
+from voxpipe.processors.llm.client import (
+    LLMClient,
+    ProviderFailed,
+    SDKClient,
+    ToolRound,
+    import_sdk,
+)
+from voxpipe.processors.llm.processor import LLMProcessor
 from voxpipe.tools import build_toolbox
+
+# What a provider module needs, in one place: the settings here, the client contract and the
+# processor from their modules.
+__all__ = [
+    "LLMBaseSettings",
+    "LLMClient",
+    "LLMProcessor",
+    "OnErrorSettings",
+    "ProviderFailed",
+    "SDKClient",
+    "ToolRound",
+    "import_sdk",
+]
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.context import BotContext
-    from voxpipe.processors.llm.client import LLMClient
 
 
 class OnErrorSettings(Settings):
@@ -105,8 +124,6 @@ class LLMBaseSettings(ProcessorSettings):
             # The system prompt names the caller: this call gets a client of its own prompt.
             personal = self.model_copy(update={"system": render(system or "", call.caller)})
             client = type(client)(personal, client.sdk)
-        from voxpipe.processors.llm.processor import LLMProcessor
-
         greeting = ctx.greeting
         return LLMProcessor(
             self, client, toolbox, greeting=greeting and render(greeting, call.caller)
