@@ -79,12 +79,14 @@ def tone(seconds: float, rate: int, freq: float = 440.0) -> bytes:
 
 
 def test_g711_known_codes_and_round_trips() -> None:
-    assert g711.decode(bytes([0xFF, 0x7F, 0x80, 0x00]), "ulaw") == np.array(
-        [0, 0, 32124, -32124], dtype="<i2"
-    ).tobytes()
-    assert g711.decode(bytes([0xD5, 0x55, 0xAA, 0x2A]), "alaw") == np.array(
-        [8, -8, 32256, -32256], dtype="<i2"
-    ).tobytes()
+    assert (
+        g711.decode(bytes([0xFF, 0x7F, 0x80, 0x00]), "ulaw")
+        == np.array([0, 0, 32124, -32124], dtype="<i2").tobytes()
+    )
+    assert (
+        g711.decode(bytes([0xD5, 0x55, 0xAA, 0x2A]), "alaw")
+        == np.array([8, -8, 32256, -32256], dtype="<i2").tobytes()
+    )
     codes = bytes(range(256))
     for law in ("ulaw", "alaw"):
         pcm = g711.decode(codes, law)
@@ -184,9 +186,7 @@ async def test_the_bot_connects_to_asterisk_s_media_endpoint() -> None:
         FakeAsterisk() as asterisk,
     ):
         channel = asterisk.create("8f5c-42", json=True, channel_id="voxpipe-media-5f0e")
-        task = asyncio.create_task(
-            server.connect(f"ws://127.0.0.1:{asterisk.port}/media/8f5c-42")
-        )
+        task = asyncio.create_task(server.connect(f"ws://127.0.0.1:{asterisk.port}/media/8f5c-42"))
         await channel.wait_for(lambda: "5f0e" in server.calls)
         channel.say(tone(0.5, channel.rate))
         await channel.wait_for(lambda: len(channel.voiced()) >= 20)
@@ -321,3 +321,70 @@ async def test_malformed_input_ends_that_call_only(first: Any, later: Any) -> No
         await good.wait_for(lambda: len(good.voiced()) >= 15)
         await good.hang_up()
         await good_call
+
+
+# --- ARI externalMedia over chan_websocket -------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["asterisk_dials", "bot_connects"])
+async def test_a_stasis_caller_reaches_the_bot_over_chan_websocket_and_is_transferred(
+    mode: str,
+) -> None:
+    """ARI with media_transport websocket: Asterisk dials the websocket_client connection, or
+    the bot opens /media/<MEDIA_WEBSOCKET_CONNECTION_ID>; the call is the controller's (its id
+    the media channel's UUID), the caller hears the echo, and a transfer goes through ARI."""
+    from fakes.ari import FakeAri, wait_until
+    from pydantic import SecretStr
+
+    from voxpipe.ari import AriCall, AriController
+    from voxpipe.frames import TransferFrame
+    from voxpipe.pipelines.config import AriSettings
+
+    fake = FakeAri()
+    await fake.start()
+    try:
+        async with serving(Bot.from_yaml(ECHO % "")) as server:
+            fake.websocket_clients["voxpipe-ws"] = uri(server)
+            settings = AriSettings.model_validate(
+                {
+                    "url": fake.url,
+                    "username": fake.username,
+                    "password": SecretStr(fake.password),
+                    "media_transport": "websocket",
+                    "media_format": "ulaw",
+                    "websocket_connection": "voxpipe-ws" if mode == "asterisk_dials" else None,
+                }
+            )
+            ctl = AriController(settings, "127.0.0.1:9", server)
+            server.on_call_start.append(ctl.attach)
+            await ctl.start()
+            try:
+                await wait_until(lambda: len(fake.sockets) == 1)
+                caller = await fake.place_call()
+                await wait_until(lambda: len(server.calls) == 1, timeout_s=10)
+                (active,) = server.calls.values()
+                ari_call = active.call.controller
+                assert isinstance(ari_call, AriCall) and ari_call.caller_id == caller
+                assert active.call.call_id == ari_call.uuid
+                await wait_until(lambda: ari_call.bridged)
+                (request,) = fake.made("POST", "/channels/externalMedia")
+                assert request.params["transport"] == "websocket"
+                assert request.params["encapsulation"] == "none"
+                assert request.params["connection_type"] == (
+                    "client" if mode == "asterisk_dials" else "server"
+                )
+                media = fake.ws_channels[ari_call.media_id]
+                media.say(tone(0.6, 8000))
+                await media.wait_for(lambda: len(media.voiced()) >= 20)
+                active.task.queue_frame(
+                    TransferFrame(context="transfer-to-operator", extension="100")
+                )
+                await wait_until(lambda: not ctl.calls and not server.calls, timeout_s=10)
+            finally:
+                await ctl.stop()
+    finally:
+        await fake.stop()
+    (moved,) = fake.made("POST", f"/channels/{caller}/continue")
+    assert moved.params["context"] == "transfer-to-operator"
+    heard = np.frombuffer(b"".join(p.pcm for p in media.voiced()), dtype="<i2")
+    assert np.abs(heard).max() > 4000  # mu-law both ways: the caller heard the tone back

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
@@ -82,7 +82,7 @@ class Channel:
         self.buffering = False
         self.paused = False
         self.full = False
-        self.socket: ClientConnection | ServerConnection | None = None
+        self.socket: Any = None
         self._say: collections.deque[bytes] = collections.deque()
 
     # --- the caller ----------------------------------------------------------------------------
@@ -108,18 +108,21 @@ class Channel:
     # --- helpers for tests ---------------------------------------------------------------------
 
     def named(self, name: str) -> list[str]:
-        return [text for _, text in self.commands if text.split(" ")[0] == name or f'"{name}"' in text]
+        """The bot's commands called ``name`` (either form)."""
+        return [text for _, text in self.commands if _is(text, name)]
 
     def named_at(self, name: str) -> float:
         """When the first ``name`` command arrived."""
-        return next(t for t, text in self.commands if text.split(" ")[0] == name or f'"{name}"' in text)
+        return next(t for t, text in self.commands if _is(text, name))
 
     def voiced(self, after: float = 0.0) -> list[Played]:
         return [p for p in self.heard if p.at > after and any(p.pcm)]
 
     async def wait_for(self, predicate: Any, timeout_s: float = 20.0) -> None:
         async with asyncio.timeout(timeout_s):
-            while not predicate():
+            while True:
+                if predicate():
+                    return
                 await asyncio.sleep(0.02)
 
     async def quiet(self, for_s: float = 1.2, timeout_s: float = 30.0) -> None:
@@ -167,7 +170,7 @@ class Channel:
             with contextlib.suppress(ConnectionClosed):
                 await self.socket.send(text)
 
-    async def run(self, socket: ClientConnection | ServerConnection) -> None:
+    async def run(self, socket: Any) -> None:
         """The channel's life on ``socket``: MEDIA_START, then read, play and speak."""
         self.socket = socket
         await socket.send(self.media_start())
@@ -253,11 +256,10 @@ class Channel:
     async def _play(self) -> None:
         """Every 20 ms: play one queued frame (control frames on the way go out at once) and
         send one frame of the caller's audio."""
-        silence = bytes(self.frame_bytes if self.width == 2 else self.frame_bytes)
         law = self.format if self.width == 1 else ""
-        quiet_caller = b"\xff" * self.frame_bytes if law == "ulaw" else bytes(self.frame_bytes)
-        if law == "alaw":
-            quiet_caller = b"\xd5" * self.frame_bytes
+        # silence in the channel's format (G.711's zero codes are 0xFF and 0xD5, not 0x00)
+        silence = {"ulaw": b"\xff", "alaw": b"\xd5"}.get(law, b"\x00") * self.frame_bytes
+        quiet_caller = silence
         slot = time.monotonic()
         while True:
             slot += 0.02
@@ -286,6 +288,10 @@ class Channel:
                 assert self.socket is not None
                 with contextlib.suppress(ConnectionClosed):
                     await self.socket.send(out if out is not None else quiet_caller)
+
+
+def _is(text: str, name: str) -> bool:
+    return text.split(" ")[0] == name or f'"{name}"' in text
 
 
 async def dial(uri: str, channel: Channel) -> Channel:
@@ -341,3 +347,42 @@ class FakeAsterisk:
     async def __aexit__(self, *exc: object) -> None:
         self._server.close()
         await self._server.wait_closed()
+
+
+class StarletteSocket:
+    """A Starlette WebSocket with the face of a ``websockets`` connection, for ``Channel.run``."""
+
+    def __init__(self, socket: Any) -> None:
+        self._socket = socket
+        self.close_code: int | None = None
+
+    def __aiter__(self) -> StarletteSocket:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        from starlette.websockets import WebSocketDisconnect
+
+        try:
+            message = await self._socket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            raise StopAsyncIteration from None
+        if message["type"] == "websocket.disconnect":
+            self.close_code = message.get("code", 1000)
+            raise StopAsyncIteration
+        if message.get("bytes") is not None:
+            return bytes(message["bytes"])
+        return str(message.get("text", ""))
+
+    async def send(self, message: str | bytes) -> None:
+        try:
+            if isinstance(message, bytes):
+                await self._socket.send_bytes(message)
+            else:
+                await self._socket.send_text(message)
+        except Exception as exc:  # closed
+            raise ConnectionClosed(None, None) from exc
+
+    async def close(self, code: int = 1000) -> None:
+        self.close_code = code
+        with contextlib.suppress(Exception):
+            await self._socket.close(code=code)
