@@ -388,3 +388,29 @@ async def test_a_stasis_caller_reaches_the_bot_over_chan_websocket_and_is_transf
     assert moved.params["context"] == "transfer-to-operator"
     heard = np.frombuffer(b"".join(p.pcm for p in media.voiced()), dtype="<i2")
     assert np.abs(heard).max() > 4000  # mu-law both ways: the caller heard the tone back
+
+
+def test_transport_picks_the_listeners_and_the_config_checks_what_needs_what() -> None:
+    """AudioSocket unless the bot file names only other transports; ARI over chan_websocket
+    needs the chan_websocket transport, ARI over AudioSocket needs AudioSocket."""
+    from voxpipe.pipelines.config import ConfigError
+
+    def served(transport: str) -> list[str]:
+        text = f"name: t\n{transport}pipeline:\n  - echo: {{}}\n"
+        return Bot.from_yaml(text).config.transport.served()
+
+    assert served("") == ["audiosocket"]
+    assert served("transport: {asterisk_websocket: {}}\n") == ["asterisk_websocket"]
+    assert served("transport: {audiosocket: {}, asterisk_websocket: {}}\n") == [
+        "audiosocket",
+        "asterisk_websocket",
+    ]
+    ari = "ari: {url: 'http://127.0.0.1:8088', username: u, password: p%s}\n"
+    with pytest.raises(ConfigError, match="needs the chan_websocket transport"):
+        Bot.from_yaml("name: t\npipeline:\n  - echo: {}\n" + ari % ", media_transport: websocket")
+    with pytest.raises(ConfigError, match=r"names no transport\.audiosocket"):
+        Bot.from_yaml(
+            "name: t\ntransport: {asterisk_websocket: {}}\npipeline:\n  - echo: {}\n" + ari % ""
+        )
+    with pytest.raises(ConfigError, match="needs media_transport: websocket"):
+        Bot.from_yaml("name: t\npipeline:\n  - echo: {}\n" + ari % ", media_format: ulaw")

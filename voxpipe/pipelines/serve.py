@@ -105,7 +105,10 @@ async def _start_ari(
     from voxpipe.ari import AriController
 
     host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-    controller = AriController(bot.config.ari, f"{host}:{server.port}", chan_ws)
+    listening = server.listening
+    controller = AriController(
+        bot.config.ari, f"{host}:{server.port}" if listening else "", chan_ws
+    )
     server.on_call_start.append(controller.attach)
     if chan_ws is not None:
         chan_ws.on_call_start.append(controller.attach)
@@ -142,9 +145,12 @@ async def serve(
         listen += str(port if port is not None else settings.port)
         settings = settings.model_copy(update={"listen": listen})
     server = AudioSocketServer(bot, settings)
-    if settings.max_calls == "auto":
-        print("voxpipe: measuring the models for max_calls: auto...", flush=True)
-    await server.start()
+    # transport: picks the listeners; AudioSocket unless the bot file names only others.
+    audiosocket = "audiosocket" in bot.config.transport.served()
+    if audiosocket:
+        if settings.max_calls == "auto":
+            print("voxpipe: measuring the models for max_calls: auto...", flush=True)
+        await server.start()
     if server.capacity is not None:
         print(f"voxpipe: capacity: {server.capacity.describe()}", flush=True)
     try:
@@ -153,10 +159,13 @@ async def serve(
     except BaseException:
         await server.stop(0.0)
         raise
-    if api is not None:
+    if api is not None and audiosocket:
         api.state.capacity = server.load
     ari = await _start_ari(bot, server, chan_ws)
-    print(_banner(bot, server), flush=True)
+    if audiosocket:
+        print(_banner(bot, server), flush=True)
+    else:
+        print(f"voxpipe: bot {bot.name!r} serving (no AudioSocket: transport names other ways in)")
     if ready is not None:
         ready(server)
 

@@ -92,6 +92,11 @@ class AudioSocketServer:
         return port
 
     @property
+    def listening(self) -> bool:
+        """Whether the server was started (a bot may serve other transports only)."""
+        return self._server is not None
+
+    @property
     def host(self) -> str:
         """The address bound."""
         return self.settings.host

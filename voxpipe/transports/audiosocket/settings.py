@@ -146,3 +146,12 @@ class TransportSettings(Settings):
         "21.11, 22.6, 23.0 or later): Dial(WebSocket/<connection>/c(slin16)) or ARI "
         "externalMedia transport=websocket; slin at any rate, ulaw, alaw.",
     )
+
+    def served(self) -> list[str]:
+        """The transports the bot listens on: those the bot file names; AudioSocket when it
+        names it, or names no other (``transport: {asterisk_websocket: {}}`` alone is
+        chan_websocket only)."""
+        named = [n for n in ("websocket", "asterisk_websocket") if getattr(self, n) is not None]
+        if "audiosocket" in self.model_fields_set or not named:
+            named.insert(0, "audiosocket")
+        return named
