@@ -414,3 +414,22 @@ def test_transport_picks_the_listeners_and_the_config_checks_what_needs_what() -
         )
     with pytest.raises(ConfigError, match="needs media_transport: websocket"):
         Bot.from_yaml("name: t\npipeline:\n  - echo: {}\n" + ari % ", media_format: ulaw")
+
+
+async def test_a_full_bot_refuses_with_503_and_an_address_not_allowed_with_403() -> None:
+    """Refusals come before the upgrade, so Asterisk's Dial fails (CHANUNAVAIL) at once."""
+    from websockets.exceptions import InvalidStatus
+
+    async with serving(Bot.from_yaml(ECHO % ", max_calls: 1")) as server:
+        first = Channel()
+        call = asyncio.create_task(dial(uri(server, "?call=one"), first))
+        await first.wait_for(lambda: "one" in server.calls)
+        with pytest.raises(InvalidStatus, match="503"):
+            await dial(uri(server, "?call=two"), Channel())
+        await first.hang_up()
+        await call
+    text = ECHO % ", allow_from: ['10.0.0.0/8']"
+    async with serving(Bot.from_yaml(text)) as server:
+        with pytest.raises(InvalidStatus, match="403"):
+            await dial(uri(server), Channel())
+        assert server.calls == {}
