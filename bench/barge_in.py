@@ -118,7 +118,7 @@ async def over_chan_websocket(port: int, said: bytes) -> tuple[float, float]:
 
 
 async def run(runs: int, ahead: float) -> dict[str, list[float]]:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.transports.asterisk_websocket.server import AsteriskWebSocketServer
     from voxpipe.transports.audiosocket.server import AudioSocketServer
 

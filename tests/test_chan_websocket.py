@@ -16,10 +16,10 @@ from call_api_client import load_pcm
 from fakes.chan_websocket import Channel, FakeAsterisk, dial
 from helpers import AUDIO, Recorder
 
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.frames import DTMFFrame
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.processor import FrameProcessor
-from voxpipe.pipelines.registry import ProcessorType, Registry
 from voxpipe.pipelines.settings import ProcessorSettings
 from voxpipe.transports import g711
 from voxpipe.transports.asterisk_websocket.protocol import (
@@ -337,8 +337,8 @@ async def test_a_stasis_caller_reaches_the_bot_over_chan_websocket_and_is_transf
     from pydantic import SecretStr
 
     from voxpipe.ari import AriCall, AriController
+    from voxpipe.bots.config import AriSettings
     from voxpipe.frames import TransferFrame
-    from voxpipe.pipelines.config import AriSettings
 
     fake = FakeAri()
     await fake.start()
@@ -393,7 +393,7 @@ async def test_a_stasis_caller_reaches_the_bot_over_chan_websocket_and_is_transf
 def test_transport_picks_the_listeners_and_the_config_checks_what_needs_what() -> None:
     """AudioSocket unless the bot file names only other transports; ARI over chan_websocket
     needs the chan_websocket transport, ARI over AudioSocket needs AudioSocket."""
-    from voxpipe.pipelines.config import ConfigError
+    from voxpipe.bots.config import ConfigError
 
     def served(transport: str) -> list[str]:
         text = f"name: t\n{transport}pipeline:\n  - echo: {{}}\n"

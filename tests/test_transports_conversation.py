@@ -20,8 +20,8 @@ from call_api_client import CallClient, load_pcm
 from fakes.chan_websocket import Channel, dial
 from helpers import AUDIO
 
+from voxpipe.bots.bot import Bot
 from voxpipe.http import OperationsApi
-from voxpipe.pipelines.bot import Bot
 from voxpipe.sessions import outcomes
 from voxpipe.transports.asterisk_websocket.server import AsteriskWebSocketServer
 from voxpipe.transports.audiosocket.protocol import Kind, encode

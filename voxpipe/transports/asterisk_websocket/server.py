@@ -44,7 +44,7 @@ from voxpipe.transports.asterisk_websocket.transport import (
 from voxpipe.transports.audiosocket.server import CallHook
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.task import PipelineTask
 
