@@ -433,3 +433,43 @@ async def test_a_full_bot_refuses_with_503_and_an_address_not_allowed_with_403()
         with pytest.raises(InvalidStatus, match="403"):
             await dial(uri(server), Channel())
         assert server.calls == {}
+
+
+async def test_serve_runs_a_chan_websocket_only_bot_and_drains_it_on_sigterm() -> None:
+    """`run-pipeline serve` of a bot whose transport names only asterisk_websocket: no
+    AudioSocket listener, calls over chan_websocket, SIGTERM ends them and stops."""
+    import os
+    import signal
+
+    from helpers import free_port
+
+    from voxpipe.bots.serve import serve as serve_bot
+
+    port = free_port()
+    text = (
+        "name: ws-only\ntransport:\n"
+        f'  asterisk_websocket: {{listen: "127.0.0.1:{port}", drain_s: 0}}\n'
+        "pipeline:\n  - echo: {passthrough: true}\n"
+    )
+    servers: list[Any] = []
+    up = asyncio.Event()
+
+    def ready(server: Any) -> None:
+        servers.append(server)
+        up.set()
+
+    running = asyncio.create_task(serve_bot(Bot.from_yaml(text), ready=ready))
+    channel = Channel()
+    try:
+        await asyncio.wait_for(up.wait(), 20)
+        assert not servers[0].listening  # no AudioSocket server was started
+        call = asyncio.create_task(dial(f"ws://127.0.0.1:{port}/?call=s-1", channel))
+        channel.say(tone(0.4, 16000))
+        await channel.wait_for(lambda: len(channel.voiced()) >= 15)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(running, 20) == 0
+        await asyncio.wait_for(call, 10)
+    finally:
+        if not running.done():
+            running.cancel()
+    assert channel.closed.is_set()

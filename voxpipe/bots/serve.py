@@ -153,11 +153,14 @@ async def serve(
         await server.start()
     if server.capacity is not None:
         print(f"voxpipe: capacity: {server.capacity.describe()}", flush=True)
+    chan_ws = None
     try:
         chan_ws = await _start_asterisk_websocket(bot)
         api = await _start_api(bot)
     except BaseException:
         await server.stop(0.0)
+        if chan_ws is not None:
+            await chan_ws.stop(0.0)
         raise
     if api is not None and audiosocket:
         api.state.capacity = server.load

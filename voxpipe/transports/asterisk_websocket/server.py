@@ -112,6 +112,8 @@ class AsteriskWebSocketServer:
         """Bind and start accepting Asterisk's connections."""
         from websockets.asyncio.server import serve
 
+        from voxpipe.worker_env import shares_port
+
         self._server = await serve(
             self._on_connection,
             self.settings.host,
@@ -123,6 +125,7 @@ class AsteriskWebSocketServer:
             max_size=self.settings.max_message_bytes,
             max_queue=None,
             server_header=None,
+            reuse_port=shares_port(),  # serve --workers: the kernel spreads calls over workers
         )
 
     async def connect(self, url: str, headers: dict[str, str] | None = None) -> None:
