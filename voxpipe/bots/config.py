@@ -169,6 +169,26 @@ def _check_references(
                 "the call API is served by the bot's HTTP server: add an http: block "
                 "(http: {listen: '127.0.0.1:8080'})",
             )
+        if (
+            config.ari is not None
+            and config.ari.media_transport == "websocket"
+            and config.transport.asterisk_websocket is None
+        ):
+            doc.problem(
+                ("ari", "media_transport"),
+                "media_transport websocket needs the chan_websocket transport: add "
+                "transport.asterisk_websocket (transport: {asterisk_websocket: {}})",
+            )
+        if (
+            config.ari is not None
+            and config.ari.media_transport == "audiosocket"
+            and "audiosocket" not in config.transport.served()
+        ):
+            doc.problem(
+                ("ari", "media_transport"),
+                "the ARI controller's media channel connects over AudioSocket, and this bot "
+                "names no transport.audiosocket: add it, or set media_transport: websocket",
+            )
         if config.http is not None and config.http.web and config.transport.websocket is None:
             doc.problem(
                 ("http", "web"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from voxpipe.models.settings import ModelsSettings
 from voxpipe.pipelines.settings import ProcessorSettings, Settings
@@ -74,11 +74,33 @@ class AriSettings(Settings):
     ping_interval_s: float = Field(
         20.0, gt=0, description="Keepalive ping on the events WebSocket, in seconds."
     )
-    media_format: Literal["slin16", "slin"] = Field(
+    media_format: Literal["slin16", "slin", "slin24", "slin48", "ulaw", "alaw"] = Field(
         "slin16",
         description="externalMedia audio format: slin16 (AudioSocket 0x12, Asterisk 20.17, "
-        "21.12, 22.7, 23.1 or later) or slin (8 kHz, 0x10, any Asterisk with AudioSocket).",
+        "21.12, 22.7, 23.1 or later) or slin (8 kHz, 0x10, any Asterisk with AudioSocket); "
+        "with media_transport websocket also slin24, slin48, ulaw or alaw.",
     )
+    media_transport: Literal["audiosocket", "websocket"] = Field(
+        "audiosocket",
+        description="How the externalMedia channel reaches the bot: audiosocket (TCP, "
+        "transport.audiosocket) or websocket (chan_websocket, needs "
+        "transport.asterisk_websocket).",
+    )
+    websocket_connection: str | None = Field(
+        None,
+        description="media_transport websocket: the websocket_client.conf connection Asterisk "
+        "dials to reach the bot (its uri is transport.asterisk_websocket.listen). Unset: the "
+        "bot connects to Asterisk's /media/<connection id> itself (connection_type server).",
+    )
+
+    @model_validator(mode="after")
+    def _check_media(self) -> AriSettings:
+        if self.media_transport == "audiosocket" and self.media_format not in ("slin16", "slin"):
+            raise ValueError(
+                f"media_format {self.media_format!r} needs media_transport: websocket "
+                "(AudioSocket carries slin and slin16 only)"
+            )
+        return self
 
 
 class LoggingSettings(Settings):
