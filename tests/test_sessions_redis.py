@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -33,6 +32,7 @@ from voxpipe.sessions.store import (
     session_store,
     worker_id,
 )
+from voxpipe.testing import until
 
 
 @pytest.fixture
@@ -49,14 +49,6 @@ async def store(server: RedisServer) -> AsyncIterator[RedisSessionStore]:
     await st.start()
     yield st
     await st.close()
-
-
-async def until(condition: Any, within_s: float = 10) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def record(server: RedisServer, call: Call) -> dict[str, Any] | None:
