@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,3 +283,29 @@ async def test_the_fakes_make_a_whole_turn_together() -> None:
     assert audio_ms(out.down) == pytest.approx(300, abs=20)
     assert out.call.history[0] == {"role": "user", "content": "transfer me"}
     assert not out.of(EndFrame)
+
+
+# --- the developers' guide ------------------------------------------------------------------------
+
+DEVELOPERS = Path(__file__).resolve().parents[1] / "DEVELOPERS.md"
+
+
+def guide_example() -> str:
+    """The Python block of DEVELOPERS.md's "Testing" section."""
+    section = DEVELOPERS.read_text(encoding="utf-8").split("\n## Testing\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_developers_guide_example_runs_and_can_fail() -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(guide_example(), str(DEVELOPERS), "exec"), namespace)
+    tests = {name: f for name, f in namespace.items() if name.startswith("test_")}
+    assert sorted(tests) == ["test_polite_alone", "test_polite_in_a_turn"]
+    for test in tests.values():
+        await test()
+    # The same tests fail when the processor does not do what they say.
+    namespace["Polite"].process_frame = namespace["FrameProcessor"].process_frame
+    for test in tests.values():
+        with pytest.raises(AssertionError):
+            await test()
