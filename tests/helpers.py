@@ -21,7 +21,6 @@ import redis
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
-from voxpipe.frames import Direction, Frame, StartFrame
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.testing import Recorder, RunningChain
@@ -96,19 +95,6 @@ class RunningCalls:
             await runner
         for chain in self.chains:
             await chain.__aexit__(kind, error, traceback)
-
-
-class Started(FrameProcessor):
-    """Sets ``event`` when the call's ``StartFrame`` reaches it."""
-
-    def __init__(self) -> None:
-        super().__init__(name="started")
-        self.event = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, StartFrame):
-            self.event.set()
-        await self.push_frame(frame, direction)
 
 
 class TTFB(events.Observer):

@@ -194,8 +194,9 @@ class RunningChain:
     and returns once the ``StartFrame`` reached the tail (or the call failed to start:
     ``end_reason`` then says why). Leaving the ``async with`` cancels a call still running.
 
-    ``build(up, down)``, when given, makes the task instead (it must put ``up`` first and
-    ``down`` last), for a chain that something else assembles, such as a bot's.
+    ``build(up, down)``, when given, makes the task instead, for a chain that something else
+    assembles, such as a bot's: it must put ``down`` last (the start is awaited there) and ``up``
+    first if the test reads what comes back.
     """
 
     def __init__(
