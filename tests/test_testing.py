@@ -119,6 +119,17 @@ async def test_a_hangup_ends_the_call_and_the_steps_may_wait() -> None:
     assert out.texts() == ["LAST"] and out.kinds()[-1] is HangupFrame
 
 
+async def test_an_end_frame_a_processor_sends_is_kept_in_what_came_out() -> None:
+    class Ender(FrameProcessor):
+        async def process_frame(self, frame: Frame, direction: Direction) -> None:
+            await self.push_frame(frame, direction)
+            if isinstance(frame, TextFrame):
+                await self.push_frame(EndFrame(reason="done talking"))
+
+    out = await run_frames(Ender(), [TextFrame("last")])
+    assert out.kinds() == [TextFrame, EndFrame] and out.end_reason == "done talking"
+
+
 async def test_until_times_out_with_what_it_waited_for() -> None:
     with pytest.raises(TimeoutError, match=r"not within 0\.05 s: the moon"):
         await until(lambda: False, 0.05, what="the moon")

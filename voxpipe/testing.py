@@ -215,6 +215,7 @@ class RunningChain:
         self._build = build
         self._task: PipelineTask | None = None
         self.runner: asyncio.Task[str] | None = None
+        self.sent_end: EndFrame | None = None
 
     @property
     def task(self) -> PipelineTask:
@@ -285,7 +286,8 @@ class RunningChain:
     async def end(self, reason: str = "", timeout_s: float | None = None) -> str:
         """End the call after what is queued (an ``EndFrame`` at the head, as the engine does
         when a transport's caller leaves gracefully); wait until it ended; why it ended."""
-        self.task.end(reason)
+        self.sent_end = EndFrame(reason=reason)
+        self.task.queue_frame(self.sent_end)  # what ``task.end(reason)`` does, keeping the frame
         return await self.finished(timeout_s)
 
     async def cancel(self, reason: str = "test over", timeout_s: float | None = None) -> str:
@@ -385,9 +387,7 @@ async def run_frames(
                 await chain.end()
             else:
                 await chain.cancel()
-    down = [f for f in chain.down.down if type(f) is not StartFrame]
-    if end and down and type(down[-1]) is EndFrame and not down[-1].reason:  # the one we sent
-        down.pop()
+    down = [f for f in chain.down.down if type(f) is not StartFrame and f is not chain.sent_end]
     return Outcome(down, list(chain.up.up), chain.end_reason, chain.call)
 
 
