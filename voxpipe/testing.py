@@ -76,7 +76,7 @@ async def until(
     predicate: Callable[[], object],
     timeout_s: float = DEFAULT_TIMEOUT_S,
     *,
-    every: float = 0.002,
+    every: float = 0.01,
     what: str = "",
 ) -> None:
     """Let the event loop run until ``predicate()`` is true, checking every ``every`` seconds.
