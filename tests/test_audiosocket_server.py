@@ -39,6 +39,7 @@ from voxpipe.frames import (
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
+from voxpipe.testing import until
 from voxpipe.transports.audiosocket.caller import (
     Dtmf,
     Hangup,
@@ -257,10 +258,7 @@ async def test_caller_hangup_ends_the_pipeline(server_events: ServerEvents) -> N
     bot = probe_bot("  - probe: {speak_s: 5.0}")
     async with running_bot(bot) as server:
         result = await place_call("127.0.0.1", server.port, [Silence(0.5), Hangup()])
-        for _ in range(50):
-            if result.call_id in server_events.ended:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: result.call_id in server_events.ended)
         assert not server.calls
     assert server_events.ended[result.call_id] == "cancel: caller hung up"
     utterance = UTTERANCES[result.call_id]
@@ -432,16 +430,10 @@ async def test_a_caller_that_stops_reading_is_hung_up(
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
         call_id = uuid.uuid4()
         sock.send(encode(Kind.UUID, call_id.bytes))
-        for _ in range(100):
-            if str(call_id) in server.calls:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: str(call_id) in server.calls)
         server_side = server.calls[str(call_id)].connection.writer.get_extra_info("socket")
         server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # no kernel slack
-        for _ in range(100):
-            if str(call_id) in server_events.ended:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: str(call_id) in server_events.ended)
         sock.close()
     assert server_events.ended[str(call_id)] == "cancel: peer stopped reading"
 

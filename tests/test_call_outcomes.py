@@ -226,11 +226,7 @@ async def test_the_outcome_outlives_the_call_until_its_retention() -> None:
             result = await place_call(
                 "127.0.0.1", server.port, [Silence(0.1), Dtmf("#"), WaitForHangup(5.0)]
             )
-            for _ in range(100):
-                if not server.calls:
-                    break
-                await asyncio.sleep(0.02)
-            assert not server.calls, "the call is over"
+            await until(lambda: not server.calls, what="the call is over")
         kept = await outcome(api, result.call_id)
         await asyncio.sleep(1.3)
         dropped = await outcome(api, result.call_id)
