@@ -517,7 +517,7 @@ class FakeAri:
 
         async def call() -> None:  # the dial thread: webchan_call connects, then Stasis
             task = asyncio.create_task(dial(self.websocket_clients[host], media))
-            await wait_until(lambda: media.socket is not None or task.done())
+            await until(lambda: media.socket is not None or task.done())
             if task.done():
                 await self._destroy(channel, cause=3, cause_txt="No route to destination")
                 return
