@@ -227,7 +227,9 @@ pipeline:
                 rate=16000,
             )
         )
-        # Halfway through the sentence, its decoder's worker (and the other) die.
+        # Halfway through the sentence, its decoder's worker (and the other) die. Timed from
+        # the call's start on the bot (connecting can take a while on a busy machine).
+        await until(lambda: len(calls) == 1, 30)
         await asyncio.sleep(0.3 + len(caller) / 2 / 16000 / 2)
         for pid in pool.pids():
             os.kill(pid, signal.SIGKILL)

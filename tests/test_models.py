@@ -76,7 +76,9 @@ async def test_urgent_jobs_overtake_the_queue(pool: ModelPool) -> None:
     urgent = asyncio.ensure_future(pool.run(PROBE.key, "stamp", priority=URGENT))
     await asyncio.gather(*busy)
     ran = await asyncio.gather(urgent, *normal)
-    assert ran[0] <= min(ran[1:])
+    # Both workers free at once and take a job each: the urgent job is one of those two (in
+    # arrival order it would have run third or fourth), whichever of them stamps first.
+    assert sorted(ran).index(ran[0]) < 2, f"the urgent job ran after {sorted(ran).index(ran[0])}"
 
 
 async def test_an_engine_that_raises_fails_its_job_only(pool: ModelPool) -> None:
