@@ -111,10 +111,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Print (or write) the JSON Schema of the bot format."""
-    from voxpipe.pipelines.schema import schema_text
+    """Print (or write) the JSON Schema of the bot format (or, with ``--scenarios``, of
+    scenario files)."""
+    if args.scenarios:
+        from voxpipe.scenarios.model import scenario_schema_text
 
-    text = schema_text(_registry(args))
+        text = scenario_schema_text()
+    else:
+        from voxpipe.pipelines.schema import schema_text
+
+        text = schema_text(_registry(args))
     if args.output:
         _write(Path(args.output), text)
     else:
@@ -282,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("schema", cmd_schema, "Print the JSON Schema of the bot format.")
     p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE")
     p.add_argument("--builtin-only", action="store_true", help="leave installed plugins out")
+    p.add_argument(
+        "--scenarios",
+        action="store_true",
+        help="the schema of scenario files (run-pipeline test) instead",
+    )
 
     p = command("docs", cmd_docs, "Print the YAML reference generated from the settings models.")
     p.add_argument(
