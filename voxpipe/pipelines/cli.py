@@ -58,6 +58,18 @@ def cmd_call(args: argparse.Namespace) -> int:
     return run_call_command(args)
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run conversation tests (see ``voxpipe.scenarios.cli``)."""
+    from voxpipe.scenarios.cli import run_test_command
+
+    if args.junit:  # a place it cannot write to fails now, not after the calls
+        try:
+            Path(args.junit).open("a").close()
+        except OSError as exc:
+            raise UserError(f"cannot write {args.junit}: {exc.strerror}") from exc
+    return run_test_command(args)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate every file; print each problem as ``file:line:col: path: message``."""
     from voxpipe.pipelines.config import ConfigError, dump_settings, load_bot
@@ -278,6 +290,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="call a bot already served there instead of serving BOT.yaml",
     )
     p.add_argument("--json", action="store_true", help="print the call's report as JSON")
+
+    p = command("test", cmd_test, "Run conversation tests (scenario files) against a bot.")
+    p.add_argument("bot", metavar="BOT.yaml", help="the bot file (served in-process)")
+    p.add_argument(
+        "scenarios",
+        metavar="SCENARIOS.yaml",
+        nargs="*",
+        help="scenario files (default: BOT.test.yaml beside the bot)",
+    )
+    p.add_argument(
+        "--connect",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="call a bot already served there instead of serving BOT.yaml",
+    )
+    p.add_argument(
+        "--concurrency", type=_positive, default=1, metavar="N", help="N calls at a time"
+    )
+    p.add_argument("--junit", metavar="OUT.xml", help="write a JUnit XML report")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
 
     p = command("validate", cmd_validate, "Check bot files; print every problem.")
     p.add_argument("bots", metavar="BOT.yaml", nargs="+", help="bot files")

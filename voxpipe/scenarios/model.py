@@ -139,9 +139,7 @@ class Step(Settings):
             return self
         if len(given) != 1:
             what = ", ".join(given) if given else "none"
-            raise ValueError(
-                f"a step gives exactly one of {', '.join(ACTIONS)} (got {what})"
-            )
+            raise ValueError(f"a step gives exactly one of {', '.join(ACTIONS)} (got {what})")
         if self.within is not None and given[0] != "bot_says":
             raise ValueError("`within` goes with `bot_says` (or stands alone)")
         if self.hang_up is False:
@@ -180,9 +178,7 @@ class Scenario(Settings):
     @model_validator(mode="after")
     def _order(self) -> Scenario:
         for i, step in enumerate(self.steps):
-            if step.action == "bot_stops_within" and (
-                i == 0 or self.steps[i - 1].barge_in is None
-            ):
+            if step.action == "bot_stops_within" and (i == 0 or self.steps[i - 1].barge_in is None):
                 raise ValueError(f"steps[{i}]: `bot_stops_within` must follow a `barge_in` step")
         return self
 
