@@ -227,6 +227,9 @@ class _Player:
         self.turn_t = 0.0  # the start of the current turn (end of the caller's last input)
         self.turn_offset = 0  # bytes of bot audio received at that moment
         self.side_t = time.monotonic()  # the same moment on the bot side's clock
+        # Whether the turn began with the caller's input or the call's start (then its
+        # latency is a turn latency), rather than with the bot's own last speech.
+        self.caller_turn = True
         self.barge_t: float | None = None  # the caller's first voiced frame of a barge_in
         self.hung_up = False
 
@@ -236,6 +239,7 @@ class _Player:
         self.turn_t = max(line.now() if not caller else caller[-1][1], self.turn_t)
         self.turn_offset = len(line.received)
         self.side_t = time.monotonic()
+        self.caller_turn = True
 
     def _timeout(self, step: Step) -> float:
         return step.timeout_s or self.scenario.timeout_s
@@ -274,10 +278,12 @@ class _Player:
         elif step.dtmf is not None:
             if gone or self.hung_up:
                 return self._fail(record, "the call is over: no keys to press")
-            await line.run_step(Dtmf(step.dtmf))
-            self.turn_t = line.now()
+            keys = Dtmf(step.dtmf)
+            await line.run_step(keys)
+            self.turn_t = line.now() - keys.gap_s  # the last key was pressed then
             self.turn_offset = len(line.received)
             self.side_t = time.monotonic()
+            self.caller_turn = True
         elif step.hang_up:
             if not gone:
                 self.hung_up = line.hung_up = True
@@ -334,20 +340,22 @@ class _Player:
     async def _bot_says(self, step: Step, record: StepResult) -> None:
         if self.hung_up:
             return self._fail(record, "the caller has hung up")
-        turn_start = self.turn_t
+        turn_start, caller_turn = self.turn_t, self.caller_turn
         segments = await self._wait_reply(self._timeout(step))
         heard_pcm = self.line.received[self.turn_offset :]
         said = self.side.words_since(self.side_t) if self.side is not None else None
         self.turn_offset = len(self.line.received)
         self.turn_t = self.line.now()
         self.side_t = time.monotonic()
+        self.caller_turn = False
         if not segments:
             gone = " (the bot hung up)" if self.line.bot_gone.is_set() else ""
             return self._fail(
                 record, f"the bot said nothing within {self._timeout(step):g} s{gone}"
             )
         latency = max(0.0, segments[0][0] - turn_start)
-        record.latency_ms = round(latency * 1000)
+        if caller_turn:
+            record.latency_ms = round(latency * 1000)
         record.heard = await self.ears.transcribe(bytes(heard_pcm), self.rate)
         record.said = said
         problems = []
@@ -356,7 +364,9 @@ class _Player:
                 problems.append(f"/{step.bot_says}/ not in what the caller heard")
             if said is not None and not matches(step.bot_says, said):
                 problems.append(f"/{step.bot_says}/ not in what the bot said")
-        if step.within is not None and latency > step.within:
+        if step.within is not None and not caller_turn:
+            problems.append("`within` needs a turn begun by the caller (or the call's start)")
+        elif step.within is not None and latency > step.within:
             problems.append(f"latency {latency:.2f} s over the {step.within:g} s bound")
         if problems:
             return self._fail(record, "; ".join(problems))
