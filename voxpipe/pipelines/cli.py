@@ -55,6 +55,14 @@ def cmd_call(args: argparse.Namespace) -> int:
     """Place a simulated call to a bot over AudioSocket (see ``caller.run_call_command``)."""
     from voxpipe.transports.audiosocket.caller import run_call_command
 
+    if not args.turns and not args.dtmf:
+        print(
+            "run-pipeline call: error: give the caller's words: --say TEXT or --wav FILE "
+            "(or keys: --dtmf)",
+            file=sys.stderr,
+        )
+        return 2
+
     return run_call_command(args)
 
 
@@ -232,6 +240,19 @@ def _dtmf(value: str) -> str:
     return value.upper()
 
 
+class _Turn(argparse.Action):
+    """``--say``/``--wav``: one caller turn each, kept in order in ``turns`` as (kind, value)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        namespace.turns = [*getattr(namespace, "turns", []), (self.dest, str(values))]
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -271,9 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("call", cmd_call, "Call a bot with a simulated caller over AudioSocket.")
     p.add_argument("bot", metavar="BOT.yaml", help="the bot file (served in-process)")
-    said = p.add_mutually_exclusive_group(required=True)
-    said.add_argument("--say", metavar="TEXT", help="what the caller says (synthesised)")
-    said.add_argument("--wav", metavar="FILE", help="what the caller says (a WAV file)")
+    p.add_argument(
+        "--say",
+        action=_Turn,
+        metavar="TEXT",
+        help="what the caller says (synthesised); give several for several turns",
+    )
+    p.add_argument(
+        "--wav",
+        action=_Turn,
+        metavar="FILE",
+        help="what the caller says (a WAV file); --say and --wav turns play in the order given, "
+        "each after the bot answered the one before",
+    )
+    p.set_defaults(turns=[])
     p.add_argument(
         "--rate",
         type=int,
