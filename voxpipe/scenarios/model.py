@@ -175,13 +175,6 @@ class Scenario(Settings):
             return [{"hang_up": True} if item == "hang_up" else item for item in value]
         return value
 
-    @model_validator(mode="after")
-    def _order(self) -> Scenario:
-        for i, step in enumerate(self.steps):
-            if step.action == "bot_stops_within" and (i == 0 or self.steps[i - 1].barge_in is None):
-                raise ValueError(f"steps[{i}]: `bot_stops_within` must follow a `barge_in` step")
-        return self
-
 
 class ScenarioFile(Settings):
     """A scenario file: the scenarios to play against one bot."""
@@ -214,9 +207,17 @@ def parse_scenarios(text: str, file: str = "<string>") -> list[Scenario]:
     scenarios: list[Scenario] = []
     for index, entry in enumerate(data):
         try:
-            scenarios.append(Scenario.model_validate(entry))
+            scenario = Scenario.model_validate(entry)
         except ValidationError as exc:
             _report(doc, (*prefix, index), entry, exc, Scenario)
+            continue
+        scenarios.append(scenario)
+        for i, step in enumerate(scenario.steps):
+            if step.action == "bot_stops_within" and (
+                i == 0 or scenario.steps[i - 1].barge_in is None
+            ):
+                where = (*prefix, index, "steps", i, "bot_stops_within")
+                doc.problem(where, "`bot_stops_within` must follow a `barge_in` step", at_key=True)
     names = [s.name for s in scenarios]
     for index, name in enumerate(names):
         if name in names[:index]:
