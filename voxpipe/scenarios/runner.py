@@ -233,12 +233,13 @@ class _Player:
         self.barge_t: float | None = None  # the caller's first voiced frame of a barge_in
         self.hung_up = False
 
-    def _new_turn(self) -> None:
+    def _new_turn(self, side_t: float) -> None:
+        """The caller's input (begun at ``side_t`` on the bot side's clock) is over."""
         line = self.line
         caller = line.result.caller_segments
         self.turn_t = max(line.now() if not caller else caller[-1][1], self.turn_t)
         self.turn_offset = len(line.received)
-        self.side_t = time.monotonic()
+        self.side_t = side_t  # the bot's words of the answer come after the input began
         self.caller_turn = True
 
     def _timeout(self, step: Step) -> float:
@@ -264,6 +265,7 @@ class _Player:
     async def _run(self, step: Step, record: StepResult) -> None:
         line = self.line
         gone = line.bot_gone.is_set()
+        began = time.monotonic()
         if step.say is not None or step.wav is not None:
             if step.say is not None:
                 pcm = await self.voice.say(step.say, self.rate)
@@ -272,17 +274,18 @@ class _Player:
             if gone or self.hung_up:
                 return self._fail(record, "the call is over: nobody to speak to")
             await line.run_step(Say(pcm))
-            self._new_turn()
+            self._new_turn(began)
         elif step.silence is not None:
             await self._sleep(step.silence)
         elif step.dtmf is not None:
             if gone or self.hung_up:
                 return self._fail(record, "the call is over: no keys to press")
-            keys = Dtmf(step.dtmf)
+            keys, offset = Dtmf(step.dtmf), len(line.received)
             await line.run_step(keys)
             self.turn_t = line.now() - keys.gap_s  # the last key was pressed then
-            self.turn_offset = len(line.received)
-            self.side_t = time.monotonic()
+            # A reply may begin before the last key's gap is over: hear it all.
+            self.turn_offset = offset
+            self.side_t = began
             self.caller_turn = True
         elif step.hang_up:
             if not gone:
@@ -394,11 +397,11 @@ class _Player:
             await asyncio.sleep(TICK_S / 2)
         else:
             return self._fail(record, "the bot never spoke to be interrupted")
-        start = line.now()
+        start, began = line.now(), time.monotonic()
         await line.run_step(Say(pcm))
         voiced = [s for s in line.result.caller_segments if s[1] > start]
         self.barge_t = voiced[0][0] if voiced else start
-        self._new_turn()
+        self._new_turn(began)
         if step.bot_stops_within is not None:
             self._stops_within(step.bot_stops_within, record)
         return None
