@@ -456,9 +456,18 @@ async def running_bot(
 # --- run-pipeline call -------------------------------------------------------------------------
 
 
+def _turns(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The caller's turns, ``(say|wav, value)`` in order: ``args.turns`` as the parser gives it,
+    or one turn from ``say``/``wav`` (a namespace built by hand)."""
+    if hasattr(args, "turns"):
+        return list(args.turns)
+    single = [("say", getattr(args, "say", None)), ("wav", getattr(args, "wav", None))]
+    return [(kind, str(value)) for kind, value in single if value]
+
+
 def _caller_audio(args: argparse.Namespace, rate: int) -> list[bytes]:
     """The caller's turns as PCM16 at ``rate``, in the order given."""
-    turns: list[tuple[str, str]] = list(args.turns)
+    turns = _turns(args)
     out: list[bytes] = []
     for kind, value in turns:
         if kind == "wav":
@@ -493,7 +502,7 @@ def _caller_words(args: argparse.Namespace) -> list[str]:
     """What the caller says in each turn: the --say text, or the transcript next to the --wav
     file (``""`` when there is none)."""
     words: list[str] = []
-    for kind, value in args.turns:
+    for kind, value in _turns(args):
         if kind == "say":
             words.append(str(value))
             continue
