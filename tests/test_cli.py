@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import AUDIO
 
-from voxpipe.pipelines.cli import build_parser
+from voxpipe.bots.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tests" / "configs"
@@ -281,7 +281,7 @@ def test_secrets_stay_out_of_output_and_debug_logs() -> None:
 def test_importing_the_engine_is_fast() -> None:
     """Measured in a fresh interpreter; the 150 ms target is tracked by bench/frames.py."""
     code = (
-        "import time; t = time.perf_counter(); import voxpipe.pipelines.bot, voxpipe.pipelines.cli;"
+        "import time; t = time.perf_counter(); import voxpipe.bots.bot, voxpipe.bots.cli;"
         " print(time.perf_counter() - t)"
     )
     result = subprocess.run(
@@ -289,7 +289,7 @@ def test_importing_the_engine_is_fast() -> None:
     )
     assert float(result.stdout) < 1.0
     heavy = (
-        "import sys, voxpipe.pipelines.bot;"
+        "import sys, voxpipe.bots.bot;"
         " print(sorted({'numpy', 'anthropic', 'grpc'} & set(sys.modules)))"
     )
     loaded = subprocess.run(

@@ -22,9 +22,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from voxpipe.bots.config import ConfigError, HttpSettings, load_bot
 from voxpipe.http import OperationsApi
 from voxpipe.http.metrics import Metrics
-from voxpipe.pipelines.config import ConfigError, HttpSettings, load_bot
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -15,10 +15,10 @@ from fakes.openai_sse import openai_reply
 from helpers import observing
 
 from voxpipe import events
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError, parse_bot
 from voxpipe.frames import DTMFFrame
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import ConfigError, parse_bot
 from voxpipe.records.service import records_of
 from voxpipe.transports.audiosocket.caller import (
     Dtmf,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError
 from voxpipe.scenarios.model import parse_scenarios, scenario_schema_text
 from voxpipe.scenarios.runner import Job, ScenarioResult, run_jobs
 from voxpipe.transports.audiosocket.caller import running_bot

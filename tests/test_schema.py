@@ -11,9 +11,9 @@ import pytest
 import yaml
 from pydantic import Field
 
-from voxpipe.pipelines.docs import END, START, reference
-from voxpipe.pipelines.registry import ProcessorType, Registry
-from voxpipe.pipelines.schema import bot_schema, schema_text
+from voxpipe.bots.docs import END, START, reference
+from voxpipe.bots.registry import ProcessorType, Registry
+from voxpipe.bots.schema import bot_schema, schema_text
 from voxpipe.pipelines.settings import ProcessorSettings
 
 ROOT = Path(__file__).resolve().parents[1]

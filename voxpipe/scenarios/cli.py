@@ -81,7 +81,7 @@ def summary(results: list[ScenarioResult], seconds: float) -> dict[str, Any]:
 
 def run_test_command(args: argparse.Namespace) -> int:
     """Load the bot and scenario files, play them, print the report; the exit code."""
-    from voxpipe.pipelines.config import ConfigError
+    from voxpipe.bots.config import ConfigError
     from voxpipe.scenarios.model import load_scenarios
 
     files = list(args.scenarios) or [default_scenarios(args.bot)]
@@ -94,7 +94,7 @@ def run_test_command(args: argparse.Namespace) -> int:
             problems += [str(p) for p in exc.problems]
     bot = None
     if not args.connect:
-        from voxpipe.pipelines.bot import Bot
+        from voxpipe.bots.bot import Bot
 
         try:
             bot = Bot.load(args.bot)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from voxpipe.pipelines.config import ConfigError, Problem, _Document, _report
+from voxpipe.bots.config import ConfigError, Problem, _Document, _report
 from voxpipe.pipelines.settings import Settings
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")

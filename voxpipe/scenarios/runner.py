@@ -42,8 +42,8 @@ from voxpipe.transports.audiosocket.caller import (
 )
 
 if TYPE_CHECKING:
+    from voxpipe.bots.bot import Bot
     from voxpipe.frames import Utterance
-    from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
 
 # The bot's speech is over when it has been quiet this long (sentences have shorter gaps).

@@ -31,8 +31,8 @@ from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 from voxpipe.processors.tts.base import resample_pcm16
 
 if TYPE_CHECKING:
+    from voxpipe.bots.bot import Bot
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
 
 MODEL_RATE = 16000

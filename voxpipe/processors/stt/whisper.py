@@ -27,8 +27,8 @@ from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 
 if TYPE_CHECKING:
+    from voxpipe.bots.bot import Bot
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
 
 

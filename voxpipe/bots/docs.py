@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from voxpipe.pipelines.config import BotConfig
-from voxpipe.pipelines.registry import ProcessorType, Registry
+from voxpipe.bots.config import BotConfig
+from voxpipe.bots.registry import ProcessorType, Registry
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
 
 START = "<!-- yaml-reference:start -->"
 END = "<!-- yaml-reference:end -->"
