@@ -161,7 +161,7 @@ SCENARIOS = """\
       bot_stops_within: 1500
     - bot_silent: 1
     - dtmf: "0"
-    - bot_says: "transferring you"
+    - bot_says: "hold while I transfer"
     - outcome: transfer,desk,200
 - name: wrong words
   steps:
