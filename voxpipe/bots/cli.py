@@ -149,14 +149,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    """Print the YAML reference, or refresh it in a README between its markers."""
-    from voxpipe.bots.docs import reference, update_readme
+    """Refresh the YAML reference in docs/reference.md (or FILE) or print it."""
+    from voxpipe.bots.docs import REFERENCE_PAGE, reference, update_readme
 
     registry = _registry(args)
-    if not args.readme:
+    if args.print:
         sys.stdout.write(reference(registry))
         return 0
-    path = Path(args.readme)
+    path = Path(args.file or REFERENCE_PAGE)
+    if not args.file and not path.is_file():
+        raise UserError(
+            f"{path} not found: run this from the repository's root, name the page with "
+            "--file FILE, or print the reference with --print"
+        )
     try:
         changed = update_readme(path, registry)
     except OSError as exc:
@@ -358,10 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="the schema of scenario files (run-pipeline test) instead",
     )
 
-    p = command("docs", cmd_docs, "Print the YAML reference generated from the settings models.")
-    p.add_argument(
-        "--readme", metavar="FILE", help="refresh the reference between the markers in FILE instead"
+    p = command(
+        "docs", cmd_docs, "Refresh the YAML reference (docs/reference.md) from the settings models."
     )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--file",
+        "--readme",
+        metavar="FILE",
+        help="refresh the reference between the markers in FILE instead of docs/reference.md",
+    )
+    where.add_argument("--print", action="store_true", help="print the reference instead")
     p.add_argument("--builtin-only", action="store_true", help="leave installed plugins out")
 
     p = command("graph", cmd_graph, "Print a bot's chain as a Mermaid flowchart.")
