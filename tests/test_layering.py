@@ -99,6 +99,7 @@ TYPE_ONLY_ALLOWED: dict[tuple[str, str], str] = {
     ("voxpipe.sessions.store", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.transports.audiosocket.caller", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.transports.audiosocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
+    ("voxpipe.transports.asterisk_websocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.transports.websocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
 }
 
