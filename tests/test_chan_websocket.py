@@ -333,12 +333,13 @@ async def test_a_stasis_caller_reaches_the_bot_over_chan_websocket_and_is_transf
     """ARI with media_transport websocket: Asterisk dials the websocket_client connection, or
     the bot opens /media/<MEDIA_WEBSOCKET_CONNECTION_ID>; the call is the controller's (its id
     the media channel's UUID), the caller hears the echo, and a transfer goes through ARI."""
-    from fakes.ari import FakeAri, wait_until
+    from fakes.ari import FakeAri
     from pydantic import SecretStr
 
     from voxpipe.ari import AriCall, AriController
     from voxpipe.bots.config import AriSettings
     from voxpipe.frames import TransferFrame
+    from voxpipe.testing import until
 
     fake = FakeAri()
     await fake.start()
@@ -359,14 +360,14 @@ async def test_a_stasis_caller_reaches_the_bot_over_chan_websocket_and_is_transf
             server.on_call_start.append(ctl.attach)
             await ctl.start()
             try:
-                await wait_until(lambda: len(fake.sockets) == 1)
+                await until(lambda: len(fake.sockets) == 1)
                 caller = await fake.place_call()
-                await wait_until(lambda: len(server.calls) == 1, timeout_s=10)
+                await until(lambda: len(server.calls) == 1, timeout_s=10)
                 (active,) = server.calls.values()
                 ari_call = active.call.controller
                 assert isinstance(ari_call, AriCall) and ari_call.caller_id == caller
                 assert active.call.call_id == ari_call.uuid
-                await wait_until(lambda: ari_call.bridged)
+                await until(lambda: ari_call.bridged)
                 (request,) = fake.made("POST", "/channels/externalMedia")
                 assert request.params["transport"] == "websocket"
                 assert request.params["encapsulation"] == "none"
@@ -379,7 +380,7 @@ async def test_a_stasis_caller_reaches_the_bot_over_chan_websocket_and_is_transf
                 active.task.queue_frame(
                     TransferFrame(context="transfer-to-operator", extension="100")
                 )
-                await wait_until(lambda: not ctl.calls and not server.calls, timeout_s=10)
+                await until(lambda: not ctl.calls and not server.calls, timeout_s=10)
             finally:
                 await ctl.stop()
     finally:

@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from voxpipe.testing import until
 from voxpipe.transports.audiosocket.protocol import (
     KIND_OF_RATE,
     RATE_OF_KIND,
@@ -266,7 +267,7 @@ class FakeAri:
         self._server = uvicorn.Server(config)
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]))
         server = self._server
-        await wait_until(lambda: server.started)
+        await until(lambda: server.started)
 
     async def stop(self) -> None:
         self._release.set()
@@ -516,7 +517,7 @@ class FakeAri:
 
         async def call() -> None:  # the dial thread: webchan_call connects, then Stasis
             task = asyncio.create_task(dial(self.websocket_clients[host], media))
-            await wait_until(lambda: media.socket is not None or task.done())
+            await until(lambda: media.socket is not None or task.done())
             if task.done():
                 await self._destroy(channel, cause=3, cause_txt="No route to destination")
                 return
@@ -685,12 +686,3 @@ class FakeAri:
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)
