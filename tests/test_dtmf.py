@@ -91,7 +91,7 @@ async def test_keys_are_delivered_after_the_timeout_and_the_terminator_alone_is_
         await press(c, "42")
         await asyncio.sleep(0.1)
         assert users(c.call) == [], "still gathering: the timeout is 300 ms after the last key"
-        said = await c.replies(2, limit_s=5)
+        said = await c.replies(2, timeout_s=5)
         await press(c, "#")
         said = await c.replies(3)
     assert said[1:] == ["Other.", "Other."]
