@@ -21,7 +21,7 @@ from voxpipe.processors.llm.client import (
     ToolRound,
     import_sdk,
 )
-from voxpipe.processors.llm.processor import LLMProcessor
+from voxpipe.processors.llm.processor import LLMProcessor, keys_text
 from voxpipe.tools import build_toolbox
 
 # What a provider module needs, in one place: the settings here, the client contract and the
@@ -35,6 +35,7 @@ __all__ = [
     "SDKClient",
     "ToolRound",
     "import_sdk",
+    "keys_text",
 ]
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import os
 import socket
 import uuid
 import wave
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -341,6 +341,50 @@ async def place_call(
         result.timeline.append(TimelineEvent(start, "bot", f"speaks {end - start:.2f} s"))
     result.timeline.sort(key=lambda event: event.t)
     return result
+
+
+@contextlib.asynccontextmanager
+async def open_call(
+    host: str, port: int, *, rate: int = 8000, call_id: str | None = None
+) -> AsyncIterator[CallLine]:
+    """Place a call and hand over the line, for callers that decide their next step from what
+    they heard (the scenario runner): ``await line.run_step(step)``, ``line.now()``,
+    ``line.received``, ``line.result.bot_segments``. Leaving the block hangs up (unless the
+    bot did) and completes ``line.result`` as ``place_call`` does.
+    """
+    if rate not in KIND_OF_RATE:
+        raise ValueError(f"no AudioSocket kind for {rate} Hz")
+    result = CallResult(call_id=call_id or str(uuid.uuid4()), rate=rate)
+    reader, writer = await asyncio.open_connection(host, port)
+    sock: socket.socket | None = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    line = _Line(reader, writer, result)
+    writer.write(encode(Kind.UUID, uuid.UUID(result.call_id).bytes))
+    line.note("caller", "connected")
+    sender = asyncio.create_task(line.send_audio())
+    receiver = asyncio.create_task(line.receive())
+    try:
+        yield line
+    finally:
+        if line.bot_gone.is_set():
+            result.hung_up_by = "bot"
+            line.note("bot", "hung up")
+        elif not line.hung_up:
+            line.note("caller", "hung up")
+        sender.cancel()
+        line.hung_up = True
+        writer.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(receiver, 2.0)
+        await asyncio.gather(sender, return_exceptions=True)
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        result.received = bytes(line.received)
+
+
+# The line of a call placed with ``open_call``.
+CallLine = _Line
 
 
 # --- helpers for tests and the CLI ---------------------------------------------------------------
