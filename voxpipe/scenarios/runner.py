@@ -189,10 +189,8 @@ class BotSide:
         call = self.call
         if call is None:
             return
-        utterances = call.data.get("utterances")
-        if isinstance(utterances, list):
-            known = {id(u) for _, u in self.seen}
-            self.seen.extend((now, u) for u in utterances if id(u) not in known)
+        known = {id(u) for _, u in self.seen}
+        self.seen.extend((now, u) for u in call.speech.utterances if id(u) not in known)
 
     def words_since(self, t: float) -> str:
         return " ".join(
