@@ -109,17 +109,24 @@ class Target:
         self.bot = workdir / "fuzz.yaml"
         self.bot.write_text(BOT.format(port=self.port, http_port=self.http_port))
         self.log = workdir / "fuzz.log"
-        self._out = self.log.open("wb")
+        self._out: Any = self.log.open("wb")
         binary = Path(sys.executable).with_name("run-pipeline")
-        self.popen = subprocess.Popen(
+        self.popen: subprocess.Popen[bytes] | None = subprocess.Popen(
             [str(binary), "serve", str(self.bot)], stdout=self._out, stderr=subprocess.STDOUT
         )
-        self._log_seen = 0
+
+    @classmethod
+    def attached(cls, port: int, http_port: int, log: Path) -> Target:
+        """The bot another process started (``bench/fuzz.py --jobs``)."""
+        target = cls.__new__(cls)
+        target.port, target.http_port, target.log = port, http_port, log
+        target._out, target.popen = None, None
+        return target
 
     def wait_ready(self, limit_s: float = 60.0) -> None:
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
+            if not self.alive():
                 raise RuntimeError(f"the bot exited at start:\n{self.output()}")
             if self.healthy():
                 return
@@ -134,10 +141,11 @@ class Target:
         return status == 200
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.popen.poll() is None if self.popen is not None else self.healthy()
 
     def output(self) -> str:
-        self._out.flush()
+        if self._out is not None:
+            self._out.flush()
         return self.log.read_text(errors="replace")
 
     def tracebacks(self) -> int:
@@ -145,14 +153,15 @@ class Target:
         return sum(text.count(mark) for mark in TRACEBACK_MARKS)
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
+        if self.popen is not None and self.popen.poll() is None:
             self.popen.terminate()
             try:
                 self.popen.wait(20)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(10)
-        self._out.close()
+        if self._out is not None:
+            self._out.close()
 
 
 @contextlib.contextmanager

@@ -76,7 +76,7 @@ def test_a_declared_body_over_the_limit_is_refused_413_without_being_read(target
     )
     status, response = http_request(target.http_port, request)
     assert status == 413, response
-    assert b"at most 65536 bytes" in response
+    assert response.endswith(b"Content Too Large")
 
 
 def test_a_chunked_body_over_the_limit_is_refused_413_once_it_passes(target: Target) -> None:
@@ -110,3 +110,20 @@ def test_a_body_that_is_not_utf8_json_is_a_400_not_a_500(target: Target) -> None
     )
     status, response = http_request(target.http_port, request)
     assert status is not None and 400 <= status < 500, response
+
+
+def test_a_chunked_body_with_bad_framing_is_a_400_and_no_traceback(target: Target) -> None:
+    # uvicorn's h11 parser answered 400 itself, then failed on the app's own answer when the
+    # bad chunk came in the same read as the headers (a race: the fuzz run found it, this
+    # guard does not always hit it); the bot now serves HTTP with httptools.
+    before = target.tracebacks()
+    for path in (b"/calls/" + b"a" * 300 + b"/context", b"/calls/x/log-level", b"/nope"):
+        request = (
+            b"OPTIONS " + path + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n" + b"x" * 170
+        )
+        status, response = http_request(target.http_port, request)
+        assert status == 400, response
+    assert target.healthy()
+    time.sleep(0.2)  # the log line would follow the answer
+    assert target.tracebacks() == before, target.output()[-3000:]

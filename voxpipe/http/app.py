@@ -9,7 +9,7 @@ log level of one call of this worker while it runs (for debugging a single live 
 ``Set(CURLOPT(httpheader)=Authorization: Bearer <token>)``. With ``voxpipe.http.records``:
 ``POST /calls/{uuid}/context`` (the dialplan's caller context), ``GET /calls/history``,
 ``GET /calls/{uuid}`` and ``GET /calls/{uuid}/audio``. A request body over ``MAX_BODY_BYTES``
-is answered 413 without being read (a declared length) or as soon as it passes the limit.
+is answered 413 (FastAPI's ``max_body_size``), never buffered whole.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voxpipe import logs
 from voxpipe.http.metrics import CONTENT_TYPE, Metrics
@@ -30,38 +29,6 @@ from voxpipe.http.state import ServiceState
 
 # The largest body any endpoint takes is a caller context (8 KiB); nothing is buffered past this.
 MAX_BODY_BYTES = 64 * 1024
-
-
-class BodyLimit:
-    """Answers 413 to a request whose body is over ``limit`` bytes: at once when its
-    ``Content-Length`` says so, else when the bytes read pass the limit (a chunked body)."""
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            response = PlainTextResponse(
-                f"a request body is at most {self.limit} bytes", status_code=413
-            )
-            await response(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:  # raised in the endpoint reading it: answered 413
-                raise HTTPException(413, f"a request body is at most {self.limit} bytes")
-            return message
-
-        await self.app(scope, limited, send)
 
 
 class LogLevel(BaseModel):
@@ -96,8 +63,8 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
         dependencies=[Depends(authorize)],
+        max_body_size=MAX_BODY_BYTES,
     )
-    app.add_middleware(BodyLimit)
 
     @app.get("/health")
     async def health() -> JSONResponse:
