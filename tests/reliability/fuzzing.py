@@ -303,10 +303,14 @@ def audiosocket_cases(draw: st.DrawFn) -> AudioSocketCase:
 
 
 def _read_all(sock: socket.socket, limit_s: float) -> bytes:
-    sock.settimeout(limit_s)
+    """What the peer sends until it closes, or until ``limit_s`` has passed."""
+    deadline = time.monotonic() + limit_s
     chunks = []
     with contextlib.suppress(TimeoutError, OSError):
-        while chunk := sock.recv(65536):
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not (chunk := sock.recv(65536)):
+                break
             chunks.append(chunk)
     return b"".join(chunks)
 

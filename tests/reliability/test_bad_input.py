@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
 import pytest
 from fuzzing import Target, http_request, running_target
+from helpers import observing
 
+from voxpipe import events
+from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.config import MAX_DEPTH, MAX_VALUES, ConfigError, parse_bot
+from voxpipe.transports.audiosocket.server import AudioSocketServer
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefg", "bcdefgh", strict=True)
@@ -127,3 +132,35 @@ def test_a_chunked_body_with_bad_framing_is_a_400_and_no_traceback(target: Targe
     assert target.healthy()
     time.sleep(0.2)  # the log line would follow the answer
     assert target.tracebacks() == before, target.output()[-3000:]
+
+
+class Rejections(events.Observer):
+    def __init__(self) -> None:
+        self.reasons: list[str] = []
+
+    def call_rejected(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+class GoneWriter:
+    """The writer of a connection the caller reset before the server got to it."""
+
+    closed = False
+
+    def get_extra_info(self, name: str) -> None:
+        return None  # no peer any more (asyncio gives None for a reset socket)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_connection_reset_before_it_is_served_is_not_counted_as_refused() -> None:
+    # Fuzzing's aborted connections were logged and counted as allow_from refusals.
+    bot = Bot.from_yaml("name: x\npipeline:\n  - echo: {passthrough: true}\n")
+    server = AudioSocketServer(bot)
+    writer = GoneWriter()
+    with observing(Rejections()) as rejections:
+        await server._on_connection(asyncio.StreamReader(), writer)  # type: ignore[arg-type]
+    assert rejections.reasons == []
+    assert writer.closed
+    assert server.load()["active_calls"] == 0

@@ -21,10 +21,8 @@ from helpers import AUDIO
 from voxpipe.pipelines.bot import Bot
 from voxpipe.transports.audiosocket.caller import (
     CallResult,
-    Hangup,
     Say,
     Silence,
-    WaitForBot,
     WaitForHangup,
     load_wav,
     place_call,
