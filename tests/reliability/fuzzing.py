@@ -359,7 +359,8 @@ def play_audiosocket(target: Target, case: AudioSocketCase, report: Report) -> N
         if case.end == "close":
             report.count("close")
             return
-        if case.end in ("shutdown", "dribble"):
+        # After a hangup too: a cut stream may swallow the hangup into a valid message.
+        if case.end in ("shutdown", "dribble", "hangup"):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
         # The bot must end the connection itself: at once for a protocol error or a hangup,

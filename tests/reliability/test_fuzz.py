@@ -24,7 +24,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 def check(report: Report, target: Target | None, neighbour: Neighbour | None, since: float) -> None:
     log = target.output()[-4000:] if target is not None else ""
     assert report.cases == CASES[report.surface], report.line()
-    assert report.crashes == 0, (report.line(), report.failures, log)
+    assert report.crashes == 0, "\n".join([report.line(), *report.failures, log])
     assert report.tracebacks == 0, (report.line(), log)
     assert len(report.outcomes) > 1, report.line()  # the cases did reach different ends
     if neighbour is not None:
