@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fakes.ari import FakeAri, MediaStart  # noqa: E402
 
 from voxpipe.ari import AriController  # noqa: E402
-from voxpipe.pipelines.config import AriSettings  # noqa: E402
+from voxpipe.bots.config import AriSettings  # noqa: E402
 
 
 async def until(predicate: Callable[[], bool]) -> None:

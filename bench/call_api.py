@@ -42,8 +42,8 @@ pipeline:
 
 
 async def _serve(port: int, rate: int) -> None:
+    from voxpipe.bots.bot import Bot
     from voxpipe.http import OperationsApi
-    from voxpipe.pipelines.bot import Bot
 
     bot = Bot.from_yaml(BOT.format(port=port, rate=rate))
     await bot.prepare()
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        from voxpipe.pipelines.serve import run_loop
+        from voxpipe.bots.serve import run_loop
 
         run_loop(_serve(args.serve, args.rate))
         return

@@ -87,7 +87,7 @@ def lateness(sent: list[list[float]]) -> tuple[Any, Any]:
 
 async def _serve(bot_path: str, out: str) -> None:
     """Serve the bot, recording each outbound message's lateness until SIGTERM."""
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.transports.audiosocket.server import AudioSocketServer
 
     sent: list[list[float]] = []
@@ -111,7 +111,7 @@ async def _serve(bot_path: str, out: str) -> None:
 def _run_bot(bot_path: str, out: str, loop: str) -> None:
     if loop == "default":
         try:
-            from voxpipe.pipelines.serve import run_loop
+            from voxpipe.bots.serve import run_loop
         except ImportError:  # a version that always ran asyncio's own loop
             asyncio.run(_serve(bot_path, out))
         else:

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from voxpipe import events  # noqa: E402
+from voxpipe.bots.bot import Bot  # noqa: E402
 from voxpipe.frames import DOWNSTREAM, InputAudioFrame  # noqa: E402
-from voxpipe.pipelines.bot import Bot  # noqa: E402
 from voxpipe.pipelines.call import Call  # noqa: E402
 from voxpipe.processors.vad import VADSettings, VoiceActivityDetector  # noqa: E402
 from voxpipe.transports.audiosocket.caller import (  # noqa: E402

@@ -61,7 +61,7 @@ async def _serve(bot_path: str, out: str, max_calls: str) -> None:
 
     logging.basicConfig(level=logging.ERROR)  # refusals and fillers are counted, not printed
     from voxpipe import events
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.processors.llm.base import LLMBaseSettings
     from voxpipe.processors.tts.base import CachedTTSSettings

@@ -29,8 +29,8 @@ from _machine import machine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from voxpipe.bots.bot import Bot  # noqa: E402
 from voxpipe.frames import InputAudioFrame, StartFrame  # noqa: E402
-from voxpipe.pipelines.bot import Bot  # noqa: E402
 from voxpipe.pipelines.processor import FrameProcessor  # noqa: E402
 from voxpipe.pipelines.task import PipelineTask  # noqa: E402
 
@@ -147,7 +147,7 @@ async def main() -> None:
         f"(target <= {TARGET_KB:g}: {verdict(kb, TARGET_KB)})"
     )
     print(f"build one call's pipeline from a parsed 6-step bot: {await build_us(1000):6.1f} µs")
-    for module in ("voxpipe.pipelines", "voxpipe.pipelines.bot", "voxpipe.pipelines.cli"):
+    for module in ("voxpipe.pipelines", "voxpipe.bots.bot", "voxpipe.bots.cli"):
         best, median, cpu = import_ms(module)
         print(
             f"import {module}: best {best:6.1f} ms, median {median:6.1f} ms, CPU {cpu:6.1f} ms"

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from _machine import machine
 
 from voxpipe import events, logs
+from voxpipe.bots.config import HttpSettings
 from voxpipe.http import OperationsApi
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import HttpSettings
 
 
 def per_op_us(run: Callable[[], None], count: int) -> float:

@@ -27,8 +27,8 @@ from _machine import machine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from voxpipe.bots.bot import Bot  # noqa: E402
 from voxpipe.frames import Direction, Frame, InputAudioFrame, StartFrame  # noqa: E402
-from voxpipe.pipelines.bot import Bot  # noqa: E402
 from voxpipe.pipelines.call import Call  # noqa: E402
 from voxpipe.pipelines.processor import FrameProcessor  # noqa: E402
 from voxpipe.pipelines.task import PipelineTask  # noqa: E402

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import redis
 
 from voxpipe import events
+from voxpipe.bots.bot import Bot
 from voxpipe.frames import DOWNSTREAM, Direction, Frame, StartFrame
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 

@@ -21,10 +21,10 @@ from helpers import AUDIO
 from pydantic import SecretStr
 
 from voxpipe.ari import AriCall, AriController
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import AriSettings
 from voxpipe.frames import TransferFrame
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import AriSettings
 from voxpipe.sessions import outcomes
 from voxpipe.transports.audiosocket.caller import load_wav, running_bot
 
@@ -681,7 +681,7 @@ async def test_no_bot_listening_sends_the_caller_back(fake: FakeAri) -> None:
 
 
 async def test_serve_starts_the_controller_for_a_bot_with_an_ari_block(fake: FakeAri) -> None:
-    from voxpipe.pipelines.serve import _start_ari
+    from voxpipe.bots.serve import _start_ari
 
     text = ECHO_BOT + (
         f'ari: {{url: "{fake.url}", username: {fake.username}, password: {fake.password}}}\n'

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from voxpipe.pipelines.config import BotConfig, LoadedConfig, load_bot
+from voxpipe.bots.config import BotConfig, LoadedConfig, load_bot
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTERISK = ROOT / "asterisk"

@@ -22,8 +22,8 @@ from voxpipe.transports.audiosocket.protocol import Kind, encode
 
 SERVE = """
 import sys
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.serve import run_loop, serve
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.serve import run_loop, serve
 sys.exit(run_loop(serve(Bot.load(sys.argv[1]), host="127.0.0.1", port=0)))
 """
 

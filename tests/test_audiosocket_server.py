@@ -20,6 +20,8 @@ from helpers import observing
 from pydantic import Field
 
 from voxpipe import events
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.frames import (
     BotSpokeFrame,
     BotStartedSpeakingFrame,
@@ -34,10 +36,8 @@ from voxpipe.frames import (
     TTSStoppedFrame,
     Utterance,
 )
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
-from voxpipe.pipelines.registry import ProcessorType, Registry
 from voxpipe.pipelines.settings import ProcessorSettings
 from voxpipe.transports.audiosocket.caller import (
     Dtmf,

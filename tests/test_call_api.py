@@ -18,11 +18,11 @@ from helpers import AUDIO, free_port
 from pydantic import Field
 from websockets.asyncio.client import connect
 
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError
+from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.http import OperationsApi
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError
 from voxpipe.pipelines.processor import FrameProcessor
-from voxpipe.pipelines.registry import ProcessorType, Registry
 from voxpipe.pipelines.settings import ProcessorSettings
 from voxpipe.records.service import records_of
 

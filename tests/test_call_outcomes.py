@@ -22,15 +22,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from voxpipe.ari import AriController
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import AriSettings, HttpSettings
+from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.frames import Direction, DTMFFrame, Frame, HangupFrame, TransferFrame
 from voxpipe.http import OperationsApi
 from voxpipe.http.outcomes import OutcomeLookup
 from voxpipe.http.state import CallTracker
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import AriSettings, HttpSettings
 from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
-from voxpipe.pipelines.registry import ProcessorType, Registry
 from voxpipe.pipelines.settings import ProcessorSettings
 from voxpipe.sessions.outcomes import OutcomeLog
 from voxpipe.sessions.store import KEY_PREFIX, RedisSessionStore

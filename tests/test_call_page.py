@@ -15,8 +15,8 @@ from pathlib import Path
 from helpers import AUDIO
 from playwright.async_api import Browser, async_playwright
 
+from voxpipe.bots.bot import Bot
 from voxpipe.http import OperationsApi
-from voxpipe.pipelines.bot import Bot
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -10,6 +10,7 @@ import pytest
 from helpers import Started, observing
 
 from voxpipe import events
+from voxpipe.bots.bot import Bot
 from voxpipe.conversation import CallState, can_move, move, state_of
 from voxpipe.conversation.tracker import ConversationTracker
 from voxpipe.frames import (
@@ -23,7 +24,6 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask

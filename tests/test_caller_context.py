@@ -14,10 +14,10 @@ from pydantic import SecretStr
 from sqlalchemy import text
 
 from voxpipe.ari import AriController
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import AriSettings
 from voxpipe.caller_context import CallerContext, Customer, render, render_arguments
 from voxpipe.http import OperationsApi
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import AriSettings
 from voxpipe.records.context import PendingContexts, context_from_form, settle_caller
 from voxpipe.records.service import records_of
 from voxpipe.tools.settings import ToolSettings
@@ -243,14 +243,14 @@ async def test_tool_arguments_take_the_caller_context() -> None:
 
 @pytest.mark.parametrize("variables", [["number"], ["has space"]])
 def test_caller_variables_are_checked(variables: list[str]) -> None:
-    from voxpipe.pipelines.config import ConfigError, parse_bot
+    from voxpipe.bots.config import ConfigError, parse_bot
 
     with pytest.raises(ConfigError, match=r"caller\.variables"):
         parse_bot(f"name: x\npipeline: [{{vad: {{}}}}]\ncaller: {{variables: {variables}}}\n")
 
 
 def test_templates_asking_for_context_the_bot_cannot_have_are_load_errors() -> None:
-    from voxpipe.pipelines.config import ConfigError, parse_bot
+    from voxpipe.bots.config import ConfigError, parse_bot
 
     bot = """name: x
 greeting: "Hi {customer.name|caller.nick|there}."

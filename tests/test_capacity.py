@@ -22,11 +22,11 @@ from fakes.slow_models import registry
 from helpers import AUDIO, observing
 
 from voxpipe import events
+from voxpipe.bots.bot import Bot
 from voxpipe.conversation.state import CallState, state_of
 from voxpipe.http.metrics import Metrics
 from voxpipe.http.state import CallTracker, ServiceState
 from voxpipe.models.shared import models_of
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.transports.audiosocket.caller import (
     CallResult,

@@ -15,20 +15,22 @@ from pathlib import Path
 import pytest
 from helpers import AUDIO
 
-from voxpipe.pipelines.cli import build_parser
+from voxpipe.bots.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "tests" / "configs"
 SCRIPT = Path(sys.executable).with_name("run-pipeline")
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     """Run the console script; never longer than two minutes."""
     return subprocess.run(
         [str(SCRIPT), *args],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         timeout=120,
     )
@@ -245,19 +247,58 @@ def test_schema_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
     assert result.stderr.startswith("run-pipeline: error: cannot write ")
 
 
-def test_docs_refreshes_the_reference_in_a_readme(tmp_path: Path) -> None:
+STALE_PAGE = "# bot\n\n<!-- yaml-reference:start -->\nSTALE\n<!-- yaml-reference:end -->\n"
+
+
+def test_docs_refreshes_the_reference_page_by_default(tmp_path: Path) -> None:
+    page = tmp_path / "docs" / "reference.md"
+    page.parent.mkdir()
+    page.write_text(STALE_PAGE)
+    first = run("docs", "--builtin-only", cwd=tmp_path)
+    second = run("docs", "--builtin-only", cwd=tmp_path)
+    assert first.stdout == "docs/reference.md: updated\n"
+    assert second.stdout == "docs/reference.md: already up to date\n"
+    text = page.read_text()
+    assert "STALE" not in text
+    assert "### `transport.audiosocket`" in text
+    assert text.startswith("# bot\n\n<!-- yaml-reference:start -->\n### Top level")
+
+
+@pytest.mark.parametrize("option", ["--file", "--readme"])
+def test_docs_refreshes_the_reference_in_another_page(tmp_path: Path, option: str) -> None:
     readme = tmp_path / "README.md"
-    readme.write_text(
-        "# bot\n\n<!-- yaml-reference:start -->\nSTALE\n<!-- yaml-reference:end -->\n"
-    )
-    first = run("docs", "--builtin-only", "--readme", str(readme))
-    second = run("docs", "--builtin-only", "--readme", str(readme))
+    readme.write_text(STALE_PAGE)
+    first = run("docs", "--builtin-only", option, str(readme))
+    second = run("docs", "--builtin-only", option, str(readme))
     assert first.stdout == f"{readme}: updated\n"
     assert second.stdout == f"{readme}: already up to date\n"
     text = readme.read_text()
     assert "STALE" not in text
     assert "### `transport.audiosocket`" in text
     assert text.startswith("# bot\n\n<!-- yaml-reference:start -->\n### Top level")
+
+
+def test_docs_away_from_the_repository_says_what_to_do(tmp_path: Path) -> None:
+    result = run("docs", "--builtin-only", cwd=tmp_path)
+    assert result.returncode == 1
+    no_traceback(result)
+    assert result.stderr.startswith("run-pipeline: error: docs/reference.md not found: ")
+    assert "--file FILE" in result.stderr and "--print" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_docs_prints_the_reference() -> None:
+    result = run("docs", "--builtin-only", "--print")
+    assert result.returncode == 0
+    assert result.stdout.startswith("### Top level")
+    assert "### `transport.audiosocket`" in result.stdout
+    assert (
+        result.stdout
+        == (ROOT / "docs" / "reference.md")
+        .read_text()
+        .split("<!-- yaml-reference:start -->\n", 1)[1]
+        .split("<!-- yaml-reference:end -->", 1)[0]
+    )
 
 
 def test_secrets_stay_out_of_output_and_debug_logs() -> None:
@@ -273,7 +314,7 @@ def test_secrets_stay_out_of_output_and_debug_logs() -> None:
 def test_importing_the_engine_is_fast() -> None:
     """Measured in a fresh interpreter; the 150 ms target is tracked by bench/frames.py."""
     code = (
-        "import time; t = time.perf_counter(); import voxpipe.pipelines.bot, voxpipe.pipelines.cli;"
+        "import time; t = time.perf_counter(); import voxpipe.bots.bot, voxpipe.bots.cli;"
         " print(time.perf_counter() - t)"
     )
     result = subprocess.run(
@@ -281,7 +322,7 @@ def test_importing_the_engine_is_fast() -> None:
     )
     assert float(result.stdout) < 1.0
     heavy = (
-        "import sys, voxpipe.pipelines.bot;"
+        "import sys, voxpipe.bots.bot;"
         " print(sorted({'numpy', 'anthropic', 'grpc'} & set(sys.modules)))"
     )
     loaded = subprocess.run(

@@ -9,8 +9,8 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import Field, SecretStr
 
-from voxpipe.pipelines.config import ConfigError, dump_settings, load_bot, parse_bot
-from voxpipe.pipelines.registry import ProcessorType, Registry
+from voxpipe.bots.config import ConfigError, dump_settings, load_bot, parse_bot
+from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.pipelines.settings import ProcessorSettings
 
 CONFIGS = Path(__file__).resolve().parent / "configs"

@@ -13,8 +13,8 @@ import numpy as np
 from helpers import AUDIO, observing
 
 from voxpipe import events
+from voxpipe.bots.bot import Bot
 from voxpipe.conversation import CallState
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
 from voxpipe.transports.audiosocket.caller import (
     CallResult,

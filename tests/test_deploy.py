@@ -22,9 +22,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from voxpipe.bots.config import ConfigError, HttpSettings, load_bot
 from voxpipe.http import OperationsApi
 from voxpipe.http.metrics import Metrics
-from voxpipe.pipelines.config import ConfigError, HttpSettings, load_bot
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -389,10 +389,10 @@ def test_capacity_figures_are_named_placeholders_or_quantities_the_bot_agrees_wi
         "cpu": str(resources["requests"]["cpu"]),
         "memory": str(resources["requests"]["memory"]),
     }
-    readme = (REPO / "README.md").read_text()
+    guide = (REPO / "docs" / "operations.md").read_text()
     for what, value in figures.items():
         if PLACEHOLDER.fullmatch(value):
-            assert value in readme, f"{value} ({what}) is not explained in the README"
+            assert value in guide, f"{value} ({what}) is not explained in docs/operations.md"
         else:
             assert QUANTITY.match(value), f"{what}: {value!r} is no placeholder nor quantity"
     numbers = [figures[key] for key in ("scale_at", "max_calls")]

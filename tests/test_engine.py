@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from voxpipe.bots.bot import Bot
 from voxpipe.frames import (
     UPSTREAM,
     BotStoppedSpeakingFrame,
@@ -23,7 +24,6 @@ from voxpipe.frames import (
     TextFrame,
     UserStartedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
 from voxpipe.pipelines.task import PipelineTask
 

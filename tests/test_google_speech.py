@@ -19,6 +19,8 @@ from fakes.google_speech import FakeGoogleServer, tone_wav
 from helpers import AUDIO, Recorder, RunningCalls, observing
 
 from voxpipe import events
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError
 from voxpipe.frames import (
     UPSTREAM,
     Direction,
@@ -34,8 +36,6 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors.tts.google import strip_wav_header

@@ -17,11 +17,11 @@ from helpers import AUDIO
 from pydantic import SecretStr
 
 from voxpipe import events, logs
+from voxpipe.bots.config import HttpSettings
 from voxpipe.http import OperationsApi
 from voxpipe.http.metrics import label
 from voxpipe.http.state import CallList
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import HttpSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -262,7 +262,7 @@ def test_reasons_become_bounded_labels() -> None:
 
 
 async def test_metrics_and_calls_change_after_a_simulated_call(api: OperationsApi) -> None:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.transports.audiosocket.caller import (
         Hangup,
         Say,
@@ -296,7 +296,7 @@ async def test_metrics_and_calls_change_after_a_simulated_call(api: OperationsAp
 async def test_calls_of_every_worker_come_from_redis_without_ended_ones(redis_port: int) -> None:
     import redis.asyncio as redis
 
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
 
     store = redis.Redis(port=redis_port)
     try:

@@ -9,8 +9,8 @@ from fakes.anthropic_sse import FakeHTTPServer, Reply, anthropic_error, anthropi
 from fakes.llm_chain import converse
 from helpers import LOOKUP_TOOL, TTFB, observing
 
+from voxpipe.bots.bot import Bot
 from voxpipe.frames import HangupFrame, LLMTextFrame, ToolCallFrame
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.settings import ProviderError
 
 

@@ -8,8 +8,8 @@ from fakes.llm_chain import converse
 from fakes.openai_sse import openai_error, openai_reply
 from helpers import LOOKUP_TOOL
 
+from voxpipe.bots.bot import Bot
 from voxpipe.frames import HangupFrame, LLMTextFrame, ToolCallFrame
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.settings import ProviderError
 
 

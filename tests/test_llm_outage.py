@@ -10,7 +10,7 @@ from __future__ import annotations
 from fakes.anthropic_sse import FakeHTTPServer, anthropic_error, anthropic_reply
 from helpers import AUDIO
 
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.transports.audiosocket.caller import (
     CallResult,
     Hangup,

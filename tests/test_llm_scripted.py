@@ -11,6 +11,8 @@ import pytest
 from fakes.llm_chain import Conversation, Listener, converse
 from helpers import AUDIO
 
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError
 from voxpipe.frames import (
     UPSTREAM,
     Direction,
@@ -30,8 +32,6 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError
 from voxpipe.processors.llm.scripted import ScriptedClient
 
 # Settings of the late-reply filler (a short wait, for tests), and none at all.
@@ -239,7 +239,7 @@ async def test_interrupted_reply_keeps_only_what_was_heard() -> None:
 
 def test_intent_tools_must_be_listed() -> None:
     with pytest.raises(ConfigError, match="not in `tools`"):
-        from voxpipe.pipelines.bot import Bot
+        from voxpipe.bots.bot import Bot
 
         Bot.from_yaml(DESK.replace("tools: [hangup, transfer]", "tools: [hangup]"))
 
@@ -322,7 +322,7 @@ def test_the_demo_desk_understands_the_recorded_callers(
     recording: str, misheard: str, intent: str
 ) -> None:
     """The demo's intents match what each caller says, as written and as pocketsphinx hears it."""
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.processors.llm.scripted import ScriptedSettings
 
     (llm,) = [s.settings for s in Bot.load(DEMO).steps if s.type_name == "llm"]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from voxpipe import events, logs
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.pipelines.call import Call
 
 BOT = """

@@ -14,6 +14,8 @@ from fakes.openai_audio import SPEECH_RATE, WORD_MS, Answer, FakeOpenAIAudio
 from helpers import AUDIO, Recorder, RunningCalls, observing
 
 from voxpipe import events
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError
 from voxpipe.frames import (
     UPSTREAM,
     Direction,
@@ -29,8 +31,6 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError
 from voxpipe.pipelines.task import PipelineTask
 
 

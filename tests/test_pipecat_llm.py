@@ -13,8 +13,8 @@ from fakes.llm_chain import converse
 from fakes.openai_sse import openai_error, openai_reply
 from helpers import LOOKUP_TOOL
 
+from voxpipe.bots.bot import Bot
 from voxpipe.frames import HangupFrame, LLMTextFrame, ToolCallFrame
-from voxpipe.pipelines.bot import Bot
 
 
 def openai_bot(base_url: str, extra: str = "", tools: str = "") -> str:
@@ -177,7 +177,7 @@ async def test_anthropic_service_streams_text_and_round_trips_a_tool(
 
 
 def test_llm_keys_are_refused_on_other_roles_and_arguments_on_the_llm_role_are_checked() -> None:
-    from voxpipe.pipelines.config import ConfigError
+    from voxpipe.bots.config import ConfigError
 
     text = """name: x
 pipeline:

@@ -18,6 +18,7 @@ from fakes.openai_audio import WORD_MS, Answer, FakeOpenAIAudio
 from fakes.openai_sse import openai_reply
 from helpers import AUDIO, Recorder, RunningCalls
 
+from voxpipe.bots.bot import Bot
 from voxpipe.frames import (
     UPSTREAM,
     Direction,
@@ -34,7 +35,6 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.transports.audiosocket.caller import (
     Hangup,

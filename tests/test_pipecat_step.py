@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from helpers import Recorder, RunningCalls
 
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError, dump_settings
 from voxpipe.frames import (
     UPSTREAM,
     Direction,
@@ -21,8 +23,6 @@ from voxpipe.frames import (
     TranscriptionFrame,
     UserStartedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError, dump_settings
 
 STT = "pipecat.services.openai.stt.OpenAISTTService"
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError
+from voxpipe.bots.registry import Registry
 from voxpipe.frames import Direction, EndFrame, Frame, TextFrame
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError
 from voxpipe.pipelines.processor import FrameProcessor
-from voxpipe.pipelines.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,7 +137,7 @@ def test_a_plugin_type_is_validated_like_a_built_in(registry: Registry) -> None:
 def test_list_shows_plugins_with_origin_and_problems_but_never_secrets(plugin_dir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(plugin_dir)}
     result = subprocess.run(
-        [sys.executable, "-m", "voxpipe.pipelines.cli", "list"],
+        [sys.executable, "-m", "voxpipe.bots.cli", "list"],
         capture_output=True,
         text=True,
         env=env,

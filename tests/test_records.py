@@ -18,10 +18,10 @@ from fakes.ari import wait_until
 from helpers import AUDIO, PostgresServer, observing
 from sqlalchemy import inspect, text
 
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import ConfigError, parse_bot
 from voxpipe.http import OperationsApi
 from voxpipe.http.metrics import Metrics
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import ConfigError, parse_bot
 from voxpipe.records import migrate
 from voxpipe.records.partitions import partitions
 from voxpipe.records.service import CallRecords, make_engine, records_of
@@ -524,7 +524,7 @@ async def test_history_call_and_audio_endpoints_behind_the_token(tmp_path: Path)
 async def test_cli_lists_and_shows_calls(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from voxpipe.pipelines.cli import main
+    from voxpipe.bots.cli import main
 
     bot = prompting_bot(sqlite_url(tmp_path))
     async with running_bot(bot) as server:
@@ -597,8 +597,8 @@ def test_bad_call_records_settings_are_reported_with_file_line_and_column() -> N
 
 SERVE = """
 import asyncio, sys
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.serve import serve
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.serve import serve
 sys.exit(asyncio.run(serve(Bot.load(sys.argv[1]), host="127.0.0.1", port=0)))
 """
 

@@ -154,7 +154,7 @@ def serve(
     bot.write_text(
         BOT.format(port=port, http_port=http_port, redis_port=redis_port, drain_s=drain_s)
     )
-    command = [sys.executable, "-m", "voxpipe.pipelines.cli", "serve", str(bot), *extra]
+    command = [sys.executable, "-m", "voxpipe.bots.cli", "serve", str(bot), *extra]
     process = Process(command, tmp_path / f"{name}.log")
     processes.append(process)
     return process, port, http_port
@@ -376,7 +376,7 @@ async def test_workers_that_cannot_start_stop_the_supervisor_with_an_error(
     bot_file.write_text(
         BOT.format(port=free_port(), http_port=http_port, redis_port=redis_port, drain_s=1)
     )
-    command = [sys.executable, "-m", "voxpipe.pipelines.cli", "serve", str(bot_file)]
+    command = [sys.executable, "-m", "voxpipe.bots.cli", "serve", str(bot_file)]
     supervisor = Process([*command, "--workers", "2"], tmp_path / "busy.log")
     processes.append(supervisor)
     try:

@@ -13,6 +13,9 @@ import pytest
 from helpers import RedisServer, Started, free_port
 from pydantic import SecretStr
 
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import RedisStoreSettings
+from voxpipe.bots.workers import Supervisor
 from voxpipe.conversation import CallState, move
 from voxpipe.conversation.tracker import ConversationTracker
 from voxpipe.frames import (
@@ -21,9 +24,7 @@ from voxpipe.frames import (
     BotStoppedSpeakingFrame,
     LLMResponseStartFrame,
 )
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import RedisStoreSettings
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.sessions.store import (
     KEY_PREFIX,
@@ -32,7 +33,6 @@ from voxpipe.sessions.store import (
     session_store,
     worker_id,
 )
-from voxpipe.workers import Supervisor
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import helpers
 import pytest
 from helpers import AUDIO, TTFB, RunningCalls, observing
 
+from voxpipe.bots.bot import Bot
 from voxpipe.frames import (
     InputAudioFrame,
     InterimTranscriptionFrame,
@@ -21,7 +22,6 @@ from voxpipe.frames import (
     UserStoppedSpeakingFrame,
 )
 from voxpipe.models.shared import model_engines
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask
 

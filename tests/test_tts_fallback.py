@@ -18,7 +18,7 @@ import pytest
 from fakes.google_speech import FakeGoogleServer
 from helpers import AUDIO
 
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.processors.tts.base import PhraseCache, standby_lines
 from voxpipe.transports.audiosocket.caller import (
     CallResult,

@@ -11,6 +11,7 @@ import helpers
 import pytest
 from helpers import TTFB, RunningCalls, observing
 
+from voxpipe.bots.bot import Bot
 from voxpipe.frames import (
     UPSTREAM,
     BotStoppedSpeakingFrame,
@@ -28,7 +29,6 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from voxpipe.bots.bot import Bot
 from voxpipe.frames import (
     Direction,
     Frame,
@@ -25,7 +26,6 @@ from voxpipe.frames import (
     UserStoppedSpeakingFrame,
     Utterance,
 )
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 

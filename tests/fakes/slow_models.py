@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.models.engine import STTEngine
 from voxpipe.models.pool import ModelPool
-from voxpipe.pipelines.bot import Bot
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.registry import ProcessorType, Registry
 from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 
 

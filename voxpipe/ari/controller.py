@@ -41,8 +41,8 @@ from voxpipe.records.context import context_from_channel
 from voxpipe.sessions import outcomes
 
 if TYPE_CHECKING:
+    from voxpipe.bots.config import AriSettings
     from voxpipe.pipelines.call import Call
-    from voxpipe.pipelines.config import AriSettings
 
 log = logging.getLogger("voxpipe.ari")
 

@@ -36,7 +36,7 @@ from voxpipe.frames import (
 from voxpipe.pipelines.processor import FrameProcessor
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.sessions.store import SessionStore
 

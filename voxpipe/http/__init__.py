@@ -18,17 +18,17 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from voxpipe import events
+from voxpipe.bots.config import HttpSettings
 from voxpipe.http.app import create_app
 from voxpipe.http.metrics import Metrics
 from voxpipe.http.outcomes import OutcomeLookup, RecordFetcher
 from voxpipe.http.records import RecordsRoutes
 from voxpipe.http.server import HttpServer
 from voxpipe.http.state import CallList, CallTracker, ProviderWatch, ServiceState
-from voxpipe.pipelines.config import HttpSettings
 from voxpipe.sessions.outcomes import RETENTION_S, OutcomeLog
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.transports.websocket.server import CallApi
 
 __all__ = [
@@ -90,8 +90,8 @@ class OperationsApi:
         settings = bot.config.http
         if settings is None:
             return None
+        from voxpipe.bots.workers import worker_listen
         from voxpipe.sessions.store import RedisSessionStore, session_store
-        from voxpipe.workers import worker_listen
 
         store = session_store(bot)
         settings = settings.model_copy(update={"listen": worker_listen(settings.listen)})

@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from voxpipe.records.context import PendingContexts, context_from_form, pending_contexts
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.records.service import CallRecords
 
 MAX_CONTEXT_BYTES = 8192

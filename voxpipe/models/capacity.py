@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 from voxpipe.models.shared import model_engines, models_of
 
 if TYPE_CHECKING:
+    from voxpipe.bots.bot import Bot
     from voxpipe.models.engine import Engine, SampleJob
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
 
 log = logging.getLogger("voxpipe.models")
 

@@ -571,7 +571,7 @@ def _close_all() -> None:
 def default_workers() -> int:
     """Model workers when the bot says ``auto``: one per core, shared among the bot processes
     of ``serve --workers`` on this host."""
-    from voxpipe.workers import WORKERS_ENV
+    from voxpipe.worker_env import WORKERS_ENV
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     processes = int(os.environ.get(WORKERS_ENV, "1") or 1)

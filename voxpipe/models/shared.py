@@ -13,8 +13,8 @@ from voxpipe.models.pool import ModelPool, acquire, default_workers, release
 from voxpipe.pipelines.settings import ProviderError
 
 if TYPE_CHECKING:
+    from voxpipe.bots.bot import Bot
     from voxpipe.models.engine import Engine, SampleJob
-    from voxpipe.pipelines.bot import Bot
 
 POOL_KEY = "models"
 

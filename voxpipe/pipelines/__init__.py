@@ -1,1 +1,1 @@
-"""The engine: frames through processors, per-call tasks, YAML bots, the registry and the CLI."""
+"""The engine: frames through processors, per-call tasks, the call, step settings."""

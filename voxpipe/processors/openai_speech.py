@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr
 from voxpipe.pipelines.settings import ProviderError, Settings
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
 
 T = TypeVar("T")

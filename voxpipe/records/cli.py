@@ -32,7 +32,7 @@ def database_url(args: argparse.Namespace) -> str:
         return str(args.url)
     if not args.bot:
         raise RecordsError("give the bot file (BOT.yaml) or --url URL of the database")
-    from voxpipe.pipelines.config import load_bot
+    from voxpipe.bots.config import load_bot
 
     loaded = load_bot(args.bot)
     if loaded.config.call_records is None:

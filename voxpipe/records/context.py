@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from voxpipe.caller_context import CallerContext
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
 
 log = logging.getLogger("voxpipe.records")

@@ -41,7 +41,7 @@ from voxpipe.records.writer import RecordWriter
 from voxpipe.sessions.outcomes import ERROR, outcome_of
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.records.settings import CallRecordsSettings, HooksSettings
 

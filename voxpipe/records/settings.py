@@ -120,7 +120,7 @@ class HooksSettings(Settings):
 
 
 class CallerSettings(Settings):
-    """What the bot learns about the caller when a call starts (see README, Caller context)."""
+    """What the bot learns about the caller when a call starts (docs/bots.md, Caller context)."""
 
     variables: list[str] = Field(
         default_factory=list,

@@ -31,7 +31,7 @@ from voxpipe.conversation.state import state_of
 from voxpipe.sessions.outcomes import ERROR, RETENTION_S, outcome_of
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
 
 log = logging.getLogger("voxpipe.sessions")

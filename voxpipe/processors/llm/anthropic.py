@@ -23,7 +23,7 @@ from voxpipe.processors.llm.base import (
 from voxpipe.tools.toolbox import ToolCall, ToolSpec, parse_arguments
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
 
 CALL_OPENING = "(The call is connected.)"
 

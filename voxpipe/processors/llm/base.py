@@ -77,7 +77,7 @@ from voxpipe.pipelines.settings import ProcessorSettings, ProviderError, Setting
 from voxpipe.tools.toolbox import Toolbox, ToolCall, ToolSpec, build_toolbox
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
 
 log = logging.getLogger("voxpipe.llm")

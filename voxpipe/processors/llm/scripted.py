@@ -22,7 +22,7 @@ from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound
 from voxpipe.tools.toolbox import ToolCall, ToolSpec
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
 
 _FIELD = re.compile(r"\{(\w+)\}")
 

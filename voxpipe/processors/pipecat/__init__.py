@@ -41,7 +41,7 @@ from voxpipe.processors.llm.base import LLMBaseSettings
 from voxpipe.processors.tts.base import CachedTTSSettings, standby_clips
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
 

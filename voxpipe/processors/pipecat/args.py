@@ -115,7 +115,7 @@ def check_arguments(cls: type[Any], args: dict[str, Any]) -> dict[str, Any]:
     for name, value in args.items():
         parameter = accepted.get(name)
         if parameter is None:
-            from voxpipe.pipelines.config import did_you_mean
+            from voxpipe.pipelines.settings import did_you_mean
 
             problems.append(
                 ArgumentProblem(
@@ -190,7 +190,7 @@ def _dataclass(cls: type[Any], value: dict[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - names)
     if unknown:
-        from voxpipe.pipelines.config import did_you_mean
+        from voxpipe.pipelines.settings import did_you_mean
 
         raise ValueError(
             f"{cls.__qualname__} has no field {unknown[0]!r}"

@@ -42,9 +42,9 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings, ProviderError
 
 if TYPE_CHECKING:
+    from voxpipe.bots.bot import Bot
     from voxpipe.models.engine import Engine
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
 
 

@@ -23,7 +23,7 @@ from voxpipe.pipelines.settings import ProviderError, Settings
 from voxpipe.processors.stt.base import STTProcessor, STTProviderSettings
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
 

@@ -34,7 +34,7 @@ from voxpipe.processors.openai_speech import (
 from voxpipe.processors.stt.base import STTProcessor, STTProviderSettings
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
 

@@ -31,8 +31,8 @@ from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 from voxpipe.processors.tts.base import resample_pcm16
 
 if TYPE_CHECKING:
+    from voxpipe.bots.bot import Bot
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
 
 MODEL_RATE = 16000
@@ -274,7 +274,7 @@ class PocketsphinxSettings(LocalSTTSettings):
         False,
         description="Decode the whole utterance again when the caller stops, normalised over "
         "itself: far fewer errors on 8 kHz phone audio, but the final transcript then comes "
-        "a third to a half of the utterance's length later (see README, Offline speech).",
+        "a third to a half of the utterance's length later (see docs/benchmarks.md).",
     )
 
     @model_validator(mode="after")

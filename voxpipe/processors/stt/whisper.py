@@ -27,8 +27,8 @@ from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 
 if TYPE_CHECKING:
+    from voxpipe.bots.bot import Bot
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
 
 
@@ -160,8 +160,8 @@ class WhisperSettings(LocalSTTSettings):
         le=30,
         description="Seconds of audio the encoder reads per utterance (shorter utterances are "
         "padded to it): Whisper's own 30 by default; 15 decodes phone utterances about three "
-        "times faster with the same words on the recorded callers (see README, Offline "
-        "speech); shorter ones make tiny.en repeat itself on a one-word answer.",
+        "times faster with the same words on the recorded callers (see docs/benchmarks.md); "
+        "shorter ones make tiny.en repeat itself on a one-word answer.",
     )
 
     def engine(self) -> WhisperEngine:

@@ -58,9 +58,9 @@ from voxpipe.pipelines.settings import ProcessorSettings
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from voxpipe.bots.bot import Bot
     from voxpipe.models.engine import Engine
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
 
 log = logging.getLogger("voxpipe.tts")
 

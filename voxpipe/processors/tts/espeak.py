@@ -18,7 +18,7 @@ from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
 

@@ -20,7 +20,7 @@ from voxpipe.processors.stt.google import GoogleConnection, describe, is_provide
 from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
 

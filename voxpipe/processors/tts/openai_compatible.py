@@ -24,7 +24,7 @@ from voxpipe.processors.openai_speech import (
 from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
 

@@ -27,8 +27,8 @@ from voxpipe.processors.tts.base import (
 )
 
 if TYPE_CHECKING:
+    from voxpipe.bots.bot import Bot
     from voxpipe.models.pool import ModelPool
-    from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
 

@@ -15,7 +15,7 @@ from pydantic import Field
 from voxpipe.processors.tts.base import TTSProcessor, TTSProviderSettings
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.processor import FrameProcessor
 

@@ -33,7 +33,7 @@ from voxpipe.transports.audiosocket.protocol import (
 from voxpipe.transports.audiosocket.resample import Resampler, resample_once
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.transports.audiosocket.server import AudioSocketServer
 
@@ -391,7 +391,7 @@ async def running_bot(
     ``transport_overrides`` replace keys of the bot's ``transport.audiosocket`` block
     (``max_calls=1``, ``keepalive_s=0.2``, ...); the pipeline's ``sample_rate`` stays the bot's.
     """
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.transports.audiosocket.server import AudioSocketServer
     from voxpipe.transports.audiosocket.settings import AudioSocketSettings
 
@@ -485,7 +485,7 @@ async def _call(args: argparse.Namespace) -> CallResult:
         return await place_call(
             host.strip("[]") or "127.0.0.1", int(port), _script(args, pcm, None), rate=rate
         )
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
 
     bot = Bot.load(args.bot)
     calls: list[Call] = []

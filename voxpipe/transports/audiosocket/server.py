@@ -36,8 +36,8 @@ from voxpipe.transports.audiosocket.transport import (
 )
 
 if TYPE_CHECKING:
+    from voxpipe.bots.bot import Bot
     from voxpipe.models.capacity import Capacity
-    from voxpipe.pipelines.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.task import PipelineTask
 
@@ -116,7 +116,7 @@ class AudioSocketServer:
     async def start(self) -> None:
         """Size the call limit (``max_calls: auto``: measure the bot's models), then bind and
         start accepting calls."""
-        from voxpipe.workers import shares_port
+        from voxpipe.worker_env import shares_port
 
         if self.settings.max_calls == "auto":
             from voxpipe.models.capacity import calibrate

@@ -4,8 +4,8 @@ Client to bot: ``call_start`` first (``payload``: ``call_id``, ``trace_id``, ``i
 ``sample_rate``, each optional), then binary audio, ``dtmf`` and ``call_terminated``.
 Bot to client: ``call_accepted`` or ``call_failed``, then binary audio paced at real time,
 ``stop_audio`` (drop what is queued), ``transcript``, ``turn_latency``, ``call_terminated``;
-``error`` before it closes the connection on a message it cannot take. The README's "The call
-API" section is the contract in full; this module is its one implementation.
+``error`` before it closes the connection on a message it cannot take. docs/call-api.md is the
+contract in full; this module is its one implementation.
 """
 
 from __future__ import annotations

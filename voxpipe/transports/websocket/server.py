@@ -40,7 +40,7 @@ from voxpipe.transports.websocket.transport import (
 )
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.pipelines.task import PipelineTask
     from voxpipe.transports.websocket.settings import WebSocketSettings

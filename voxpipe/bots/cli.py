@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
-    from voxpipe.pipelines.registry import Registry
+    from voxpipe.bots.bot import Bot
+    from voxpipe.bots.registry import Registry
 
 log = logging.getLogger("voxpipe.cli")
 
@@ -37,10 +37,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if bot is None:
         return 1
     if args.workers > 1:
-        from voxpipe.workers import supervise, worker_argv
+        from voxpipe.bots.workers import supervise, worker_argv
 
         return supervise(args.workers, worker_argv(args), bot.config.session_store.redis)
-    from voxpipe.pipelines.serve import run_loop, serve
+    from voxpipe.bots.serve import run_loop, serve
 
     try:
         result = run_loop(serve(bot, host=args.host, port=args.port))
@@ -60,7 +60,7 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate every file; print each problem as ``file:line:col: path: message``."""
-    from voxpipe.pipelines.config import ConfigError, dump_settings, load_bot
+    from voxpipe.bots.config import ConfigError, dump_settings, load_bot
 
     failed = 0
     for file in args.bots:
@@ -88,7 +88,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Print every processor type with its settings, types, defaults and documentation."""
-    from voxpipe.pipelines.docs import default_label, fields_of, one_line, provider_name, type_label
+    from voxpipe.bots.docs import default_label, fields_of, one_line, provider_name, type_label
 
     registry = _registry(args)
     for ptype in registry:
@@ -112,7 +112,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print (or write) the JSON Schema of the bot format."""
-    from voxpipe.pipelines.schema import schema_text
+    from voxpipe.bots.schema import schema_text
 
     text = schema_text(_registry(args))
     if args.output:
@@ -123,14 +123,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    """Print the YAML reference, or refresh it in a README between its markers."""
-    from voxpipe.pipelines.docs import reference, update_readme
+    """Refresh the YAML reference in docs/reference.md (or FILE) or print it."""
+    from voxpipe.bots.docs import REFERENCE_PAGE, reference, update_readme
 
     registry = _registry(args)
-    if not args.readme:
+    if args.print:
         sys.stdout.write(reference(registry))
         return 0
-    path = Path(args.readme)
+    path = Path(args.file or REFERENCE_PAGE)
+    if not args.file and not path.is_file():
+        raise UserError(
+            f"{path} not found: run this from the repository's root, name the page with "
+            "--file FILE, or print the reference with --print"
+        )
     try:
         changed = update_readme(path, registry)
     except OSError as exc:
@@ -141,7 +146,7 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 def cmd_graph(args: argparse.Namespace) -> int:
     """Print the bot's chain as a Mermaid flowchart."""
-    from voxpipe.pipelines.docs import mermaid
+    from voxpipe.bots.docs import mermaid
 
     bot = _load_or_report(args.bot, args.verbose)
     if bot is None:
@@ -155,9 +160,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def _load_or_report(file: str, verbose: bool, log_format: str | None = None) -> Bot | None:
     """Load a bot, or print every problem with it and return ``None``."""
+    from voxpipe.bots.bot import Bot
+    from voxpipe.bots.config import ConfigError
     from voxpipe.logs import secret_values, setup_logging
-    from voxpipe.pipelines.bot import Bot
-    from voxpipe.pipelines.config import ConfigError
 
     try:
         bot = Bot.load(file)
@@ -176,7 +181,7 @@ def _load_or_report(file: str, verbose: bool, log_format: str | None = None) -> 
 
 
 def _registry(args: argparse.Namespace) -> Registry:
-    from voxpipe.pipelines.registry import Registry, default_registry
+    from voxpipe.bots.registry import Registry, default_registry
 
     return Registry.default(plugins=False) if args.builtin_only else default_registry()
 
@@ -283,10 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE")
     p.add_argument("--builtin-only", action="store_true", help="leave installed plugins out")
 
-    p = command("docs", cmd_docs, "Print the YAML reference generated from the settings models.")
-    p.add_argument(
-        "--readme", metavar="FILE", help="refresh the reference between the markers in FILE instead"
+    p = command(
+        "docs", cmd_docs, "Refresh the YAML reference (docs/reference.md) from the settings models."
     )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--file",
+        "--readme",
+        metavar="FILE",
+        help="refresh the reference between the markers in FILE instead of docs/reference.md",
+    )
+    where.add_argument("--print", action="store_true", help="print the reference instead")
     p.add_argument("--builtin-only", action="store_true", help="leave installed plugins out")
 
     p = command("graph", cmd_graph, "Print a bot's chain as a Mermaid flowchart.")
@@ -321,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as exc:
-        from voxpipe.pipelines.config import ConfigError
+        from voxpipe.bots.config import ConfigError
 
         if isinstance(exc, ConfigError):  # a command that loads a bot itself (``call``)
             for problem in exc.problems:

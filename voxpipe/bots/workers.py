@@ -30,27 +30,17 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from voxpipe.worker_env import WORKER_ENV, WORKERS_ENV, worker_index
+
 if TYPE_CHECKING:
-    from voxpipe.pipelines.config import RedisStoreSettings
+    from voxpipe.bots.config import RedisStoreSettings
 
 log = logging.getLogger("voxpipe.workers")
 
-WORKER_ENV = "VOXPIPE_WORKER"
-WORKERS_ENV = "VOXPIPE_WORKERS"
 RESTART_DELAY_S = 1.0
 STARTUP_S = 5.0
 # How often the calls of a dead worker are tried again while Redis does not answer.
 ORPHAN_RETRY_S = 5.0
-
-
-def worker_index() -> int:
-    """This process's worker index (0 when not started by the supervisor)."""
-    return int(os.environ.get(WORKER_ENV, "0") or 0)
-
-
-def shares_port() -> bool:
-    """Whether this process is one of several workers sharing the AudioSocket port."""
-    return int(os.environ.get(WORKERS_ENV, "1") or 1) > 1
 
 
 def worker_listen(listen: str) -> str:
@@ -68,7 +58,7 @@ class Supervisor:
         self, count: int, argv: Sequence[str], store: RedisStoreSettings | None = None
     ) -> None:
         self.count = count
-        self.argv = [sys.executable, "-m", "voxpipe.pipelines.cli", *argv]
+        self.argv = [sys.executable, "-m", "voxpipe.bots.cli", *argv]
         self.store = store
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.started: dict[int, float] = {}

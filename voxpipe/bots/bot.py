@@ -10,11 +10,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from voxpipe.bots.config import BotConfig, LoadedConfig, ProcessorEntry, load_bot, parse_bot
+from voxpipe.bots.registry import Registry
 from voxpipe.conversation.tracker import create_tracker
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.config import BotConfig, LoadedConfig, ProcessorEntry, load_bot, parse_bot
 from voxpipe.pipelines.processor import FrameProcessor
-from voxpipe.pipelines.registry import Registry
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.sessions.store import session_store
 

@@ -2,9 +2,9 @@
 
 Also the Mermaid picture of one bot's chain (``run-pipeline graph``).
 
-One source of truth: README.md's "YAML reference" section and ``run-pipeline list`` are both
-rendered from the models here, and a test checks that README.md holds the current text.
-Regenerate it with ``.venv/bin/run-pipeline docs --readme README.md``.
+One source of truth: the YAML reference page (``docs/reference.md``) and ``run-pipeline list``
+are both rendered from the models here, and a test checks that the page holds the current text.
+Regenerate it with ``.venv/bin/run-pipeline docs --builtin-only`` (``--file FILE``: another page).
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from voxpipe.pipelines.config import BotConfig
-from voxpipe.pipelines.registry import ProcessorType, Registry
+from voxpipe.bots.config import BotConfig
+from voxpipe.bots.registry import ProcessorType, Registry
 
 if TYPE_CHECKING:
-    from voxpipe.pipelines.bot import Bot
+    from voxpipe.bots.bot import Bot
 
 START = "<!-- yaml-reference:start -->"
 END = "<!-- yaml-reference:end -->"
+REFERENCE_PAGE = "docs/reference.md"  # where ``run-pipeline docs`` refreshes it by default
 SECRET = "(secret)"
 _LABELS: dict[tuple[type[BaseModel], str], str] = {
     (BotConfig, "pipeline"): "list of steps (see Pipeline steps)"
@@ -178,7 +179,7 @@ def with_reference(readme: str, registry: Registry) -> str:
 
 
 def update_readme(path: Path, registry: Registry) -> bool:
-    """Rewrite the reference in the README at ``path``; return whether it changed."""
+    """Rewrite the reference in the page at ``path``; return whether it changed."""
     old = path.read_text(encoding="utf-8")
     new = with_reference(old, registry)
     if new != old:

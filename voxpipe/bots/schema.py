@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from voxpipe.pipelines.config import BotConfig
-from voxpipe.pipelines.registry import ProcessorType, Registry
+from voxpipe.bots.config import BotConfig
+from voxpipe.bots.registry import ProcessorType, Registry
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 ENV_REFERENCE = "EnvReference"

@@ -7,7 +7,6 @@ runs on an invalid file: ``load_bot`` raises ``ConfigError`` holding all the pro
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -18,9 +17,9 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
+from voxpipe.bots.registry import Registry, default_registry
 from voxpipe.models.settings import ModelsSettings
-from voxpipe.pipelines.registry import Registry, default_registry
-from voxpipe.pipelines.settings import ProcessorSettings, Settings
+from voxpipe.pipelines.settings import ProcessorSettings, Settings, did_you_mean
 from voxpipe.records.settings import CallerSettings, CallRecordsSettings, HooksSettings
 from voxpipe.tools.settings import ToolSettings
 from voxpipe.transports.audiosocket.settings import TransportSettings
@@ -189,12 +188,6 @@ def format_path(path: Path_) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
-
-
-def did_you_mean(word: str, choices: list[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest choice, or ``""``."""
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # --- YAML with positions ------------------------------------------------------------------------
@@ -377,7 +370,7 @@ def _got(kind: str, value: Any) -> str:
 
 def _tags(model: Any, key: str) -> list[str]:
     """The values of the discriminator ``key`` across a union of settings models."""
-    from voxpipe.pipelines.registry import _models_of
+    from voxpipe.bots.registry import _models_of
 
     tags: list[str] = []
     for m in _models_of(model):
@@ -417,7 +410,7 @@ def _walk(prefix: Path_, data: Any, loc: tuple[Any, ...]) -> tuple[Path_, Any]:
 
 def _field_names(model: Any, inner: Path_) -> list[str]:
     """The keys a block at ``inner`` (relative to ``model``) allows, for did-you-mean."""
-    from voxpipe.pipelines.registry import _models_of
+    from voxpipe.bots.registry import _models_of
 
     models = _models_of(model)
     for part in inner:

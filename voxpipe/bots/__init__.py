@@ -1,0 +1,1 @@
+"""The application: YAML bots, the processor registry, serving calls, the CLI, schema and docs."""
