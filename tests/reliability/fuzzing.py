@@ -696,7 +696,7 @@ def yaml_mutations() -> st.SearchStrategy[bytes]:
 
 
 def play_yaml(workdir: Path, text: bytes, report: Report) -> None:
-    from voxpipe.pipelines.config import ConfigError, load_bot
+    from voxpipe.bots.config import ConfigError, load_bot
 
     path = workdir / "bot.yaml"
     path.write_bytes(text)

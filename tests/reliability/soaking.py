@@ -235,11 +235,13 @@ async def conversation_caller(port: int, soak: Soak, stop: asyncio.Event) -> Non
         except OSError as exc:
             soak.conversations_dropped += 1
             soak.drop(f"conversation: {exc!r}")
+            await asyncio.sleep(1.0)
             continue
         heard = sum(end - start for start, end in result.bot_segments)
         if result.hung_up_by != "bot" or heard < 3.0:
             soak.conversations_dropped += 1
             soak.drop(f"conversation: hung up by {result.hung_up_by}, {heard:.1f} s heard")
+            await asyncio.sleep(1.0)
 
 
 def _p99(values: list[float]) -> float:
@@ -261,7 +263,12 @@ async def soak(
     result = Soak()
     bots = {"echo": Bot(ROOT / "configs" / "echo.yaml", workdir)}
     if conversations:
-        bots["demo"] = Bot(ROOT / "configs" / "demo.yaml", workdir)
+        # The demo measures its own max_calls (auto) at start, on a machine busy with the echo
+        # calls: the soak asks it to take exactly its conversations.
+        demo = workdir / "demo.yaml"
+        text = (ROOT / "configs" / "demo.yaml").read_text()
+        demo.write_text(text.replace("max_calls: auto", f"max_calls: {conversations}", 1))
+        bots["demo"] = Bot(demo, workdir)
     try:
         for bot in bots.values():
             await bot.ready()

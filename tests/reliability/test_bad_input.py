@@ -11,8 +11,8 @@ from fuzzing import Target, http_request, running_target
 from helpers import observing
 
 from voxpipe import events
-from voxpipe.pipelines.bot import Bot
-from voxpipe.pipelines.config import MAX_DEPTH, MAX_VALUES, ConfigError, parse_bot
+from voxpipe.bots.bot import Bot
+from voxpipe.bots.config import MAX_DEPTH, MAX_VALUES, ConfigError, parse_bot
 from voxpipe.transports.audiosocket.server import AudioSocketServer
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(

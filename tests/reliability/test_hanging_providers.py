@@ -18,7 +18,7 @@ import pytest
 from fakes.anthropic_sse import FakeHTTPServer, anthropic_reply
 from helpers import AUDIO
 
-from voxpipe.pipelines.bot import Bot
+from voxpipe.bots.bot import Bot
 from voxpipe.transports.audiosocket.caller import (
     CallResult,
     Say,
