@@ -164,3 +164,19 @@ async def test_a_connection_reset_before_it_is_served_is_not_counted_as_refused(
     assert rejections.reasons == []
     assert writer.closed
     assert server.load()["active_calls"] == 0
+
+
+@pytest.mark.parametrize("content_type", [b"application/x-www-form-urlencoded", b"text/plain"])
+def test_a_body_of_the_wrong_type_that_is_not_utf8_is_a_422_not_a_500(
+    target: Target, content_type: bytes
+) -> None:
+    # Fuzzing found it: FastAPI's 422 echoes the input, and bytes that are not UTF-8 cannot be.
+    body = b"caller=\xf6\x8d\xf5_l\xc0\xd1\xc3\xbc\xaaOu"
+    request = (
+        b"PUT /calls/x/log-level HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Type: "
+        + content_type
+        + b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    status, response = http_request(target.http_port, request)
+    assert status == 422, response
+    assert b'"loc"' in response

@@ -18,6 +18,7 @@ import hmac
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
@@ -65,6 +66,14 @@ def create_app(
         dependencies=[Depends(authorize)],
         max_body_size=MAX_BODY_BYTES,
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 with where and what, never the input: FastAPI's own handler echoes it, and a
+        body that is not UTF-8 text cannot be echoed as JSON (it answered 500)."""
+        fields = ("loc", "msg", "type")
+        detail = [{k: error[k] for k in fields if k in error} for error in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.get("/health")
     async def health() -> JSONResponse:
