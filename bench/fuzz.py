@@ -87,7 +87,8 @@ def main() -> int:
                 print(f"neighbour call: {neighbour.error}")
                 failed = True
         if failed:
-            print(target.output()[-5000:])
+            print(target.output()[-3000:])
+            print("\n\n".join(target.traceback_excerpts()))
     return 1 if failed else 0
 
 

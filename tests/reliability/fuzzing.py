@@ -148,6 +148,12 @@ class Target:
             self._out.flush()
         return self.log.read_text(errors="replace")
 
+    def traceback_excerpts(self, limit: int = 3) -> list[str]:
+        """The first ``limit`` tracebacks in the bot's log, with the lines before them."""
+        lines = self.output().splitlines()
+        found = [i for i, line in enumerate(lines) if any(m in line for m in TRACEBACK_MARKS)]
+        return ["\n".join(lines[max(0, i - 3) : i + 80]) for i in found[:limit]]
+
     def tracebacks(self) -> int:
         text = self.output()
         return sum(text.count(mark) for mark in TRACEBACK_MARKS)
