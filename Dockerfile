@@ -48,7 +48,7 @@ ENV PATH=/opt/voxpipe/bin:$PATH \
     VOXPIPE_HEALTH_URL=http://127.0.0.1:8080/health
 USER 10001:10001
 # AudioSocket (transport.audiosocket.listen) and the HTTP API (http.listen) of bot.yaml.
-EXPOSE 9092 8080
+EXPOSE 9092 8765 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 CMD ["voxpipe-healthcheck"]
 # SIGTERM (docker stop) drains: calls get transport.audiosocket.drain_s to finish, so give
 # `docker stop -t` (compose: stop_grace_period) more than that.

@@ -2,7 +2,11 @@
 
     .venv/bin/python bench/calls.py [--calls 50 200 500] [--seconds 15] [--bot configs/echo.yaml]
                                     [--rate 8000] [--phases 20] [--loop uvloop|asyncio]
-                                    [--pin | --no-pin]
+                                    [--pin | --no-pin] [--transport audiosocket|asterisk_websocket]
+
+``--transport asterisk_websocket``: the callers are chan_websocket channels (a WebSocket each,
+``MEDIA_START``, then raw slin/slin16 binary frames) against the bot's chan_websocket server,
+instead of AudioSocket connections. (The call API's cost per call: bench/call_api.py.)
 
 For each N the bot runs in its own process (``--serve``, one AudioSocket server as ``serve``
 runs it, on the event loop ``serve`` would use unless ``--loop`` says otherwise). A light load
@@ -47,9 +51,14 @@ TIMED_EVERY = 10  # one caller in ten times its echo (timing them all would load
 # --- the bot process ---------------------------------------------------------------------------
 
 
-def _record_sends(sent: list[list[float]]) -> None:
+def _record_sends(sent: list[list[float]], transport: str = "audiosocket") -> None:
     """Note when each connection's messages left (a list per connection)."""
     from voxpipe.transports.audiosocket.transport import Connection
+
+    if transport == "asterisk_websocket":
+        from voxpipe.transports.asterisk_websocket.transport import MediaConnection
+
+        Connection = MediaConnection  # type: ignore[misc]
 
     clock = time.monotonic
     send = Connection.send
@@ -85,19 +94,27 @@ def lateness(sent: list[list[float]]) -> tuple[Any, Any]:
     return np.concatenate(times), np.concatenate(late)
 
 
-async def _serve(bot_path: str, out: str) -> None:
+async def _serve(bot_path: str, out: str, transport: str = "audiosocket") -> None:
     """Serve the bot, recording each outbound message's lateness until SIGTERM."""
     from voxpipe.bots.bot import Bot
     from voxpipe.transports.audiosocket.server import AudioSocketServer
 
     sent: list[list[float]] = []
-    _record_sends(sent)
+    _record_sends(sent, transport)
     bot = Bot.load(bot_path)
     await bot.prepare()
-    settings = bot.config.transport.audiosocket.model_copy(
-        update={"listen": "127.0.0.1:0", "max_calls": 10_000}
-    )
-    server = AudioSocketServer(bot, settings)
+    server: Any
+    if transport == "asterisk_websocket":
+        from voxpipe.transports.asterisk_websocket.server import AsteriskWebSocketServer
+        from voxpipe.transports.asterisk_websocket.settings import AsteriskWebSocketSettings
+
+        chan_ws = AsteriskWebSocketSettings(listen="127.0.0.1:0", max_calls=10_000)
+        server = AsteriskWebSocketServer(bot, chan_ws)
+    else:
+        settings = bot.config.transport.audiosocket.model_copy(
+            update={"listen": "127.0.0.1:0", "max_calls": 10_000}
+        )
+        server = AudioSocketServer(bot, settings)
     await server.start()
     print(server.port, flush=True)
     stop = asyncio.Event()
@@ -108,20 +125,20 @@ async def _serve(bot_path: str, out: str) -> None:
     await server.stop(0.0)
 
 
-def _run_bot(bot_path: str, out: str, loop: str) -> None:
+def _run_bot(bot_path: str, out: str, loop: str, transport: str = "audiosocket") -> None:
     if loop == "default":
         try:
             from voxpipe.bots.serve import run_loop
         except ImportError:  # a version that always ran asyncio's own loop
-            asyncio.run(_serve(bot_path, out))
+            asyncio.run(_serve(bot_path, out, transport))
         else:
-            run_loop(_serve(bot_path, out))
+            run_loop(_serve(bot_path, out, transport))
     elif loop == "uvloop":
         import uvloop
 
-        uvloop.run(_serve(bot_path, out))
+        uvloop.run(_serve(bot_path, out, transport))
     else:
-        asyncio.run(_serve(bot_path, out))
+        asyncio.run(_serve(bot_path, out, transport))
 
 
 # --- the callers -------------------------------------------------------------------------------
@@ -167,6 +184,65 @@ class LoadCall(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+
+
+class WsLoadCall:
+    """One chan_websocket caller: MEDIA_START, then raw PCM frames; counts binary bytes back."""
+
+    def __init__(self, message_size: int, timed: bool) -> None:
+        self.message_size = message_size
+        self.timed = timed
+        self.received = 0
+        self.lost = False
+        self.sent_at: collections.deque[float] = collections.deque()
+        self.round_trips: list[float] = []
+        self.clock = time.monotonic
+        self.transport: Any = None
+        self.ws: Any = None
+        self.reader: asyncio.Task[None] | None = None
+
+    async def open(self, port: int, rate: int) -> None:
+        from websockets.asyncio.client import connect
+
+        fmt = "slin16" if rate == 16000 else "slin"
+        self.ws = await connect(
+            f"ws://127.0.0.1:{port}/?call={uuid.uuid4()}",
+            subprotocols=["media"],  # type: ignore[list-item]
+            compression=None,
+            max_queue=None,
+            proxy=None,
+        )
+        await self.ws.send(
+            f"MEDIA_START connection_id:load channel:WebSocket/load channel_id:{uuid.uuid4()} "
+            f"format:{fmt} optimal_frame_size:{self.message_size} ptime:20"
+        )
+        self.transport = self.ws.transport
+        self.reader = asyncio.create_task(self._read())
+
+    def send(self, message: bytes) -> None:
+        self.ws.protocol.send_binary(message[3:])  # the AudioSocket header off: raw slin
+        self.ws.send_data()
+        if self.timed:
+            self.sent_at.append(self.clock())
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    self.data_received(message)
+        except Exception:
+            pass
+        self.lost = True
+
+    def data_received(self, data: bytes) -> None:
+        before = self.received // self.message_size
+        self.received += len(data)
+        if not self.timed:
+            return
+        now = self.clock()
+        for _ in range(self.received // self.message_size - before):
+            if self.sent_at:
+                self.round_trips.append(now - self.sent_at.popleft())
 
 
 def _frames(rate: int) -> list[bytes]:
@@ -229,11 +305,13 @@ async def run(
     phases: int = 20,
     loop_name: str = "default",
     pin: bool = False,
+    transport: str = "audiosocket",
 ) -> dict[str, float]:
     """One measurement with ``n_calls`` concurrent callers."""
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "late.npz")
         command = [sys.executable, __file__, "--serve", bot, "--out", out, "--loop", loop_name]
+        command += ["--transport", transport]
         proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE)
         if pin:
             os.sched_setaffinity(proc.pid, {0})
@@ -241,17 +319,24 @@ async def run(
         port = int(await proc.stdout.readline())
         base_rss = _rss_mb(proc.pid)
         loop = asyncio.get_running_loop()
-        calls: list[LoadCall] = []
+        calls: list[Any] = []
         stop = asyncio.Event()
         size = 3 + int(rate * FRAME_S) * 2
+        if transport == "asterisk_websocket":
+            size -= 3  # raw slin frames, no header
         sender_late: list[float] = []
         sender = asyncio.create_task(_send(calls, _frames(rate), phases, stop, sender_late))
         for i in range(n_calls):  # connect at about 250 calls/s, as a busy PBX might
             timed = i % TIMED_EVERY == 0
-            _, call = await loop.create_connection(
-                lambda timed=timed: LoadCall(size, timed), "127.0.0.1", port
-            )
-            calls.append(call)
+            if transport == "asterisk_websocket":
+                ws_call = WsLoadCall(size, timed)
+                await ws_call.open(port, rate)
+                calls.append(ws_call)
+            else:
+                _, call = await loop.create_connection(
+                    lambda timed=timed: LoadCall(size, timed), "127.0.0.1", port
+                )
+                calls.append(call)
             await asyncio.sleep(0.004)
         await asyncio.sleep(2.0)
         start, cpu0, own0 = time.monotonic(), _cpu_s(proc.pid), time.process_time()
@@ -271,6 +356,8 @@ async def run(
         for call in calls:
             if call.transport is not None:
                 call.transport.close()
+            if getattr(call, "reader", None) is not None:
+                call.reader.cancel()
         await asyncio.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
@@ -304,7 +391,8 @@ async def main(args: argparse.Namespace) -> None:
     if pin:
         os.sched_setaffinity(0, {1})
     print(
-        f"bot: {args.bot} on the {args.loop} event loop; callers at {args.rate} Hz streaming "
+        f"bot: {args.bot} over {args.transport} on the {args.loop} event loop; callers at "
+        f"{args.rate} Hz streaming "
         f"{AUDIO.name} in a loop, their frames spread over {args.phases} offset(s) in each "
         f"20 ms; measured over {args.seconds:g} s after a 2 s settle; "
         + ("bot on core 0, callers on core 1" if pin else "not pinned to cores")
@@ -315,7 +403,9 @@ async def main(args: argparse.Namespace) -> None:
         f"{'callers: CPU %':>15} {'late p99':>9}"
     )
     for n in args.calls:
-        r = await run(n, args.seconds, args.bot, args.rate, args.phases, args.loop, pin)
+        r = await run(
+            n, args.seconds, args.bot, args.rate, args.phases, args.loop, pin, args.transport
+        )
         print(
             f"{r['calls']:>6} {r['alive']:>6} {r['cpu_pct']:>7.1f} {r['us_per_frame']:>9.1f} "
             f"{r['rss_mb']:>7.1f} {r['kb_per_call']:>8.1f} {r['p50_ms']:>7.2f}ms "
@@ -350,11 +440,17 @@ if __name__ == "__main__":
         default=None,
         help="bot on core 0, callers on core 1 (default: when there are 2 cores or more)",
     )
+    parser.add_argument(
+        "--transport",
+        choices=["audiosocket", "asterisk_websocket"],
+        default="audiosocket",
+        help="how the callers reach the bot: AudioSocket over TCP, or chan_websocket",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     cli = parser.parse_args()
     if cli.serve:
-        _run_bot(cli.serve, cli.out, cli.loop)
+        _run_bot(cli.serve, cli.out, cli.loop, cli.transport)
     else:
         try:  # the generator's own cost must not limit what it measures
             import uvloop

@@ -1,4 +1,8 @@
-"""What many tests share: the recorded caller audio, frame recorders and event observers."""
+"""What many tests share: the recorded caller audio, bots' calls, event observers, servers.
+
+Frame recorders, ``until`` and the fakes are in ``voxpipe.testing`` (``Recorder`` is imported
+here too).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -17,9 +21,9 @@ import redis
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
-from voxpipe.frames import DOWNSTREAM, Direction, Frame, StartFrame
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
+from voxpipe.testing import Recorder, RunningChain
 
 AUDIO = Path(__file__).resolve().parent / "audio"
 
@@ -46,38 +50,26 @@ def observing(observer: ObserverT) -> Iterator[ObserverT]:
         events.unsubscribe(observer)
 
 
-class Recorder(FrameProcessor):
-    """Keeps the frames that pass it in one direction (downstream unless told) and passes all on."""
-
-    def __init__(self, direction: Direction = DOWNSTREAM, limit_s: float = 30.0) -> None:
-        super().__init__(name=f"recorder.{direction.name.lower()}")
-        self.direction = direction
-        self.limit_s = limit_s
-        self.frames: list[Frame] = []
-        self.arrived = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if direction is self.direction:
-            self.frames.append(frame)
-            self.arrived.set()
-        await self.push_frame(frame, direction)
-
-    def of(self, kind: type[Frame]) -> list[Any]:
-        return [frame for frame in self.frames if isinstance(frame, kind)]
-
-    async def wait_for(self, predicate: Callable[[], bool], limit_s: float | None = None) -> None:
-        """Wait until ``predicate()`` holds (checked at each new frame); fail after the limit."""
-        async with asyncio.timeout(self.limit_s if limit_s is None else limit_s):
-            while not predicate():
-                self.arrived.clear()
-                await self.arrived.wait()
-
-
 class RunningCalls:
     """Runs calls of bots with a ``Recorder`` at the tail; cancels them all on exit."""
 
     def __init__(self) -> None:
         self.runners: list[tuple[PipelineTask, asyncio.Task[str]]] = []
+        self.chains: list[RunningChain] = []
+
+    async def chain(self, bot: Bot, timeout_s: float = 10.0) -> RunningChain:
+        """Start one call of ``bot`` between the recorders of a ``RunningChain`` (``up`` at the
+        head, ``down`` at the tail); return once the start frame reached the tail."""
+        await bot.prepare()
+
+        def build(up: Recorder, down: Recorder) -> PipelineTask:
+            return bot.create_task(bot.new_call(), head=[up], tail=[down])
+
+        chain = RunningChain(build=build, timeout_s=timeout_s)
+        self.chains.append(chain)
+        await chain.start()
+        assert not chain.done, f"the call of {bot.name} ended at once: {chain.end_reason}"
+        return chain
 
     async def start(
         self, bot: Bot, out: Recorder, head: FrameProcessor | None = None
@@ -101,19 +93,8 @@ class RunningCalls:
         for task, runner in self.runners:
             task.cancel("test over")
             await runner
-
-
-class Started(FrameProcessor):
-    """Sets ``event`` when the call's ``StartFrame`` reaches it."""
-
-    def __init__(self) -> None:
-        super().__init__(name="started")
-        self.event = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, StartFrame):
-            self.event.set()
-        await self.push_frame(frame, direction)
+        for chain in self.chains:
+            await chain.__aexit__(kind, error, traceback)
 
 
 class TTFB(events.Observer):

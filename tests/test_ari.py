@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from fakes.ari import FakeAri, FakeChannel, MediaStart, wait_until
+from fakes.ari import FakeAri, FakeChannel, MediaStart
 from helpers import AUDIO
 from pydantic import SecretStr
 
@@ -26,6 +26,7 @@ from voxpipe.bots.config import AriSettings
 from voxpipe.frames import TransferFrame
 from voxpipe.pipelines.call import Call
 from voxpipe.sessions import outcomes
+from voxpipe.testing import until
 from voxpipe.transports.audiosocket.caller import load_wav, running_bot
 
 BOT_ADDRESS = "127.0.0.1:9092"
@@ -56,7 +57,7 @@ def settings_for(fake: FakeAri, **overrides: float) -> AriSettings:
 async def controller(fake: FakeAri) -> AsyncIterator[AriController]:
     ctl = AriController(settings_for(fake), BOT_ADDRESS)
     await ctl.start()
-    await wait_until(lambda: len(fake.sockets) == 1)
+    await until(lambda: len(fake.sockets) == 1)
     yield ctl
     await ctl.stop()
 
@@ -83,9 +84,9 @@ async def connected_call(fake: FakeAri, controller: AriController) -> tuple[str,
         bridge = fake.bridge_of(caller)
         return bridge is not None and len(bridge.channels) == 2
 
-    await wait_until(bridged)
+    await until(bridged)
     ari_call = next(c for c in controller.calls.values() if c.caller_id == caller)
-    await wait_until(lambda: ari_call.bridged)
+    await until(lambda: ari_call.bridged)
     await controller.attach(Call(call_id=ari_call.uuid))
     return caller, ari_call
 
@@ -121,7 +122,7 @@ async def test_caller_is_answered_bridged_to_the_bot_and_cleaned_up_on_hangup(
     assert list(controller.calls) == [ari_call.uuid]
 
     await fake.caller_hangs_up(caller)
-    await wait_until(lambda: not controller.calls)
+    await until(lambda: not controller.calls)
     assert fake.made("DELETE", f"/channels/{ari_call.media_id}")
     assert fake.made("DELETE", f"/bridges/{ari_call.bridge_id}")
     assert fake.channels == {}
@@ -134,14 +135,14 @@ async def test_cleanup_runs_once_whatever_events_repeat(
     caller, ari_call = await connected_call(fake, controller)
     channel = fake.channels[caller].json()
     await fake.caller_hangs_up(caller)
-    await wait_until(lambda: ari_call.done.is_set())
+    await until(lambda: ari_call.done.is_set())
     made = len(fake.requests)
 
     await fake.emit({"type": "StasisEnd", "channel": channel})
     await fake.emit({"type": "ChannelDestroyed", "cause": 16, "cause_txt": "", "channel": channel})
     await ari_call.hangup()
     await fake.place_call()  # a later event proves the repeated ones were processed
-    await wait_until(lambda: len(controller.calls) == 1)
+    await until(lambda: len(controller.calls) == 1)
 
     repeated = [
         r
@@ -157,7 +158,7 @@ async def test_bot_leg_ending_hangs_up_the_caller(fake: FakeAri, controller: Ari
     # The bot closes its AudioSocket: Asterisk hangs up the externalMedia channel.
     await fake.caller_hangs_up(ari_call.media_id)
 
-    await wait_until(lambda: not controller.calls)
+    await until(lambda: not controller.calls)
     assert fake.made("DELETE", f"/channels/{caller}")
     assert fake.channels == {}
     assert fake.bridges == {}
@@ -177,7 +178,7 @@ async def test_the_media_channel_is_bridged_once_it_is_in_stasis_whenever_that_i
     ctl = AriController(settings_for(fake, media_timeout_s=3.0), BOT_ADDRESS)
     await ctl.start()
     try:
-        await wait_until(lambda: len(fake.sockets) == 1)
+        await until(lambda: len(fake.sockets) == 1)
         caller, ari_call = await connected_call(fake, ctl)
 
         assert set(fake.bridges[ari_call.bridge_id].channels) == {caller, ari_call.media_id}
@@ -200,11 +201,11 @@ async def test_a_media_channel_that_does_not_enter_stasis_in_time_sends_the_call
     ctl = AriController(settings_for(fake, media_timeout_s=0.3), BOT_ADDRESS)
     await ctl.start()
     try:
-        await wait_until(lambda: len(fake.sockets) == 1)
+        await until(lambda: len(fake.sockets) == 1)
         with caplog.at_level(logging.INFO, logger="voxpipe.ari"):
             caller = await fake.place_call()
-            await wait_until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
-            await wait_until(lambda: not ctl.calls)
+            await until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
+            await until(lambda: not ctl.calls)
         (media,) = fake.made("POST", "/channels/externalMedia")
         call_uuid = media.params["data"]
 
@@ -230,10 +231,10 @@ async def test_a_media_channel_whose_dial_fails_sends_the_caller_back_at_once(
     ctl = AriController(settings_for(fake, media_timeout_s=60.0), BOT_ADDRESS)
     await ctl.start()
     try:
-        await wait_until(lambda: len(fake.sockets) == 1)
+        await until(lambda: len(fake.sockets) == 1)
         caller = await fake.place_call()
-        await wait_until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
-        await wait_until(lambda: not ctl.calls)
+        await until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
+        await until(lambda: not ctl.calls)
 
         assert sent_back(fake, caller)
         assert_nothing_left_but(fake, caller)
@@ -285,8 +286,8 @@ async def test_a_rest_error_at_any_step_of_the_setup_cleans_up_and_sends_the_cal
     fake.fail(method, suffix, status, message, when=which)
     with caplog.at_level(logging.INFO, logger="voxpipe.ari"):
         caller = await fake.place_call()
-        await wait_until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
-        await wait_until(lambda: not controller.calls)
+        await until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
+        await until(lambda: not controller.calls)
 
     assert fake.failures == []  # the error was given
     assert sent_back(fake, caller)
@@ -308,10 +309,10 @@ async def test_a_caller_the_dialplan_cannot_take_back_is_hung_up_not_left_in_sil
     ctl = AriController(settings_for(fake, media_timeout_s=0.2), BOT_ADDRESS)
     await ctl.start()
     try:
-        await wait_until(lambda: len(fake.sockets) == 1)
+        await until(lambda: len(fake.sockets) == 1)
         caller = await fake.place_call()
-        await wait_until(lambda: bool(fake.made("DELETE", f"/channels/{caller}")))
-        await wait_until(lambda: not ctl.calls)
+        await until(lambda: bool(fake.made("DELETE", f"/channels/{caller}")))
+        await until(lambda: not ctl.calls)
 
         assert fake.made("POST", f"/channels/{caller}/continue")
         assert fake.made("DELETE", f"/channels/{caller}")
@@ -337,10 +338,10 @@ async def test_a_caller_who_hangs_up_during_setup_leaves_nothing_behind(
         request = ("POST", "")
     caller = await fake.place_call()
     path = request[1] or f"/channels/{caller}/answer"
-    await wait_until(lambda: bool(fake.made(request[0], path)))
+    await until(lambda: bool(fake.made(request[0], path)))
 
     await fake.caller_hangs_up(caller)
-    await wait_until(lambda: not controller.calls)
+    await until(lambda: not controller.calls)
 
     assert fake.made("POST", f"/channels/{caller}/continue") == []
     assert fake.made("DELETE", f"/channels/{caller}") == []  # it was gone already
@@ -361,7 +362,7 @@ async def test_a_media_channel_of_an_ended_call_that_enters_stasis_late_is_hung_
     await fake.emit({"type": "StasisStart", "args": [], "channel": other.json()})
     await fake.emit({"type": "StasisStart", "args": [], "channel": leftover.json()})
 
-    await wait_until(lambda: leftover.id not in fake.channels)
+    await until(lambda: leftover.id not in fake.channels)
     assert fake.made("DELETE", f"/channels/{other.id}") == []
     assert controller.calls == {}
 
@@ -372,12 +373,12 @@ async def test_the_bots_leg_ending_before_the_bot_took_the_call_sends_the_caller
     """A bot at max_calls (or draining) closes the connection at once: that caller goes on in
     the dialplan (to its operators), it is not hung up."""
     caller = await fake.place_call()
-    await wait_until(lambda: any(c.bridged for c in controller.calls.values()))
+    await until(lambda: any(c.bridged for c in controller.calls.values()))
     (ari_call,) = controller.calls.values()
 
     await fake.caller_hangs_up(ari_call.media_id)  # Asterisk hangs up the refused leg
 
-    await wait_until(lambda: not controller.calls)
+    await until(lambda: not controller.calls)
     assert sent_back(fake, caller)
     assert fake.made("DELETE", f"/channels/{caller}") == []
     assert_nothing_left_but(fake, caller)
@@ -389,7 +390,7 @@ async def test_reconnects_after_the_events_websocket_drops(
     assert controller.connections == 1
     await fake.drop_events()
 
-    await wait_until(lambda: len(fake.sockets) == 1)
+    await until(lambda: len(fake.sockets) == 1)
     assert fake.connections == 2
     _caller, ari_call = await connected_call(fake, controller)
     assert ari_call.uuid in controller.calls
@@ -402,11 +403,11 @@ async def test_calls_that_ended_while_disconnected_are_cleaned_up_on_reconnectio
     _other_caller, other = await connected_call(fake, controller)
     fake.password = "changed"  # Asterisk restarts its HTTP server, say: no events for a while
     await fake.drop_events()
-    await wait_until(lambda: fake.rejected >= 1)
+    await until(lambda: fake.rejected >= 1)
     await fake.caller_hangs_up(caller)  # nobody hears of it
 
     fake.password = "secret"
-    await wait_until(lambda: ari_call.done.is_set())
+    await until(lambda: ari_call.done.is_set())
 
     assert fake.made("GET", f"/channels/{caller}")
     assert fake.made("DELETE", f"/bridges/{ari_call.bridge_id}")
@@ -423,12 +424,12 @@ async def test_keeps_retrying_with_a_growing_backoff_until_asterisk_lets_it_in(
     with caplog.at_level(logging.INFO, logger="voxpipe.ari"):
         await ctl.start()
         try:
-            await wait_until(lambda: fake.rejected >= 6)
+            await until(lambda: fake.rejected >= 6)
             assert not ctl.connected.is_set()
             fake.password = "secret"
             # The fake counts the socket a moment before the controller has read the upgrade
             # reply and calls itself connected: wait for both.
-            await wait_until(lambda: len(fake.sockets) == 1 and ctl.connected.is_set())
+            await until(lambda: len(fake.sockets) == 1 and ctl.connected.is_set())
         finally:
             await ctl.stop()
     delays = [r.args[0] for r in caplog.records if r.msg.startswith("reconnecting")]
@@ -440,13 +441,13 @@ async def test_a_stalled_request_is_given_up_after_the_timeout(
 ) -> None:
     ctl = AriController(settings_for(fake, timeout_s=0.3), BOT_ADDRESS)
     await ctl.start()
-    await wait_until(lambda: len(fake.sockets) == 1)
+    await until(lambda: len(fake.sockets) == 1)
     fake.stall("POST", "/answer")
     try:
         with caplog.at_level(logging.WARNING, logger="voxpipe.ari"):
             caller = await fake.place_call()
-            await wait_until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
-            await wait_until(lambda: not ctl.calls)
+            await until(lambda: bool(fake.made("POST", f"/channels/{caller}/continue")))
+            await until(lambda: not ctl.calls)
         assert any("no answer within 0.3 s" in r.getMessage() for r in caplog.records)
         assert sent_back(fake, caller)
         assert fake.made("POST", "/channels/externalMedia") == []
@@ -503,7 +504,7 @@ async def test_two_concurrent_calls_are_kept_apart(
         bridges = [fake.bridge_of(first), fake.bridge_of(second)]
         return all(b is not None and len(b.channels) == 2 for b in bridges)
 
-    await wait_until(both_bridged)
+    await until(both_bridged)
     one = next(c for c in controller.calls.values() if c.caller_id == first)
     two = next(c for c in controller.calls.values() if c.caller_id == second)
     assert len({one.uuid, two.uuid}) == 2
@@ -514,7 +515,7 @@ async def test_two_concurrent_calls_are_kept_apart(
     assert media_request(fake, second)["data"] == two.uuid
 
     await fake.caller_hangs_up(first)
-    await wait_until(lambda: one.uuid not in controller.calls)
+    await until(lambda: one.uuid not in controller.calls)
     assert set(fake.bridges) == {two.bridge_id}
     assert set(fake.bridges[two.bridge_id].channels) == {second, two.media_id}
     assert list(controller.calls) == [two.uuid]
@@ -561,21 +562,21 @@ async def test_end_to_end_a_stasis_caller_talks_to_the_bot_and_is_transferred(
         server.on_call_start.append(ctl.attach)
         await ctl.start()
         try:
-            await wait_until(lambda: len(fake.sockets) == 1)
+            await until(lambda: len(fake.sockets) == 1)
             caller = await fake.place_call()
-            await wait_until(lambda: len(server.calls) == 1, timeout_s=10)
+            await until(lambda: len(server.calls) == 1, timeout_s=10)
             (active,) = server.calls.values()
             ari_call = active.call.controller
             assert isinstance(ari_call, AriCall)
             assert ari_call.caller_id == caller
-            await wait_until(lambda: ari_call.bridged)
+            await until(lambda: ari_call.bridged)
             assert media_request(fake, caller)["data"] == active.call.call_id
 
-            await wait_until(lambda: active.rate == 16000)
+            await until(lambda: active.rate == 16000)
             await asyncio.sleep(1.0)  # the caller talks for a while, and hears their echo
             active.task.queue_frame(TransferFrame(context="transfer-to-operator", extension="100"))
 
-            await wait_until(lambda: not ctl.calls and not server.calls)
+            await until(lambda: not ctl.calls and not server.calls)
         finally:
             await ctl.stop()
 
@@ -603,10 +604,10 @@ async def test_end_to_end_a_bot_that_refuses_the_call_hands_the_caller_back(
         server.on_call_start.append(ctl.attach)
         await ctl.start()
         try:
-            await wait_until(lambda: len(fake.sockets) == 1)
+            await until(lambda: len(fake.sockets) == 1)
             caller = await fake.place_call()
-            await wait_until(lambda: bool(fake.made("POST", "/channels/externalMedia")))
-            await wait_until(lambda: not ctl.calls)
+            await until(lambda: bool(fake.made("POST", "/channels/externalMedia")))
+            await until(lambda: not ctl.calls)
         finally:
             await ctl.stop()
 
@@ -631,10 +632,10 @@ async def test_end_to_end_a_setup_failing_after_the_bot_took_the_call_is_an_erro
         server.on_call_start.extend([ctl.attach, keep])
         await ctl.start()
         try:
-            await wait_until(lambda: len(fake.sockets) == 1)
+            await until(lambda: len(fake.sockets) == 1)
             caller = await fake.place_call()
-            await wait_until(lambda: len(server.calls) == 1)
-            await wait_until(lambda: not ctl.calls and not server.calls)
+            await until(lambda: len(server.calls) == 1)
+            await until(lambda: not ctl.calls and not server.calls)
         finally:
             await ctl.stop()
 
@@ -650,9 +651,9 @@ async def test_callers_still_being_set_up_at_shutdown_go_back_to_the_dialplan(
     fake.media_start = "never"
     ctl = AriController(settings_for(fake, media_timeout_s=30.0), BOT_ADDRESS)
     await ctl.start()
-    await wait_until(lambda: len(fake.sockets) == 1)
+    await until(lambda: len(fake.sockets) == 1)
     caller = await fake.place_call()
-    await wait_until(lambda: bool(fake.made("POST", "/channels/externalMedia")))
+    await until(lambda: bool(fake.made("POST", "/channels/externalMedia")))
 
     await ctl.stop()
 
@@ -669,10 +670,10 @@ async def test_no_bot_listening_sends_the_caller_back(fake: FakeAri) -> None:
     ctl = AriController(settings_for(fake), f"127.0.0.1:{closed_port}")
     await ctl.start()
     try:
-        await wait_until(lambda: len(fake.sockets) == 1)
+        await until(lambda: len(fake.sockets) == 1)
         caller = await fake.place_call()
-        await wait_until(lambda: bool(fake.made("POST", "/channels/externalMedia")))
-        await wait_until(lambda: not ctl.calls)
+        await until(lambda: bool(fake.made("POST", "/channels/externalMedia")))
+        await until(lambda: not ctl.calls)
     finally:
         await ctl.stop()
 
@@ -692,7 +693,7 @@ async def test_serve_starts_the_controller_for_a_bot_with_an_ari_block(fake: Fak
         try:
             assert ctl.attach in server.on_call_start
             assert ctl.external_host == f"127.0.0.1:{server.port}"
-            await wait_until(lambda: len(fake.sockets) == 1)
+            await until(lambda: len(fake.sockets) == 1)
         finally:
             await ctl.stop()
         assert await _start_ari(Bot.from_yaml(ECHO_BOT), server) is None
@@ -703,4 +704,4 @@ async def test_another_client_taking_over_the_app_is_reported(
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="voxpipe.ari"):
         await fake.emit({"type": "ApplicationReplaced"})
-        await wait_until(lambda: any("took over" in r.getMessage() for r in caplog.records))
+        await until(lambda: any("took over" in r.getMessage() for r in caplog.records))

@@ -371,7 +371,7 @@ def test_ari_samples_match_the_bots_that_use_ari(
     assert http["enabled"] == "yes"
     assert ari["general"]["enabled"] == "yes"
     stasis_apps = {s.args.split(",")[0] for s in plan.steps if s.app == "Stasis"}
-    assert stasis_apps == {"voxpipe"}
+    assert "voxpipe" in stasis_apps
     users = {name for name, section in ari.items() if section.get("type") == "user"}
     assert "voxpipe" in users
     for name, config in bots.items():

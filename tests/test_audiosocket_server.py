@@ -39,6 +39,7 @@ from voxpipe.frames import (
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
+from voxpipe.testing import until
 from voxpipe.transports.audiosocket.caller import (
     Dtmf,
     Hangup,
@@ -113,7 +114,7 @@ def probe_bot(pipeline: str = "  - probe: {}", transport: str = "", rate: int = 
     return Bot.from_yaml(text, registry=registry)
 
 
-class Recorder(events.Observer):
+class ServerEvents(events.Observer):
     """Keeps the call events the server reports."""
 
     def __init__(self) -> None:
@@ -136,8 +137,8 @@ class Recorder(events.Observer):
 
 
 @pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    observer = Recorder()
+def server_events() -> Iterator[ServerEvents]:
+    observer = ServerEvents()
     with observing(observer):
         yield observer
 
@@ -199,7 +200,7 @@ async def _misbehave(port: int, wire: bytes) -> bool:
 
 
 async def test_malformed_streams_end_only_their_own_calls(
-    echo_server: AudioSocketServer, recorder: Recorder
+    echo_server: AudioSocketServer, server_events: ServerEvents
 ) -> None:
     good = asyncio.create_task(
         place_call(
@@ -221,18 +222,18 @@ async def test_malformed_streams_end_only_their_own_calls(
     await asyncio.sleep(0.1)
     assert not echo_server.calls
     for name, (_, reason) in AFTER_UUID.items():
-        assert recorder.ended[str(ids[name])].startswith(reason), name
-    assert recorder.rejected.count("bad first message") == len(BEFORE_UUID)
-    assert recorder.errors.count("protocol") == 4 + len(BEFORE_UUID)
+        assert server_events.ended[str(ids[name])].startswith(reason), name
+    assert server_events.rejected.count("bad first message") == len(BEFORE_UUID)
+    assert server_events.errors.count("protocol") == 4 + len(BEFORE_UUID)
 
 
 async def test_a_health_check_connection_is_not_an_error(
-    echo_server: AudioSocketServer, recorder: Recorder
+    echo_server: AudioSocketServer, server_events: ServerEvents
 ) -> None:
     _reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
     writer.close()
     await asyncio.sleep(0.2)
-    assert recorder.rejected == [] and recorder.errors == []
+    assert server_events.rejected == [] and server_events.errors == []
 
 
 async def test_dtmf_reaches_the_bot_and_a_bot_hangup_plays_out_first() -> None:
@@ -253,29 +254,26 @@ async def test_dtmf_reaches_the_bot_and_a_bot_hangup_plays_out_first() -> None:
     assert UTTERANCES[result.call_id].finished
 
 
-async def test_caller_hangup_ends_the_pipeline(recorder: Recorder) -> None:
+async def test_caller_hangup_ends_the_pipeline(server_events: ServerEvents) -> None:
     bot = probe_bot("  - probe: {speak_s: 5.0}")
     async with running_bot(bot) as server:
         result = await place_call("127.0.0.1", server.port, [Silence(0.5), Hangup()])
-        for _ in range(50):
-            if result.call_id in recorder.ended:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: result.call_id in server_events.ended)
         assert not server.calls
-    assert recorder.ended[result.call_id] == "cancel: caller hung up"
+    assert server_events.ended[result.call_id] == "cancel: caller hung up"
     utterance = UTTERANCES[result.call_id]
     assert 0 < utterance.frames_played < utterance.frames_total
 
 
 async def test_caller_hangup_message_ends_the_call(
-    echo_server: AudioSocketServer, recorder: Recorder
+    echo_server: AudioSocketServer, server_events: ServerEvents
 ) -> None:
     call_id = uuid.uuid4()
     reader, writer = await asyncio.open_connection("127.0.0.1", echo_server.port)
     writer.write(encode(Kind.UUID, call_id.bytes) + AUDIO_MSG + encode(Kind.HANGUP))
     assert await _closed_by_server(reader)
     await asyncio.sleep(0.1)
-    assert recorder.ended[str(call_id)] == "cancel: caller hung up"
+    assert server_events.ended[str(call_id)] == "cancel: caller hung up"
 
 
 async def test_the_caller_gets_audio_at_its_own_rate_from_a_16k_pipeline() -> None:
@@ -291,7 +289,7 @@ async def test_the_caller_gets_audio_at_its_own_rate_from_a_16k_pipeline() -> No
             assert 0.8 < sum(end - start for start, end in result.bot_segments) < 1.3
 
 
-async def test_max_calls_closes_excess_connections_at_once(recorder: Recorder) -> None:
+async def test_max_calls_closes_excess_connections_at_once(server_events: ServerEvents) -> None:
     bot = probe_bot("  - echo: {}", ", max_calls: 1")
     async with running_bot(bot) as server:
         first = asyncio.create_task(place_call("127.0.0.1", server.port, [Silence(1.0)]))
@@ -300,7 +298,7 @@ async def test_max_calls_closes_excess_connections_at_once(recorder: Recorder) -
         writer.write(UUID_MSG + AUDIO_MSG)
         assert await _closed_by_server(reader, within_s=0.5)
         writer.close()
-        assert recorder.rejected == ["max_calls"]
+        assert server_events.rejected == ["max_calls"]
         assert len(server.calls) == 1
         (active,) = server.calls.values()
         sock = active.connection.writer.get_extra_info("socket")
@@ -311,15 +309,15 @@ async def test_max_calls_closes_excess_connections_at_once(recorder: Recorder) -
         assert again.bot_segments
 
 
-async def test_allow_from_refuses_other_networks(recorder: Recorder) -> None:
+async def test_allow_from_refuses_other_networks(server_events: ServerEvents) -> None:
     bot = probe_bot("  - echo: {}", ', allow_from: ["10.0.0.0/8"]')
     async with running_bot(bot) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(UUID_MSG)
         assert await _closed_by_server(reader, within_s=0.5)
         writer.close()
-    assert recorder.rejected == ["allow_from"]
-    assert recorder.started == []
+    assert server_events.rejected == ["allow_from"]
+    assert server_events.started == []
 
 
 async def test_barge_in_stops_the_bot_within_a_frame_or_two() -> None:
@@ -360,7 +358,9 @@ class FakeController:
         raise AssertionError("not expected")
 
 
-async def test_transfer_plays_out_calls_the_controller_then_hangs_up(recorder: Recorder) -> None:
+async def test_transfer_plays_out_calls_the_controller_then_hangs_up(
+    server_events: ServerEvents,
+) -> None:
     controller = FakeController()
 
     async def attach(call: Call) -> None:
@@ -376,7 +376,7 @@ async def test_transfer_plays_out_calls_the_controller_then_hangs_up(recorder: R
     assert result.hung_up_by == "bot"
     assert result.messages[-1][1] == Kind.HANGUP
     assert result.bot_segments[-1][1] - result.bot_segments[0][0] > 0.5
-    assert recorder.ended[result.call_id] == "transferred"
+    assert server_events.ended[result.call_id] == "transferred"
 
 
 async def test_a_call_is_hung_up_at_its_maximum_duration() -> None:
@@ -417,7 +417,7 @@ async def test_resampled_speech_plays_whole_and_is_reported_spoken() -> None:
 
 
 async def test_a_caller_that_stops_reading_is_hung_up(
-    monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+    monkeypatch: pytest.MonkeyPatch, server_events: ServerEvents
 ) -> None:
     from voxpipe.transports.audiosocket import transport
 
@@ -430,18 +430,12 @@ async def test_a_caller_that_stops_reading_is_hung_up(
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
         call_id = uuid.uuid4()
         sock.send(encode(Kind.UUID, call_id.bytes))
-        for _ in range(100):
-            if str(call_id) in server.calls:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: str(call_id) in server.calls)
         server_side = server.calls[str(call_id)].connection.writer.get_extra_info("socket")
         server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # no kernel slack
-        for _ in range(100):
-            if str(call_id) in recorder.ended:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: str(call_id) in server_events.ended)
         sock.close()
-    assert recorder.ended[str(call_id)] == "cancel: peer stopped reading"
+    assert server_events.ended[str(call_id)] == "cancel: peer stopped reading"
 
 
 async def test_a_configured_output_rate_overrides_the_callers() -> None:
@@ -529,7 +523,7 @@ async def test_messages_split_or_batched_in_the_stream_are_all_heard(
 
 
 async def test_a_message_that_trickles_in_is_cut_at_read_timeout_s(
-    echo_server: AudioSocketServer, recorder: Recorder
+    echo_server: AudioSocketServer, server_events: ServerEvents
 ) -> None:
     """read_timeout_s bounds the whole of a started message, not each piece of it."""
     call_id = uuid.uuid4()
@@ -545,4 +539,6 @@ async def test_a_message_that_trickles_in_is_cut_at_read_timeout_s(
     assert loop.time() - started < 1.0
     writer.close()
     await asyncio.sleep(0.1)
-    assert recorder.ended[str(call_id)].startswith("cancel: protocol error: message of kind 0x10")
+    assert server_events.ended[str(call_id)].startswith(
+        "cancel: protocol error: message of kind 0x10"
+    )

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from helpers import observing
 
 from voxpipe import events
 from voxpipe.conversation.tracker import ConversationTracker
@@ -19,7 +20,6 @@ from voxpipe.frames import (
     InputAudioFrame,
     InterimTranscriptionFrame,
     InterruptionFrame,
-    StartFrame,
     TTSStoppedFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -29,6 +29,7 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors.barge_in import BargeIn, BargeInSettings
 from voxpipe.sessions.store import MemorySessionStore
+from voxpipe.testing import RunningChain
 
 RATE = 16000
 FRAME = bytes(640)  # 20 ms at 16 kHz
@@ -41,14 +42,11 @@ class Output(FrameProcessor):
         super().__init__(name="output")
         self.interrupts = 0
         self.interruption_frames = 0
-        self.started = asyncio.Event()
 
     def interrupt(self) -> None:
         self.interrupts += 1
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, StartFrame):
-            self.started.set()
         if isinstance(frame, InterruptionFrame):
             self.interruption_frames += 1
         await self.push_frame(frame, direction)
@@ -91,17 +89,11 @@ async def make_rig(*, greeting: bool = False, **settings: object) -> AsyncIterat
     barge_in = BargeInSettings.model_validate(settings).create(call, None)  # type: ignore[arg-type]
     output = Output()
     tracker = ConversationTracker(MemorySessionStore(), greeting=GREETING if greeting else None)
-    task = PipelineTask([barge_in, tracker, output], call)
     observed = BargeIns()
-    events.subscribe(observed)
-    runner = asyncio.create_task(task.run())
-    try:
-        await output.started.wait()
-        yield Rig(task, output, observed)
-    finally:
-        events.unsubscribe(observed)
-        task.end()
-        await asyncio.wait_for(runner, 5)
+    with observing(observed):
+        async with RunningChain([barge_in, tracker, output], call=call, timeout_s=5) as chain:
+            yield Rig(chain.task, output, observed)
+            await chain.end()
 
 
 @pytest.fixture

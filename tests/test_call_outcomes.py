@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.ari import FakeAri, wait_until
+from fakes.ari import FakeAri
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
@@ -34,6 +34,7 @@ from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
 from voxpipe.sessions.outcomes import OutcomeLog
 from voxpipe.sessions.store import KEY_PREFIX, RedisSessionStore
+from voxpipe.testing import until
 from voxpipe.transports.audiosocket.caller import (
     Dtmf,
     Hangup,
@@ -134,12 +135,12 @@ async def transfer_through_ari(server: AudioSocketServer) -> str:
     server.on_call_start.append(controller.attach)
     await controller.start()
     try:
-        await wait_until(lambda: len(fake.sockets) == 1)
+        await until(lambda: len(fake.sockets) == 1)
         caller = await fake.place_call()
-        await wait_until(lambda: any(c.bridged for c in controller.calls.values()))
+        await until(lambda: any(c.bridged for c in controller.calls.values()))
         (ari_call,) = controller.calls.values()
         await fake.press(caller, "0")
-        await wait_until(lambda: not controller.calls and not server.calls)
+        await until(lambda: not controller.calls and not server.calls)
         moved = [r.params for r in fake.made("POST", f"/channels/{caller}/continue")]
         assert moved == [{"context": "transfer-to-operator", "extension": "100", "priority": "2"}]
         assert not fake.media_legs[ari_call.media_id].closed_by_bot  # Asterisk closed it
@@ -225,11 +226,7 @@ async def test_the_outcome_outlives_the_call_until_its_retention() -> None:
             result = await place_call(
                 "127.0.0.1", server.port, [Silence(0.1), Dtmf("#"), WaitForHangup(5.0)]
             )
-            for _ in range(100):
-                if not server.calls:
-                    break
-                await asyncio.sleep(0.02)
-            assert not server.calls, "the call is over"
+            await until(lambda: not server.calls, what="the call is over")
         kept = await outcome(api, result.call_id)
         await asyncio.sleep(1.3)
         dropped = await outcome(api, result.call_id)

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import pytest
-from helpers import Started, observing
+from helpers import observing
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
@@ -28,6 +28,7 @@ from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.sessions.store import MemorySessionStore, session_store
+from voxpipe.testing import RunningChain
 
 S = CallState
 
@@ -99,11 +100,9 @@ async def run_tracker(
     greeting: str | None,
 ) -> tuple[PipelineTask, CountingStore, asyncio.Task[str]]:
     store = CountingStore()
-    started = Started()
-    task = PipelineTask([ConversationTracker(store, greeting=greeting), started])
-    runner = asyncio.create_task(task.run())
-    await started.event.wait()
-    return task, store, runner
+    chain = await RunningChain(ConversationTracker(store, greeting=greeting)).start()
+    assert chain.runner is not None
+    return chain.task, store, chain.runner
 
 
 async def test_frames_drive_the_states_and_every_change_is_saved(states: States) -> None:

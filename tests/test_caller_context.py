@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.ari import FakeAri, wait_until
+from fakes.ari import FakeAri
 from pydantic import SecretStr
 from sqlalchemy import text
 
@@ -20,6 +20,7 @@ from voxpipe.caller_context import CallerContext, Customer, render, render_argum
 from voxpipe.http import OperationsApi
 from voxpipe.records.context import PendingContexts, context_from_form, settle_caller
 from voxpipe.records.service import records_of
+from voxpipe.testing import until
 from voxpipe.tools.settings import ToolSettings
 from voxpipe.tools.toolbox import ToolCall, build_toolbox
 from voxpipe.transports.audiosocket.caller import Hangup, WaitForBot, place_call, running_bot
@@ -137,7 +138,7 @@ async def test_the_dialplan_posts_the_caller_and_the_bot_greets_the_customer(
                     "127.0.0.1", server.port, [WaitForBot(5), Hangup()], call_id=call_id
                 )
             for call_id in (known, stranger, anonymous):
-                await wait_until(lambda c=call_id: c not in records._calls, 5)  # type: ignore[misc]
+                await until(lambda c=call_id: c not in records._calls, 5)  # type: ignore[misc]
             assert await records.writer.flushed(5)  # type: ignore[union-attr]
             found = {c: await records.get_call(c) for c in (known, stranger, anonymous)}
     finally:
@@ -168,11 +169,11 @@ async def test_ari_gives_the_caller_and_the_listed_channel_variables(tmp_path: P
     await controller.start()
     bot = Bot.from_yaml(GREETER.format(db=tmp_path / "calls.db").replace("http: {listen", "#"))
     try:
-        await wait_until(lambda: len(fake.sockets) == 1)
+        await until(lambda: len(fake.sockets) == 1)
         await fake.place_call(
             "5550100", name="Grace {y}", channelvars={"ACCOUNT": "42", "SECRET": "no"}
         )
-        await wait_until(lambda: len(controller.calls) == 1)
+        await until(lambda: len(controller.calls) == 1)
         (ari_call,) = controller.calls.values()
         call = bot.new_call(ari_call.uuid)
         await controller.attach(call)

@@ -28,6 +28,7 @@ from voxpipe.http.metrics import Metrics
 from voxpipe.http.state import CallTracker, ServiceState
 from voxpipe.models.shared import models_of
 from voxpipe.pipelines.call import Call
+from voxpipe.testing import until
 from voxpipe.transports.audiosocket.caller import (
     CallResult,
     Hangup,
@@ -168,11 +169,10 @@ async def test_a_model_worker_killed_while_decoding_is_replaced_and_the_call_goe
     killed: list[int] = []
 
     async def kill_the_decoding_worker(pool: Any) -> None:
-        async with asyncio.timeout(30):
-            # After the greeting (its sentences are synthesised once), the next model job is
-            # the caller's utterance.
-            while not calls or state_of(calls[0]) is not CallState.LISTENING:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        # After the greeting (its sentences are synthesised once), the next model job is the
+        # caller's utterance.
+        await until(lambda: calls and state_of(calls[0]) is CallState.LISTENING, 30)
+        async with asyncio.timeout(30):  # the worker busy at this moment: kept as it is found
             while not (busy := pool.pids(busy=True)):  # noqa: ASYNC110 - the pool signals nothing
                 await asyncio.sleep(0.005)
         os.kill(busy[0], signal.SIGKILL)
@@ -227,7 +227,9 @@ pipeline:
                 rate=16000,
             )
         )
-        # Halfway through the sentence, its decoder's worker (and the other) die.
+        # Halfway through the sentence, its decoder's worker (and the other) die. Timed from
+        # the call's start on the bot (connecting can take a while on a busy machine).
+        await until(lambda: len(calls) == 1, 30)
         await asyncio.sleep(0.3 + len(caller) / 2 / 16000 / 2)
         for pid in pool.pids():
             os.kill(pid, signal.SIGKILL)

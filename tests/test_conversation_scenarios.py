@@ -39,7 +39,7 @@ LONG_GREETING = " ".join(
 )
 
 
-class Recorder(events.Observer):
+class ScenarioEvents(events.Observer):
     """Notes barge-ins (with the loop time), silence hang-ups and state changes."""
 
     def __init__(self) -> None:
@@ -68,15 +68,15 @@ def bot_yaml(pipeline: str, greeting: str | None = None) -> Bot:
 
 async def converse(
     bot: Bot, script: list[Any], rate: int
-) -> tuple[CallResult, Call, Recorder, float]:
+) -> tuple[CallResult, Call, ScenarioEvents, float]:
     """Place one call; return what the caller got, the bot's call, the events and the call's t0."""
-    recorder = Recorder()
+    seen = ScenarioEvents()
     calls: list[Call] = []
 
     async def keep(call: Call) -> None:
         calls.append(call)
 
-    with observing(recorder):
+    with observing(seen):
         async with running_bot(bot) as server:
             server.on_call_start.append(keep)
             t0 = asyncio.get_running_loop().time()
@@ -86,7 +86,7 @@ async def converse(
                     break
                 await asyncio.sleep(0.02)
     assert len(calls) == 1
-    return result, calls[0], recorder, t0
+    return result, calls[0], seen, t0
 
 
 def voice_messages(result: CallResult) -> list[float]:
@@ -121,10 +121,10 @@ async def test_caller_interrupts_a_long_reply_and_the_bot_stops_at_once() -> Non
     bot = bot_yaml(BARGE_IN_PIPELINE, greeting=LONG_GREETING)
     speech = load_wav(AUDIO / "caller_interrupt_16k.wav", 16000)
     script = [Silence(2.0), Say(speech), Silence(1.0)]
-    result, call, recorder, t0 = await converse(bot, script, rate=16000)
+    result, call, seen, t0 = await converse(bot, script, rate=16000)
 
-    assert len(recorder.barge_ins) == 1
-    decided = recorder.barge_ins[0] - t0
+    assert len(seen.barge_ins) == 1
+    decided = seen.barge_ins[0] - t0
     voiced = voice_messages(result)
     assert voiced and voiced[0] < 2.0, "the bot was speaking when the caller started"
     after = [t for t in voiced if t > decided]
@@ -150,9 +150,9 @@ async def test_a_protected_greeting_is_not_interrupted_even_between_its_sentence
     bot = bot_yaml(pipeline, greeting=greeting)
     speech = load_wav(AUDIO / "caller_interrupt_8k.wav", 8000)
     script = [Silence(1.0), Say(speech), WaitForBot(5, quiet_s=0.5)]
-    result, call, recorder, _ = await converse(bot, script, rate=8000)
+    result, call, seen, _ = await converse(bot, script, rate=8000)
     assert len(result.bot_segments) >= 2, "the bot paused between the greeting's sentences"
-    assert recorder.barge_ins == []
+    assert seen.barge_ins == []
     assert call.history[0] == {"role": "assistant", "content": greeting}
 
 
@@ -166,14 +166,14 @@ SILENCE_PIPELINE = """\
 
 async def test_a_silent_caller_is_prompted_then_hung_up() -> None:
     bot = bot_yaml(SILENCE_PIPELINE)
-    result, call, recorder, _ = await converse(bot, [WaitForHangup(15)], rate=8000)
+    result, call, seen, _ = await converse(bot, [WaitForHangup(15)], rate=8000)
     assert result.hung_up_by == "bot"
-    assert recorder.silence_hangups == 1
+    assert seen.silence_hangups == 1
     prompt, goodbye = result.bot_segments
     assert prompt[0] >= 0.9, "the prompt comes after the timeout, not before"
     assert prompt[1] - prompt[0] >= 0.3, "four words of tone"
     assert goodbye[0] - prompt[1] >= 0.9, "the goodbye comes a timeout after the prompt"
-    assert "processing" not in recorder.states, "silence is never a turn"
+    assert "processing" not in seen.states, "silence is never a turn"
     assert call.data["state"] is CallState.ENDED
 
 
@@ -181,9 +181,9 @@ async def test_a_caller_who_answers_the_prompt_keeps_the_call() -> None:
     bot = bot_yaml(SILENCE_PIPELINE)
     yes = load_wav(AUDIO / "caller_yes_8k.wav", 8000)
     script = [WaitForBot(5, quiet_s=0.3), Say(yes), WaitForBot(5, quiet_s=0.3), Silence(0.5)]
-    result, _call, recorder, _ = await converse(bot, script, rate=8000)
+    result, _call, seen, _ = await converse(bot, script, rate=8000)
     assert result.hung_up_by == "caller"
-    assert recorder.silence_hangups == 0
+    assert seen.silence_hangups == 0
     assert len(result.bot_segments) == 2, "prompted again after answering, never the goodbye"
     first, second = result.bot_segments
     assert abs((first[1] - first[0]) - (second[1] - second[0])) < 0.1
@@ -193,9 +193,9 @@ async def test_background_noise_neither_interrupts_nor_takes_a_turn() -> None:
     pipeline = BARGE_IN_PIPELINE.replace("min_speech_ms: 300", "min_speech_ms: 100")
     bot = bot_yaml(pipeline, greeting=LONG_GREETING)
     script = [Say(noise(8000, 3.0, 60.0)), Silence(0.5), Say(noise(8000, 2.0, 150.0))]
-    result, call, recorder, _ = await converse(bot, script, rate=8000)
-    assert recorder.barge_ins == []
-    assert "processing" not in recorder.states
+    result, call, seen, _ = await converse(bot, script, rate=8000)
+    assert seen.barge_ins == []
+    assert "processing" not in seen.states
     assert [m["role"] for m in call.history] == ["assistant"]
     assert len(voice_messages(result)) > 5.0 / FRAME_S * 0.8, "the bot spoke all along"
 
@@ -208,8 +208,8 @@ async def test_without_barge_in_the_caller_cannot_cut_the_bot_off() -> None:
     bot = bot_yaml(pipeline, greeting=greeting)
     speech = load_wav(AUDIO / "caller_interrupt_16k.wav", 16000)
     script = [Silence(0.5), Say(speech), WaitForBot(5, quiet_s=0.5)]
-    _result, call, recorder, _ = await converse(bot, script, rate=16000)
-    assert recorder.barge_ins == []
+    _result, call, seen, _ = await converse(bot, script, rate=16000)
+    assert seen.barge_ins == []
     assert call.history[0] == {"role": "assistant", "content": greeting}
 
 
@@ -239,10 +239,10 @@ async def test_caller_cuts_off_a_long_answer_and_history_keeps_what_was_heard() 
     question = load_wav(AUDIO / "caller_order_status_16k.wav", 16000)
     interruption = load_wav(AUDIO / "caller_interrupt_16k.wav", 16000)
     script = [Silence(0.3), Say(question), Silence(4.0), Say(interruption), Silence(1.0)]
-    result, call, recorder, t0 = await converse(bot, script, rate=16000)
+    result, call, seen, t0 = await converse(bot, script, rate=16000)
 
-    assert len(recorder.barge_ins) == 1
-    decided = recorder.barge_ins[0] - t0
+    assert len(seen.barge_ins) == 1
+    decided = seen.barge_ins[0] - t0
     voiced = voice_messages(result)
     # The caller goes on talking for 2 s after the decision, so no new answer starts within 1 s.
     assert len([t for t in voiced if decided < t < decided + 1.0]) <= 2

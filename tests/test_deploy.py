@@ -215,7 +215,9 @@ def test_the_images_bot_is_the_demo_with_container_listeners_and_redis() -> None
     assert config.http is not None and config.http.listen == f"0.0.0.0:{health_port}"
     assert config.session_store.redis is not None
     exposed = {int(port) for port in final["EXPOSE"].split()}
-    assert exposed == {config.transport.audiosocket.port, health_port}
+    chan_ws = config.transport.asterisk_websocket
+    assert chan_ws is not None, "the image's bot takes chan_websocket calls too"
+    assert exposed == {config.transport.audiosocket.port, chan_ws.port, health_port}
     assert final["CMD"] == '["bot.yaml"]'
     assert "deploy/bot.yaml ./bot.yaml" in [r for k, r in dockerfile() if k == "COPY"]
 

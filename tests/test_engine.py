@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import pytest
 
@@ -26,33 +25,15 @@ from voxpipe.frames import (
 )
 from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
 from voxpipe.pipelines.task import PipelineTask
+from voxpipe.testing import Recorder, until
 
 
-async def until(condition: Callable[[], bool], limit_s: float = 5.0) -> None:
-    """Let the event loop run until ``condition`` holds (or fail after ``limit_s`` seconds)."""
-    async with asyncio.timeout(limit_s):
-        while not condition():  # noqa: ASYNC110 - polling what the chain did is the point
-            await asyncio.sleep(0.001)
-
-
-class Recorder(FrameProcessor):
-    """Remembers every frame it sees (both directions) and passes it on."""
+class LoggingRecorder(Recorder):
+    """A ``voxpipe.testing.Recorder`` (both directions kept) that notes its stop and cancel."""
 
     def __init__(self, name: str = "recorder", log: list[str] | None = None) -> None:
         super().__init__(name=name)
-        self.down: list[Frame] = []
-        self.up: list[Frame] = []
         self.log = log if log is not None else []
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        (self.up if direction is UPSTREAM else self.down).append(frame)
-        await self.push_frame(frame, direction)
-
-    def texts(self) -> list[str]:
-        return [f.text for f in self.down if isinstance(f, TextFrame)]
-
-    def kinds(self) -> list[type[Frame]]:
-        return [type(f) for f in self.down]
 
     async def stop(self) -> None:
         self.log.append(f"stop {self.name}")
@@ -99,13 +80,13 @@ async def started(processors: list[FrameProcessor]) -> tuple[PipelineTask, async
     task = PipelineTask(processors)
     runner = asyncio.create_task(task.run())
     last = processors[-1]
-    assert isinstance(last, Recorder)
+    assert isinstance(last, LoggingRecorder)
     await until(lambda: any(isinstance(f, StartFrame) for f in last.down))
     return task, runner
 
 
 async def test_system_frames_overtake_queued_data_at_the_head() -> None:
-    tail = Recorder()
+    tail = LoggingRecorder()
     task, runner = await started([tail])
     task.queue_frame(TextFrame("a"))
     task.queue_frame(TextFrame("b"))
@@ -118,7 +99,7 @@ async def test_system_frames_overtake_queued_data_at_the_head() -> None:
 
 
 async def test_system_frames_overtake_data_waiting_in_a_queued_processor() -> None:
-    gated, tail = Gated(), Recorder()
+    gated, tail = Gated(), LoggingRecorder()
     task, runner = await started([gated, tail])
     for text in "abc":
         await task.push_frame(TextFrame(text))
@@ -135,7 +116,7 @@ async def test_system_frames_overtake_data_waiting_in_a_queued_processor() -> No
 
 async def test_interruption_drops_queued_data_but_keeps_end_and_system_frames() -> None:
     log: list[str] = []
-    gated, tail = Gated(log), Recorder(log=log)
+    gated, tail = Gated(log), LoggingRecorder(log=log)
     task, runner = await started([gated, tail])
     await task.push_frame(TextFrame("in hand"))
     await task.push_frame(TextFrame("queued"))
@@ -160,7 +141,7 @@ async def test_interruption_drops_queued_data_but_keeps_end_and_system_frames() 
 
 
 async def test_an_interruption_pushed_upstream_flushes_the_chain() -> None:
-    head, gated, tail = Recorder("head"), Gated(), Recorder()
+    head, gated, tail = LoggingRecorder("head"), Gated(), LoggingRecorder()
     task, runner = await started([head, gated, tail])
     for text in ("one", "two", "three"):
         await task.push_frame(TextFrame(text))
@@ -178,7 +159,7 @@ async def test_an_interruption_pushed_upstream_flushes_the_chain() -> None:
 
 async def test_end_drains_in_order_then_stops_each_processor_in_order() -> None:
     log: list[str] = []
-    first, gated, tail = Recorder("first", log), Gated(log), Recorder("tail", log)
+    first, gated, tail = LoggingRecorder("first", log), Gated(log), LoggingRecorder("tail", log)
     task, runner = await started([first, gated, tail])
     for i in range(20):
         task.queue_frame(TextFrame(str(i)))
@@ -195,7 +176,7 @@ async def test_end_drains_in_order_then_stops_each_processor_in_order() -> None:
 
 async def test_cancel_stops_at_once_and_drops_what_is_queued() -> None:
     log: list[str] = []
-    first, gated, tail = Recorder("first", log), Gated(log), Recorder("tail", log)
+    first, gated, tail = LoggingRecorder("first", log), Gated(log), LoggingRecorder("tail", log)
     task, runner = await started([first, gated, tail])
     for text in "abc":
         await task.push_frame(TextFrame(text))
@@ -210,7 +191,7 @@ async def test_cancel_stops_at_once_and_drops_what_is_queued() -> None:
 
 
 async def test_upstream_frames_reach_the_first_processor() -> None:
-    head, middle, tail = Recorder("head"), Recorder("middle"), Recorder("tail")
+    head, middle, tail = LoggingRecorder("head"), LoggingRecorder("middle"), LoggingRecorder("tail")
     task, runner = await started([head, middle, tail])
     await tail.push_error("tts hiccup")
     await task.push_frame(TextFrame("from the transport out"), UPSTREAM)
@@ -224,7 +205,7 @@ async def test_upstream_frames_reach_the_first_processor() -> None:
 
 
 async def test_a_non_fatal_error_also_travels_down_to_the_processors_after_its_source() -> None:
-    stt, llm = Recorder("stt"), Recorder("llm")
+    stt, llm = LoggingRecorder("stt"), LoggingRecorder("llm")
     task, runner = await started([stt, llm])
     await stt.push_error("speech-to-text unavailable")
     await until(lambda: any(isinstance(f, ErrorFrame) for f in llm.down))
@@ -236,7 +217,7 @@ async def test_a_non_fatal_error_also_travels_down_to_the_processors_after_its_s
 
 
 async def test_a_hangup_pushed_upstream_comes_back_down_and_ends_the_call() -> None:
-    head, tail = Recorder("head"), Recorder("tail")
+    head, tail = LoggingRecorder("head"), LoggingRecorder("tail")
     _, runner = await started([head, tail])
     await tail.push_frame(HangupFrame(reason="goodbye"), UPSTREAM)
     assert await runner == "goodbye"
@@ -244,10 +225,10 @@ async def test_a_hangup_pushed_upstream_comes_back_down_and_ends_the_call() -> N
 
 
 async def test_an_exception_ends_that_call_only() -> None:
-    failing_head, failing_tail = Recorder("head"), Recorder()
-    healthy_tail = Recorder()
+    failing_head, failing_tail = LoggingRecorder("head"), LoggingRecorder()
+    healthy_tail = LoggingRecorder()
     failing, failing_runner = await started([failing_head, Raiser(name="raiser"), failing_tail])
-    healthy, healthy_runner = await started([Recorder("head"), healthy_tail])
+    healthy, healthy_runner = await started([LoggingRecorder("head"), healthy_tail])
 
     await failing.push_frame(TextFrame("boom"))  # the transport's reader is never hit
     reason = await failing_runner
@@ -274,7 +255,7 @@ async def test_failures_off_the_direct_path_end_the_call_too(where: str) -> None
     async def crash() -> None:
         raise RuntimeError("background failed")
 
-    worker, tail = Worker(name="worker"), Recorder()
+    worker, tail = Worker(name="worker"), LoggingRecorder()
     late = Raiser(name="late", trigger="kaboom")
     task, runner = await started([Raiser(name="raiser"), worker, late, tail])
     if where == "head queue":
@@ -299,7 +280,7 @@ async def test_a_processor_failing_to_start_fails_the_call() -> None:
         async def start(self) -> None:
             raise OSError("device missing")
 
-    task = PipelineTask([Broken(name="broken"), Recorder()])
+    task = PipelineTask([Broken(name="broken"), LoggingRecorder()])
     reason = await task.run()
     assert reason.startswith("error: broken: ")
     assert "device missing" in reason
@@ -309,7 +290,7 @@ async def test_each_call_gets_its_own_pipeline_built_from_the_parsed_bot() -> No
     bot = Bot.from_yaml(
         "name: echo-bot\npipeline:\n  - echo: {passthrough: false}\n  - echo:\n", "bot.yaml"
     )
-    tails = [Recorder() for _ in range(3)]
+    tails = [LoggingRecorder() for _ in range(3)]
     tasks = [
         bot.create_task(bot.new_call(f"call-{i}"), tail=[tail]) for i, tail in enumerate(tails)
     ]
@@ -332,7 +313,7 @@ async def test_each_call_gets_its_own_pipeline_built_from_the_parsed_bot() -> No
 
 async def test_cancelling_the_runner_still_cancels_every_processor() -> None:
     log: list[str] = []
-    first, tail = Recorder("first", log), Recorder("tail", log)
+    first, tail = LoggingRecorder("first", log), LoggingRecorder("tail", log)
     task, runner = await started([first, tail])
     runner.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -343,15 +324,15 @@ async def test_cancelling_the_runner_still_cancels_every_processor() -> None:
 
 
 async def test_end_and_cancel_requests_pushed_upstream() -> None:
-    tail = Recorder()
-    _, runner = await started([Recorder("head"), tail])
+    tail = LoggingRecorder()
+    _, runner = await started([LoggingRecorder("head"), tail])
     await tail.push_frame(TextFrame("last words"))
     await tail.push_frame(EndFrame(reason="bot is done"), UPSTREAM)
     assert await runner == "bot is done"
     assert tail.kinds()[-1] is EndFrame
 
-    tail = Recorder()
-    _, runner = await started([Recorder("head"), tail])
+    tail = LoggingRecorder()
+    _, runner = await started([LoggingRecorder("head"), tail])
     await tail.push_frame(CancelFrame(reason="abort"), UPSTREAM)
     assert await runner == "cancel: abort"
 
@@ -361,7 +342,7 @@ async def test_a_queued_processor_works_even_if_start_forgets_super() -> None:
         async def start(self) -> None:
             self.ready = True
 
-    forgetful, tail = Forgetful(name="forgetful"), Recorder()
+    forgetful, tail = Forgetful(name="forgetful"), LoggingRecorder()
     task, runner = await started([forgetful, tail])
     task.queue_frame(TextFrame("handled"))
     task.end()
@@ -376,8 +357,8 @@ async def test_frames_queued_before_the_start_never_overtake_it() -> None:
                 await asyncio.sleep(0.05)  # say, opening a stream to a provider
             await self.push_frame(frame, direction)
 
-    tail = Recorder()
-    task = PipelineTask([Recorder("head"), SlowStart(name="slow"), tail])
+    tail = LoggingRecorder()
+    task = PipelineTask([LoggingRecorder("head"), SlowStart(name="slow"), tail])
     task.queue_frame(TextFrame("greeting"))
     runner = asyncio.create_task(task.run())
     await until(lambda: len(tail.down) == 2)

@@ -16,29 +16,25 @@ from typing import Any
 import grpc
 import pytest
 from fakes.google_speech import FakeGoogleServer, tone_wav
-from helpers import AUDIO, Recorder, RunningCalls, observing
+from helpers import AUDIO, RunningCalls, observing
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
 from voxpipe.bots.config import ConfigError
 from voxpipe.frames import (
-    UPSTREAM,
-    Direction,
     EndFrame,
     ErrorFrame,
-    InputAudioFrame,
     InterimTranscriptionFrame,
     OutputAudioFrame,
     TranscriptionFrame,
     TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
-    UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors.tts.google import strip_wav_header
+from voxpipe.testing import RunningChain, speech_frames
 
 
 def caller_audio(rate: int) -> bytes:
@@ -71,15 +67,6 @@ def bot_yaml(rate: int, step: str, settings: dict[str, Any]) -> str:
     )
 
 
-class Call:
-    """One running call of a one-step bot, with recorders around the step."""
-
-    def __init__(self, task: PipelineTask, up: Recorder, down: Recorder) -> None:
-        self.task = task
-        self.up = up
-        self.down = down
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeGoogleServer]:
     async with FakeGoogleServer() as server:
@@ -97,12 +84,10 @@ def observed() -> Any:
 async def start_call() -> AsyncIterator[Callable[..., Any]]:
     bots: list[Bot] = []
 
-    async def start(rate: int, step: str, settings: dict[str, Any]) -> Call:
+    async def start(rate: int, step: str, settings: dict[str, Any]) -> RunningChain:
         bot = Bot.from_yaml(bot_yaml(rate, step, settings))
-        up, down = Recorder(UPSTREAM, limit_s=10), Recorder(Direction.DOWNSTREAM, limit_s=10)
-        task = await calls.start(bot, down, head=up)
         bots.append(bot)
-        return Call(task, up, down)
+        return await calls.chain(bot)
 
     async with RunningCalls() as calls:
         yield start
@@ -119,14 +104,9 @@ def connection(fake: FakeGoogleServer, **extra: Any) -> dict[str, Any]:
     return {"endpoint": fake.endpoint, "insecure": True, "backoff_s": 0.01, **extra}
 
 
-async def speak(call: Call, audio: bytes, rate: int) -> None:
+async def speak(call: RunningChain, audio: bytes, rate: int) -> None:
     """The caller says ``audio``: VAD start, 20 ms frames of it, VAD stop."""
-    size = rate * 2 // 50
-    await call.task.push_frame(InputAudioFrame(audio[:size], rate))  # heard before the VAD fires
-    await call.task.push_frame(UserStartedSpeakingFrame())
-    for i in range(size, len(audio), size):
-        await call.task.push_frame(InputAudioFrame(audio[i : i + size], rate))
-    await call.task.push_frame(UserStoppedSpeakingFrame())
+    await call.send(*speech_frames(audio, rate))
 
 
 # --- speech-to-text ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
     frames, events, logs, caller_context, worker_env            (layer 0: vocabulary)
     pipelines                                                   (layer 1: the engine)
     processors, transports, conversation, sessions, tools,
-    models, records, interop                                    (layer 2: parts of a bot)
+    models, records, interop, testing                           (layer 2: parts of a bot)
     bots, http, ari                                             (layer 3: the application)
 
 Every ``import`` counts: at module level, inside functions, and under ``if TYPE_CHECKING:``
@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "models": 2,
     "records": 2,
     "interop": 2,
+    "testing": 2,  # voxpipe/testing.py: the harness and fakes, built on the processors
     "bots": 3,
     "http": 3,
     "ari": 3,
@@ -97,6 +98,7 @@ TYPE_ONLY_ALLOWED: dict[tuple[str, str], str] = {
     ("voxpipe.sessions.store", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.transports.audiosocket.caller", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.transports.audiosocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
+    ("voxpipe.transports.asterisk_websocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.transports.websocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
 }
 

@@ -172,7 +172,7 @@ async def test_a_late_reply_gets_the_filler_once_and_then_the_answer() -> None:
         await c.task.push_frame(UserStartedSpeakingFrame())
         await c.task.push_frame(TranscriptsPendingFrame(1))
         await c.task.push_frame(UserStoppedSpeakingFrame())
-        await c.listener.wait_for(lambda: bool(c.listener.of(TTSFillerFrame)), limit_s=2)
+        await c.listener.wait_for(lambda: bool(c.listener.of(TTSFillerFrame)), timeout_s=2)
         assert c.listener.of(TTSFillerFrame)[0].text == "Just a second."
         await asyncio.sleep(0.5)
         await c.task.push_frame(TranscriptionFrame("order status please"))
@@ -372,18 +372,18 @@ async def test_a_tool_is_announced_and_its_result_read_back() -> None:
 
 
 class VoiceLosesReplies(Listener):
-    """A voice that, while ``down``, speaks the fixed lines (its standby clips) but loses every
+    """A voice that, while ``failing``, speaks the fixed lines (its standby clips) but loses every
     LLM reply at its first sentence, reporting it upstream like a TTS and making no audio."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.down = True
+        self.failing = True
         self._losing = False
         self._reported = False
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, LLMResponseStartFrame):
-            self._losing = self.down
+            self._losing = self.failing
             self._reported = False
         if self._losing and isinstance(frame, LLMTextFrame | LLMResponseEndFrame):
             self.frames.append(frame)
@@ -391,7 +391,7 @@ class VoiceLosesReplies(Listener):
                 self._reported = True
                 error = ErrorFrame("tts.voice failed: unavailable", source="tts.voice")
                 await self.push_frame(error, UPSTREAM)
-            self._changed.set()
+            self.arrived.set()
             return
         await super().process_frame(frame, direction)
 
@@ -407,7 +407,7 @@ async def test_a_reply_the_voice_lost_is_not_kept_as_said() -> None:
             {"role": "assistant", "content": "Hello, ACME order desk."},
             {"role": "user", "content": "I want to check my order status"},
         ]
-        voice.down = False
+        voice.failing = False
         await c.say("it is A12345")
         await voice.wait_for(lambda: voice.spoken()[-1] == "Order A12345 ships tomorrow.")
         await asyncio.sleep(0.05)
@@ -442,7 +442,7 @@ class VoiceKeepsFailing(Listener):
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         self.frames.append(frame)
-        self._changed.set()
+        self.arrived.set()
         if isinstance(frame, TTSSpeakFrame):
             self._fail(frame.text)
         elif isinstance(frame, LLMTextFrame):
@@ -581,13 +581,13 @@ async def test_a_cough_over_the_filler_does_not_cost_the_caller_the_answer(
     async with await converse(DESK.replace(QUIET_AT, LATE_FILLER)) as c:
         await c.replies(1)
         await c.say("order status please")
-        await c.listener.wait_for(lambda: bool(c.listener.of(TTSFillerFrame)), limit_s=2)
+        await c.listener.wait_for(lambda: bool(c.listener.of(TTSFillerFrame)), timeout_s=2)
         # The caller coughs over "Just a second.": a barge-in, then no words.
         await c.task.push_frame(UserStartedSpeakingFrame())
         c.task.interrupt()
         await c.task.push_frame(TranscriptsPendingFrame(1))
         await c.task.push_frame(UserStoppedSpeakingFrame())
         await c.task.push_frame(TranscriptsPendingFrame(0))
-        said = await c.replies(2, limit_s=5)
+        said = await c.replies(2, timeout_s=5)
         assert said[1] == "Sure. What is your order number?"
         assert [m["role"] for m in c.call.history] == ["assistant", "user", "assistant"]

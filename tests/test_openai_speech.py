@@ -11,27 +11,22 @@ from typing import Any
 
 import pytest
 from fakes.openai_audio import SPEECH_RATE, WORD_MS, Answer, FakeOpenAIAudio
-from helpers import AUDIO, Recorder, RunningCalls, observing
+from helpers import AUDIO, RunningCalls, observing
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
 from voxpipe.bots.config import ConfigError
 from voxpipe.frames import (
-    UPSTREAM,
-    Direction,
     EndFrame,
     ErrorFrame,
-    InputAudioFrame,
     InterimTranscriptionFrame,
     OutputAudioFrame,
     TranscriptionFrame,
     TTSSpeakFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
-    UserStartedSpeakingFrame,
-    UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.task import PipelineTask
+from voxpipe.testing import RunningChain, speech_frames
 
 
 def caller_audio(rate: int) -> bytes:
@@ -49,11 +44,6 @@ class Errors(events.Observer):
         self.kinds.append(kind)
 
 
-class Call:
-    def __init__(self, task: PipelineTask, up: Recorder, down: Recorder) -> None:
-        self.task, self.up, self.down = task, up, down
-
-
 @pytest.fixture
 async def api() -> AsyncIterator[FakeOpenAIAudio]:
     async with FakeOpenAIAudio() as server:
@@ -64,16 +54,14 @@ async def api() -> AsyncIterator[FakeOpenAIAudio]:
 async def start_call() -> AsyncIterator[Callable[..., Any]]:
     bots: list[Bot] = []
 
-    async def start(rate: int, step: str, settings: dict[str, Any]) -> Call:
+    async def start(rate: int, step: str, settings: dict[str, Any]) -> RunningChain:
         block = json.dumps({"provider": "openai_compatible", "backoff_s": 0.01, **settings})
         bot = Bot.from_yaml(
             f"name: openai-speech\ntransport: {{audiosocket: {{sample_rate: {rate}}}}}\n"
             f"pipeline:\n  - {step}: {block}\n"
         )
-        up, down = Recorder(UPSTREAM, limit_s=10), Recorder(Direction.DOWNSTREAM, limit_s=10)
-        task = await calls.start(bot, down, head=up)
         bots.append(bot)
-        return Call(task, up, down)
+        return await calls.chain(bot)
 
     async with RunningCalls() as calls:
         yield start
@@ -81,14 +69,9 @@ async def start_call() -> AsyncIterator[Callable[..., Any]]:
         await bot.close()
 
 
-async def speak(call: Call, audio: bytes, rate: int) -> None:
+async def speak(call: RunningChain, audio: bytes, rate: int) -> None:
     """The caller says ``audio``: VAD start, 20 ms frames of it, VAD stop."""
-    size = rate * 2 // 50
-    await call.task.push_frame(InputAudioFrame(audio[:size], rate))  # before the VAD fires
-    await call.task.push_frame(UserStartedSpeakingFrame())
-    for i in range(size, len(audio), size):
-        await call.task.push_frame(InputAudioFrame(audio[i : i + size], rate))
-    await call.task.push_frame(UserStoppedSpeakingFrame())
+    await call.send(*speech_frames(audio, rate))
 
 
 # --- speech-to-text ---------------------------------------------------------------------------

@@ -16,12 +16,10 @@ from fakes.anthropic_sse import FakeHTTPServer
 from fakes.deepgram_live import FakeDeepgram
 from fakes.openai_audio import WORD_MS, Answer, FakeOpenAIAudio
 from fakes.openai_sse import openai_reply
-from helpers import AUDIO, Recorder, RunningCalls
+from helpers import AUDIO, RunningCalls
 
 from voxpipe.bots.bot import Bot
 from voxpipe.frames import (
-    UPSTREAM,
-    Direction,
     EndFrame,
     ErrorFrame,
     InputAudioFrame,
@@ -35,7 +33,7 @@ from voxpipe.frames import (
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
-from voxpipe.pipelines.task import PipelineTask
+from voxpipe.testing import RunningChain, speech_frames
 from voxpipe.transports.audiosocket.caller import (
     Hangup,
     Say,
@@ -57,11 +55,6 @@ def caller_audio(rate: int) -> bytes:
         return wav.readframes(wav.getnframes())
 
 
-class Call:
-    def __init__(self, task: PipelineTask, up: Recorder, down: Recorder) -> None:
-        self.task, self.up, self.down = task, up, down
-
-
 @pytest.fixture
 async def api() -> AsyncIterator[FakeOpenAIAudio]:
     async with FakeOpenAIAudio() as server:
@@ -70,14 +63,12 @@ async def api() -> AsyncIterator[FakeOpenAIAudio]:
 
 @pytest.fixture
 async def start_call() -> AsyncIterator[Callable[..., Any]]:
-    async def start(rate: int, step: dict[str, Any]) -> Call:
+    async def start(rate: int, step: dict[str, Any]) -> RunningChain:
         bot = Bot.from_yaml(
             f"name: pipecat-speech\ntransport: {{audiosocket: {{sample_rate: {rate}}}}}\n"
             f"pipeline:\n  - pipecat: {json.dumps(step)}\n"
         )
-        up, down = Recorder(UPSTREAM, limit_s=10), Recorder(Direction.DOWNSTREAM, limit_s=10)
-        task = await calls.start(bot, down, head=up)
-        return Call(task, up, down)
+        return await calls.chain(bot)
 
     async with RunningCalls() as calls:
         yield start
@@ -103,13 +94,8 @@ def tts_step(api: FakeOpenAIAudio) -> dict[str, Any]:
     }
 
 
-async def speak(call: Call, audio: bytes, rate: int) -> None:
-    size = rate * 2 // 50
-    await call.task.push_frame(InputAudioFrame(audio[:size], rate))
-    await call.task.push_frame(UserStartedSpeakingFrame())
-    for i in range(size, len(audio), size):
-        await call.task.push_frame(InputAudioFrame(audio[i : i + size], rate))
-    await call.task.push_frame(UserStoppedSpeakingFrame())
+async def speak(call: RunningChain, audio: bytes, rate: int) -> None:
+    await call.send(*speech_frames(audio, rate))
 
 
 # --- speech-to-text -------------------------------------------------------------------------------

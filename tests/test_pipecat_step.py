@@ -12,8 +12,6 @@ from helpers import Recorder, RunningCalls
 from voxpipe.bots.bot import Bot
 from voxpipe.bots.config import ConfigError, dump_settings
 from voxpipe.frames import (
-    UPSTREAM,
-    Direction,
     DTMFFrame,
     EndFrame,
     ErrorFrame,
@@ -115,9 +113,8 @@ async def chain() -> Any:
             bot = Bot.from_yaml(
                 one_step("      class: fakes.pipecat_processors.Shout\n      args: {times: 2}\n")
             )
-            up, down = Recorder(UPSTREAM, limit_s=10), Recorder(Direction.DOWNSTREAM, limit_s=10)
-            task = await calls.start(bot, down, head=up)
-            return task, up, down
+            chain = await calls.chain(bot)
+            return chain.task, chain.up, chain.down
 
         yield start
 

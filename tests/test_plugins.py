@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import os
 import subprocess
@@ -16,8 +15,8 @@ import pytest
 from voxpipe.bots.bot import Bot
 from voxpipe.bots.config import ConfigError
 from voxpipe.bots.registry import Registry
-from voxpipe.frames import Direction, EndFrame, Frame, TextFrame
-from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.frames import EndFrame, TextFrame
+from voxpipe.testing import RunningChain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,19 +87,6 @@ def registry(plugin_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Registry:
     return Registry.default()
 
 
-class Collect(FrameProcessor):
-    """The end of the test chain: keeps every text frame."""
-
-    def __init__(self) -> None:
-        super().__init__(name="collect")
-        self.texts: list[str] = []
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, TextFrame):
-            self.texts.append(frame.text)
-        await self.push_frame(frame, direction)
-
-
 def test_the_registry_finds_the_plugin_and_reports_bad_ones(registry: Registry) -> None:
     shout = registry.get("shout")
     assert shout is not None
@@ -117,13 +103,11 @@ async def test_a_plugin_runs_from_yaml_through_a_pipeline_task(registry: Registr
     bot = Bot.from_yaml(
         "name: shouter\npipeline:\n  - shout: {suffix: '!!'}\n  - echo:\n", registry=registry
     )
-    collect = Collect()
-    task = bot.create_task(bot.new_call(), tail=[collect])
-    runner = asyncio.create_task(task.run())
-    task.queue_frame(TextFrame("hello"))
-    task.queue_frame(EndFrame())
-    assert await asyncio.wait_for(runner, 10) == "end"
-    assert collect.texts == ["HELLO!!"]
+    chain = RunningChain(build=lambda up, down: bot.create_task(bot.new_call(), tail=[down]))
+    async with chain:
+        chain.queue(TextFrame("hello"), EndFrame())
+        assert await chain.finished() == "end"
+    assert chain.down.texts() == ["HELLO!!"]
 
 
 def test_a_plugin_type_is_validated_like_a_built_in(registry: Registry) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.ari import wait_until
 from helpers import AUDIO, PostgresServer, observing
 from sqlalchemy import inspect, text
 
@@ -26,6 +25,7 @@ from voxpipe.records import migrate
 from voxpipe.records.partitions import partitions
 from voxpipe.records.service import CallRecords, make_engine, records_of
 from voxpipe.records.writer import RecordWriter
+from voxpipe.testing import until
 from voxpipe.transports.audiosocket.caller import (
     Hangup,
     Say,
@@ -285,7 +285,7 @@ async def test_the_call_goes_on_while_the_database_is_down_and_is_written_when_i
             await written(bot, call_id, lambda r: len(r["turns"]) >= 1)
             postgres.stop()
             try:
-                await wait_until(lambda: records.status().startswith("degraded"), 15)
+                await until(lambda: records.status().startswith("degraded"), 15)
                 health = (await http.get(f"http://127.0.0.1:{api.port}/health")).json()
                 assert health["status"] == "degraded"
                 assert health["call_records"].startswith("degraded")
@@ -317,7 +317,7 @@ async def test_a_full_queue_drops_counts_and_reports(tmp_path: Path) -> None:
         with observing(metrics):
             accepted = [writer.put("turn", {"call_id": str(i)}) for i in range(150)]
         assert accepted.count(False) == 50 and writer.dropped == 50
-        await wait_until(lambda: writer.status() != "ok", 10)
+        await until(lambda: writer.status() != "ok", 10)
         assert writer.status().startswith("degraded")
         assert b"voxpipe_records_dropped_total 50.0" in metrics.render()
     finally:
@@ -418,7 +418,7 @@ async def test_a_hook_that_never_answers_does_not_hold_up_the_call(tmp_path: Pat
                 records = records_of(bot)
                 assert records is not None and records.hook is not None
                 hook = records.hook
-                await wait_until(lambda: hook.given_up >= 1, 10)
+                await until(lambda: hook.given_up >= 1, 10)
         await bot.close()
     assert record["outcome"] == "caller"
     assert len(receiver.received) == 3  # the first attempt and two retries

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from helpers import RedisServer, Started, free_port
+from helpers import RedisServer, free_port
 from pydantic import SecretStr
 
 from voxpipe.bots.bot import Bot
@@ -25,7 +24,6 @@ from voxpipe.frames import (
     LLMResponseStartFrame,
 )
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.task import PipelineTask
 from voxpipe.sessions.store import (
     KEY_PREFIX,
     RedisSessionStore,
@@ -33,6 +31,7 @@ from voxpipe.sessions.store import (
     session_store,
     worker_id,
 )
+from voxpipe.testing import RunningChain, until
 
 
 @pytest.fixture
@@ -49,14 +48,6 @@ async def store(server: RedisServer) -> AsyncIterator[RedisSessionStore]:
     await st.start()
     yield st
     await st.close()
-
-
-async def until(condition: Any, within_s: float = 10) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def record(server: RedisServer, call: Call) -> dict[str, Any] | None:
@@ -93,11 +84,9 @@ async def test_a_call_is_written_with_a_ttl_refreshed_and_deleted(
 async def test_redis_dies_mid_call_and_comes_back(
     server: RedisServer, store: RedisSessionStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    started = Started()
-    task = PipelineTask([ConversationTracker(store, greeting=None), started])
-    call = task.call
-    runner = asyncio.create_task(task.run())
-    await started.event.wait()
+    chain = await RunningChain(ConversationTracker(store, greeting=None)).start()
+    task, call, runner = chain.task, chain.call, chain.runner
+    assert runner is not None
     await until(lambda: (record(server, call) or {}).get("state") == "listening")
 
     server.stop()
@@ -138,10 +127,9 @@ async def test_redis_down_at_start_the_bot_still_takes_calls(
     assert isinstance(store, RedisSessionStore)
     assert store.status() == "degraded"
     call = bot.new_call()
-    started = Started()
-    task = bot.create_task(call, tail=[started])
-    runner = asyncio.create_task(task.run())
-    await started.event.wait()
+    chain = await RunningChain(build=lambda up, down: bot.create_task(call, tail=[down])).start()
+    task, runner = chain.task, chain.runner
+    assert runner is not None
     assert store.get(call.call_id) is not None
     task.end()
     assert await asyncio.wait_for(runner, 5) == "end"
@@ -179,10 +167,9 @@ async def test_closing_the_store_writes_what_is_pending(server: RedisServer) -> 
 async def test_a_failed_call_leaves_its_record_but_is_not_listed(
     server: RedisServer, store: RedisSessionStore
 ) -> None:
-    started = Started()
-    task = PipelineTask([ConversationTracker(store, greeting=None), started])
-    runner = asyncio.create_task(task.run())
-    await started.event.wait()
+    chain = await RunningChain(ConversationTracker(store, greeting=None)).start()
+    task, runner = chain.task, chain.runner
+    assert runner is not None
     task.fail(RuntimeError("provider exploded"), source="llm")
     await asyncio.wait_for(runner, 5)
     await until(lambda: (record(server, task.call) or {}).get("state") == "ended")

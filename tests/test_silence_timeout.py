@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from helpers import observing
 
 from voxpipe import events
 from voxpipe.conversation import CallState, move
@@ -28,6 +29,7 @@ from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors.silence_timeout import SilenceTimeoutSettings
+from voxpipe.testing import RunningChain
 
 AFTER_S = 0.2
 
@@ -40,13 +42,11 @@ class Speaker(FrameProcessor):
         self.said: list[tuple[float, str]] = []
         self.hangups: list[str] = []
         self.started_at = 0.0
-        self.started = asyncio.Event()
         self.spoke = asyncio.Event()
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         if isinstance(frame, StartFrame):
             self.started_at = time.monotonic()
-            self.started.set()
         elif isinstance(frame, TTSSpeakFrame):
             self.said.append((time.monotonic() - self.started_at, frame.text))
             self.spoke.set()
@@ -84,17 +84,11 @@ async def make_rig(**settings: object) -> AsyncIterator[Rig]:
     call = Call()
     processor = SilenceTimeoutSettings.model_validate(values).create(call, None)  # type: ignore[arg-type]
     speaker = Speaker()
-    task = PipelineTask([processor, speaker], call)
-    runner = asyncio.create_task(task.run())
-    rig = Rig(task, speaker, runner)
-    events.subscribe(rig.hangups)
-    try:
-        await speaker.started.wait()
-        yield rig
-    finally:
-        events.unsubscribe(rig.hangups)
-        task.cancel("test over")
-        await asyncio.wait_for(runner, 5)
+    hangups = Hangups()
+    with observing(hangups):
+        async with RunningChain([processor, speaker], call=call, timeout_s=5) as chain:
+            assert chain.runner is not None
+            yield Rig(chain.task, speaker, chain.runner, hangups)
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import helpers
 import pytest
 from helpers import AUDIO, TTFB, RunningCalls, observing
 
+from voxpipe import testing
 from voxpipe.bots.bot import Bot
 from voxpipe.frames import (
     InputAudioFrame,
@@ -41,8 +41,11 @@ def bot_yaml(rate: int, settings: dict[str, Any]) -> str:
     )
 
 
-class Recorder(helpers.Recorder):
+class Recorder(testing.Recorder):
     """The downstream frames behind the STT step, and the transcripts among them."""
+
+    def __init__(self) -> None:
+        super().__init__(timeout_s=30.0)  # local models, on a machine shared with other tests
 
     async def transcript(self, count: int = 1) -> str:
         """The ``count``-th final transcript, once it arrives."""

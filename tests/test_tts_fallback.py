@@ -20,6 +20,7 @@ from helpers import AUDIO
 
 from voxpipe.bots.bot import Bot
 from voxpipe.processors.tts.base import PhraseCache, standby_lines
+from voxpipe.testing import until
 from voxpipe.transports.audiosocket.caller import (
     CallResult,
     Hangup,
@@ -71,9 +72,7 @@ def heard_s(result: CallResult) -> list[float]:
 
 async def voice_back_when_caller_speaks_again(fake: FakeGoogleServer) -> None:
     """End the TTS outage once the caller's second utterance reaches speech-to-text."""
-    async with asyncio.timeout(30):
-        while len(fake.speech.streams) < 2:  # noqa: ASYNC110 - the fake records, it signals nothing
-            await asyncio.sleep(0.02)
+    await until(lambda: len(fake.speech.streams) >= 2, 30)  # the fake records, it signals nothing
     fake.tts.fail_next.clear()
 
 

@@ -7,14 +7,16 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import helpers
 import pytest
 from helpers import TTFB, RunningCalls, observing
 
+from voxpipe import testing
 from voxpipe.bots.bot import Bot
 from voxpipe.frames import (
+    DOWNSTREAM,
     UPSTREAM,
     BotStoppedSpeakingFrame,
+    Direction,
     EndFrame,
     Frame,
     InputAudioFrame,
@@ -45,8 +47,11 @@ def bot_yaml(rate: int, *steps: tuple[str, dict[str, Any]]) -> str:
     )
 
 
-class Recorder(helpers.Recorder):
-    """The downstream frames behind the TTS step, and the sentences it spoke."""
+class Recorder(testing.Recorder):
+    """The frames behind the TTS step (or ahead of it, ``UPSTREAM``), and the sentences spoken."""
+
+    def __init__(self, direction: Direction = DOWNSTREAM) -> None:
+        super().__init__(direction, timeout_s=30.0)  # local models, on a shared machine
 
     def spoken(self) -> list[str]:
         return [frame.text for frame in self.of(TTSStoppedFrame)]
@@ -73,9 +78,7 @@ StartCall = Callable[..., Awaitable[RunningCall]]
 
 async def synthesis_started(call: RunningCall, left: int) -> None:
     """Wait until the TTS took its first frame in hand, ``left`` still queued behind it."""
-    async with asyncio.timeout(10):
-        while call.tts.queued > left:  # noqa: ASYNC110 - the queue has no event to await
-            await asyncio.sleep(0.01)
+    await testing.until(lambda: call.tts.queued <= left, what="the TTS to take a frame in hand")
 
 
 @pytest.fixture

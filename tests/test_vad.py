@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import wave
 
 import numpy as np
@@ -12,18 +11,15 @@ from helpers import AUDIO
 from pydantic import ValidationError
 
 from voxpipe.frames import (
-    Direction,
     Frame,
     InputAudioFrame,
-    StartFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
 from voxpipe.pipelines.call import Call
-from voxpipe.pipelines.processor import FrameProcessor
-from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors import vad as vad_module
 from voxpipe.processors.vad import VADSettings
+from voxpipe.testing import Outcome, run_frames
 
 
 def read_wav(name: str) -> tuple[np.ndarray, int]:
@@ -32,50 +28,33 @@ def read_wav(name: str) -> tuple[np.ndarray, int]:
         return np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16), rate
 
 
-class Recorder(FrameProcessor):
-    """Keeps every downstream frame, in order."""
-
-    def __init__(self) -> None:
-        super().__init__(name="recorder")
-        self.frames: list[Frame] = []
-        self.started = asyncio.Event()
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        self.frames.append(frame)
-        if isinstance(frame, StartFrame):
-            self.started.set()
-        await self.push_frame(frame, direction)
-
-    def events(self) -> list[tuple[str, int]]:
-        """Speaking events, each with how many audio frames had passed before it."""
-        out: list[tuple[str, int]] = []
-        audio = 0
-        for frame in self.frames:
-            if isinstance(frame, InputAudioFrame):
-                audio += 1
-            elif isinstance(frame, UserStartedSpeakingFrame):
-                out.append(("start", audio))
-            elif isinstance(frame, UserStoppedSpeakingFrame):
-                out.append(("stop", audio))
-        return out
+def speaking_events(frames: list[Frame]) -> list[tuple[str, int]]:
+    """Speaking events, each with how many audio frames had passed before it."""
+    out: list[tuple[str, int]] = []
+    audio = 0
+    for frame in frames:
+        if isinstance(frame, InputAudioFrame):
+            audio += 1
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            out.append(("start", audio))
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            out.append(("stop", audio))
+    return out
 
 
 async def run_vad(
     samples: np.ndarray, rate: int, *, chunk_ms: float = 20, **settings: object
-) -> Recorder:
+) -> Outcome:
     """Feed ``samples`` through a VAD in chunks of ``chunk_ms``; return what came out."""
     call = Call(sample_rate=rate)
-    recorder = Recorder()
     vad = VADSettings.model_validate(settings).create(call, None)  # type: ignore[arg-type]
-    task = PipelineTask([vad, recorder], call)
-    runner = asyncio.create_task(task.run())
-    await recorder.started.wait()
     step = max(1, int(rate * chunk_ms / 1000))
-    for i in range(0, len(samples), step):
-        await task.push_frame(InputAudioFrame(samples[i : i + step].tobytes(), rate))
-    task.end()
-    assert await asyncio.wait_for(runner, 10) == "end"
-    return recorder
+    frames = [
+        InputAudioFrame(samples[i : i + step].tobytes(), rate) for i in range(0, len(samples), step)
+    ]
+    out = await run_frames(vad, frames, call=call)
+    assert out.end_reason == "end"
+    return out
 
 
 def padded(
@@ -95,7 +74,7 @@ def noise(rate: int, seconds: float, level: float, seed: int = 7) -> np.ndarray:
 async def test_speech_starts_after_the_silence_and_stops_after_it_ends(name: str) -> None:
     speech, rate = read_wav(name)
     recorder = await run_vad(padded(speech, rate), rate, start_ms=200, stop_ms=600)
-    events = recorder.events()
+    events = speaking_events(recorder.down)
     assert events, "no speech detected"
     assert [kind for kind, _ in events[:1]] == ["start"]
     assert events[-1][0] == "stop"
@@ -110,21 +89,21 @@ async def test_every_frame_is_forwarded_in_order() -> None:
     speech, rate = read_wav("caller_yes_16k.wav")
     samples = padded(speech, rate)
     recorder = await run_vad(samples, rate)
-    audio = b"".join(f.audio for f in recorder.frames if isinstance(f, InputAudioFrame))
+    audio = b"".join(f.audio for f in recorder.down if isinstance(f, InputAudioFrame))
     assert audio == samples.tobytes()
 
 
 @pytest.mark.parametrize("level", [0.0, 30.0, 120.0])
 async def test_silence_and_low_noise_are_not_speech(level: float) -> None:
     recorder = await run_vad(noise(16000, 5, level), 16000, aggressiveness=2)
-    assert recorder.events() == []
+    assert speaking_events(recorder.down) == []
 
 
 @pytest.mark.parametrize("rate", [12000, 24000, 44100])
 async def test_rates_webrtcvad_does_not_take_are_resampled(rate: int) -> None:
     speech, source = read_wav("caller_order_status_16k.wav")
     resampled = soxr.resample(padded(speech, source), source, rate).astype(np.int16)
-    events = (await run_vad(resampled, rate)).events()
+    events = speaking_events((await run_vad(resampled, rate)).down)
     assert [kind for kind, _ in events][:2] == ["start", "stop"]
 
 
@@ -132,7 +111,7 @@ async def test_rates_webrtcvad_does_not_take_are_resampled(rate: int) -> None:
 async def test_odd_sized_frames_are_buffered(chunk_ms: float) -> None:
     speech, rate = read_wav("caller_order_status_8k.wav")
     recorder = await run_vad(padded(speech, rate), rate, chunk_ms=chunk_ms)
-    kinds = [kind for kind, _ in recorder.events()]
+    kinds = [kind for kind, _ in speaking_events(recorder.down)]
     assert kinds[:1] == ["start"] and kinds[-1:] == ["stop"]
 
 
@@ -140,15 +119,17 @@ async def test_a_short_click_does_not_start_speech() -> None:
     speech, rate = read_wav("caller_order_status_16k.wav")
     burst = speech[rate // 2 : rate // 2 + rate // 10]  # 100 ms of voice
     recorder = await run_vad(padded(burst, rate), rate, start_ms=300)
-    assert recorder.events() == []
+    assert speaking_events(recorder.down) == []
 
 
 async def test_silero_detects_speech_and_ignores_noise() -> None:
     speech, rate = read_wav("caller_order_number_16k.wav")
     samples = np.concatenate([noise(rate, 1.5, 300.0), speech, np.zeros(rate * 2, np.int16)])
-    kinds = [kind for kind, _ in (await run_vad(samples, rate, engine="silero")).events()]
+    kinds = [
+        kind for kind, _ in speaking_events((await run_vad(samples, rate, engine="silero")).down)
+    ]
     assert kinds[:1] == ["start"] and kinds[-1:] == ["stop"]
-    assert (await run_vad(noise(rate, 4, 300.0), rate, engine="silero")).events() == []
+    assert speaking_events((await run_vad(noise(rate, 4, 300.0), rate, engine="silero")).down) == []
 
 
 def test_settings_are_validated() -> None:
@@ -162,13 +143,13 @@ def test_settings_are_validated() -> None:
 async def test_noise_starting_on_a_quiet_line_is_not_speech(level: float) -> None:
     quiet_then_noise = np.concatenate([np.zeros(8000, np.int16), noise(8000, 3, level)])
     line = soxr.resample(quiet_then_noise, 8000, 16000)  # as the transport hands it over
-    assert (await run_vad(line, 16000)).events() == []
+    assert speaking_events((await run_vad(line, 16000)).down) == []
 
 
 async def test_quiet_speech_above_the_floor_is_still_speech() -> None:
     speech, rate = read_wav("caller_order_status_8k.wav")
     quiet = (speech.astype(np.float32) * 10 ** (-15 / 20)).astype(np.int16)  # 15 dB down
-    kinds = [kind for kind, _ in (await run_vad(padded(quiet, rate), rate)).events()]
+    kinds = [kind for kind, _ in speaking_events((await run_vad(padded(quiet, rate), rate)).down)]
     assert kinds[:1] == ["start"] and kinds[-1:] == ["stop"]
 
 
@@ -178,7 +159,10 @@ async def test_silero_models_are_reused_from_call_to_call() -> None:
     idle = vad_module._idle_silero.setdefault(rate, [])
     idle.clear()
     for _ in range(3):
-        kinds = [kind for kind, _ in (await run_vad(samples, rate, engine="silero")).events()]
+        kinds = [
+            kind
+            for kind, _ in speaking_events((await run_vad(samples, rate, engine="silero")).down)
+        ]
         assert kinds == ["start", "stop"], "a reused model starts each call afresh"
         assert len(idle) == 1
 
@@ -187,4 +171,4 @@ async def test_a_whole_utterance_in_one_message_gives_both_events_in_order() -> 
     speech, rate = read_wav("caller_yes_16k.wav")
     samples = padded(speech, rate, before_s=0.2, after_s=1.0)
     recorder = await run_vad(samples, rate, chunk_ms=len(samples) * 1000 / rate)
-    assert [kind for kind, _ in recorder.events()] == ["start", "stop"]
+    assert [kind for kind, _ in speaking_events(recorder.down)] == ["start", "stop"]

@@ -41,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from voxpipe.testing import until
 from voxpipe.transports.audiosocket.protocol import (
     KIND_OF_RATE,
     RATE_OF_KIND,
@@ -227,6 +228,11 @@ class FakeAri:
         self.media_start: MediaStart = "before_reply"
         self.media_delay_s = 0.2
         self.connect_media = False
+        # chan_websocket: websocket_client.conf's connections (id -> uri) and the channels
+        # of externalMedia transport=websocket, by channel id
+        self.websocket_clients: dict[str, str] = {}
+        self.ws_channels: dict[str, Any] = {}
+        self._ws_waiting: dict[str, Any] = {}
         self.media_audio = b""
         self.media_legs: dict[str, MediaLeg] = {}  # by channel id, hung up ones included
         self._ids = itertools.count(1)
@@ -246,6 +252,7 @@ class FakeAri:
         app = Starlette(
             routes=[
                 WebSocketRoute("/ari/events", self._events),
+                WebSocketRoute("/media/{connection_id}", self._media),
                 Route("/ari/{path:path}", self._rest, methods=["GET", "POST", "DELETE"]),
             ]
         )
@@ -260,7 +267,7 @@ class FakeAri:
         self._server = uvicorn.Server(config)
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]))
         server = self._server
-        await wait_until(lambda: server.started)
+        await until(lambda: server.started)
 
     async def stop(self) -> None:
         self._release.set()
@@ -416,6 +423,8 @@ class FakeAri:
     async def _channel_create(self, parts: list[str], params: dict[str, str]) -> Response:
         if parts[1] != "externalMedia":
             return _error(404, "Resource not found")
+        if params.get("transport") == "websocket":
+            return await self._websocket_media(params)
         for name in ("app", "external_host", "format"):
             if not params.get(name):
                 return _error(400, f"{name} is required")
@@ -459,6 +468,80 @@ class FakeAri:
         # The dial thread runs on its own: let it start once the reply is on its way.
         later = self._dial_later(channel, leg, data, mode)
         return JSONResponse(snapshot, background=BackgroundTask(self._start, later))
+
+    async def _websocket_media(self, params: dict[str, str]) -> Response:
+        """externalMedia over chan_websocket (``external_media_websocket`` and
+        ``webchan_request``): Asterisk dials the websocket_client connection in its dial thread,
+        or, with ``connection_type=server``, waits on ``/media/<MEDIA_WEBSOCKET_CONNECTION_ID>``.
+        Either way the channel enters Stasis once it is up; the WebSocket closing hangs it up."""
+        from fakes.chan_websocket import Channel, dial
+
+        if params.get("encapsulation") != "none":
+            return _error(400, "encapsulation must be 'none' for websocket transport")
+        for name in ("app", "format"):
+            if not params.get(name):
+                return _error(400, f"{name} is required")
+        server = params.get("connection_type", "client") == "server"
+        host = params.get("external_host", "")
+        if not server and host not in self.websocket_clients:
+            return _error(400, "external_host must be a valid websocket_client connection id.")
+        channel_id = params.get("channelId") or f"{int(time.time())}.{next(self._ids)}"
+        if channel_id in self.channels:
+            return _error(409, "Channel with given unique ID already exists")
+        connection_id = str(uuid.uuid4()) if server else host
+        media = Channel(format=params["format"], channel_id=channel_id, connection_id=connection_id)
+        data = params.get("data", "")
+        channel = FakeChannel(
+            id=channel_id,
+            name=f"WebSocket/{connection_id}/0x{next(self._ids):x}",
+            state="Down",
+            in_stasis=False,
+            context="default",
+            exten="s",
+            priority=1,
+            created=_now(),
+            app_data=f"{params['app']},{data}",
+            channelvars={
+                "MEDIA_WEBSOCKET_OPTIMAL_FRAME_SIZE": str(media.frame_bytes),
+                "MEDIA_WEBSOCKET_CONNECTION_ID": connection_id,
+            },
+        )
+        self.channels[channel_id] = channel
+        self.ws_channels[channel_id] = media
+        snapshot = channel.json()
+
+        async def up() -> None:
+            channel.state = "Up"
+            channel.in_stasis = True
+            await self.emit({"type": "StasisStart", "args": [data], "channel": channel.json()})
+
+        async def call() -> None:  # the dial thread: webchan_call connects, then Stasis
+            task = asyncio.create_task(dial(self.websocket_clients[host], media))
+            await until(lambda: media.socket is not None or task.done())
+            if task.done():
+                await self._destroy(channel, cause=3, cause_txt="No route to destination")
+                return
+            await up()
+            await task
+            await self._bot_hung_up(channel)
+
+        if server:
+            self._ws_waiting[connection_id] = (media, channel)
+            return JSONResponse(snapshot, background=BackgroundTask(self._start, up()))
+        return JSONResponse(snapshot, background=BackgroundTask(self._start, call()))
+
+    async def _media(self, socket: WebSocket) -> None:
+        """chan_websocket's ``/media/<connection id>``: 404 for an unknown id, one connection."""
+        from fakes.chan_websocket import StarletteSocket
+
+        found = self._ws_waiting.pop(socket.path_params["connection_id"], None)
+        if found is None:
+            await socket.close(code=1008)
+            return
+        media, channel = found
+        await socket.accept(subprotocol="media")
+        await media.run(StarletteSocket(socket))
+        await self._bot_hung_up(channel)
 
     async def _start(self, coro: Awaitable[None]) -> None:
         self._spawn(coro)
@@ -603,12 +686,3 @@ class FakeAri:
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout_s``."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.01)

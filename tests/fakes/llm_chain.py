@@ -1,16 +1,14 @@
 """Runs one call through a bot's chain with a stand-in for text-to-speech and the transport.
 
-``Listener`` records every frame reaching the end of the chain and, like a TTS plus transport,
-turns the text it is asked to speak into ``Utterance``s in ``call.data["utterances"]``, marked
-played in full (or only partly, with ``play_fraction``) so that history tests can tell what
-the caller heard.
+``Listener`` (a ``voxpipe.testing.Recorder``) records every frame reaching the end of the
+chain and, like a TTS plus transport, turns the text it is asked to speak into ``Utterance``s
+in ``call.data["utterances"]``, marked played in full (or only partly, with
+``play_fraction``) so that history tests can tell what the caller heard.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
 
 from voxpipe.bots.bot import Bot
 from voxpipe.frames import (
@@ -26,23 +24,20 @@ from voxpipe.frames import (
     UserStoppedSpeakingFrame,
     Utterance,
 )
-from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
+from voxpipe.testing import Recorder
 
 
-class Listener(FrameProcessor):
-    """The tail of the chain under test."""
+class Listener(Recorder):
+    """The tail of the chain under test: a ``voxpipe.testing.Recorder`` that plays what it is
+    asked to say (see the module's docstring)."""
 
     def __init__(self, play_fraction: float = 1.0) -> None:
         super().__init__(name="listener")
-        self.frames: list[Frame] = []
         self.play_fraction = play_fraction
-        self._changed = asyncio.Event()
         self._pending = ""
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        self.frames.append(frame)
-        self._changed.set()
         if isinstance(frame, TTSSpeakFrame):
             self._speak(frame.text)
         elif isinstance(frame, LLMTextFrame):
@@ -52,16 +47,12 @@ class Listener(FrameProcessor):
             self._pending = ""
         elif isinstance(frame, InterruptionFrame):
             self._pending = ""
-        await self.push_frame(frame, direction)
+        await super().process_frame(frame, direction)
 
     def _speak(self, text: str) -> None:
         utterance = Utterance(text, frames_total=10)
         utterance.frames_played = round(10 * self.play_fraction)
         self.call.data.setdefault("utterances", []).append(utterance)
-
-    def of(self, kind: type[Any]) -> list[Any]:
-        """The frames of one type, in order."""
-        return [f for f in self.frames if isinstance(f, kind)]
 
     def spoken(self) -> list[str]:
         """What the bot was asked to say: TTSSpeakFrame texts and whole LLM responses."""
@@ -78,13 +69,6 @@ class Listener(FrameProcessor):
             elif isinstance(f, InterruptionFrame):
                 pending = ""
         return out
-
-    async def wait_for(self, predicate: Callable[[], bool], limit_s: float = 10.0) -> None:
-        """Wait until ``predicate()`` holds (checked at each new frame)."""
-        async with asyncio.timeout(limit_s):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
 
 
 class Conversation:
@@ -115,9 +99,9 @@ class Conversation:
         await self.task.push_frame(TranscriptionFrame(text))
         await self.task.push_frame(UserStoppedSpeakingFrame())
 
-    async def replies(self, count: int, limit_s: float = 10.0) -> list[str]:
+    async def replies(self, count: int, timeout_s: float = 10.0) -> list[str]:
         """Wait until the bot said ``count`` things; return everything it said."""
-        await self.listener.wait_for(lambda: len(self.listener.spoken()) >= count, limit_s)
+        await self.listener.wait_for(lambda: len(self.listener.spoken()) >= count, timeout_s)
         return self.listener.spoken()
 
 

@@ -117,23 +117,42 @@ class AriClient:
         )
 
     async def external_media(
-        self, channel_id: str, app: str, external_host: str, data: str, media_format: str
-    ) -> None:
-        """Create the AudioSocket channel that makes Asterisk connect to the bot with ``data``
-        as the call's UUID."""
-        await self.request(
-            "POST",
-            "/channels/externalMedia",
-            {
-                "channelId": channel_id,
-                "app": app,
-                "external_host": external_host,
-                "encapsulation": "audiosocket",
-                "transport": "tcp",
-                "format": media_format,
-                "data": data,
-            },
-        )
+        self,
+        channel_id: str,
+        app: str,
+        external_host: str,
+        data: str,
+        media_format: str,
+        transport: str = "audiosocket",
+    ) -> dict[str, Any]:
+        """Create the bot's media channel: AudioSocket (Asterisk connects to ``external_host``
+        with ``data`` as the call's UUID) or chan_websocket (``transport="websocket"``: Asterisk
+        dials the websocket_client.conf connection ``external_host``, or, with an empty one,
+        waits for the bot on ``/media/<MEDIA_WEBSOCKET_CONNECTION_ID>``). Returns the channel.
+        """
+        params: dict[str, str | int] = {
+            "channelId": channel_id,
+            "app": app,
+            "external_host": external_host,
+            "encapsulation": "audiosocket",
+            "transport": "tcp",
+            "format": media_format,
+            "data": data,
+        }
+        if transport == "websocket":
+            params["encapsulation"] = "none"
+            params["transport"] = "websocket"
+            params["connection_type"] = "client" if external_host else "server"
+            if not external_host:
+                del params["external_host"]
+        channel = await self.request("POST", "/channels/externalMedia", params)
+        return channel if isinstance(channel, dict) else {}
+
+    def media_url(self, connection_id: str) -> str:
+        """chan_websocket's ``/media/<connection id>`` on Asterisk's HTTP server."""
+        parts = urlsplit(self.url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, f"{parts.path}/media/{connection_id}", "", ""))
 
     async def continue_in_dialplan(
         self,

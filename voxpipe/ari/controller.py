@@ -43,6 +43,7 @@ from voxpipe.sessions import outcomes
 if TYPE_CHECKING:
     from voxpipe.bots.config import AriSettings
     from voxpipe.pipelines.call import Call
+    from voxpipe.transports.asterisk_websocket.server import AsteriskWebSocketServer
 
 log = logging.getLogger("voxpipe.ari")
 
@@ -94,11 +95,19 @@ class AriCall:
 class AriController:
     """Keeps the events WebSocket open and runs the calls of one Stasis application.
 
-    ``external_host`` is the ``host:port`` Asterisk connects to for the bot's AudioSocket.
+    ``external_host`` is the ``host:port`` Asterisk connects to for the bot's AudioSocket;
+    ``chan_ws`` the bot's chan_websocket server (``media_transport: websocket``), which
+    connects to Asterisk's ``/media/<id>`` when no ``websocket_connection`` is set.
     """
 
-    def __init__(self, settings: AriSettings, external_host: str) -> None:
+    def __init__(
+        self,
+        settings: AriSettings,
+        external_host: str,
+        chan_ws: AsteriskWebSocketServer | None = None,
+    ) -> None:
         self.settings = settings
+        self.chan_ws = chan_ws
         self.app = settings.app
         self.external_host = settings.external_host or external_host
         self.client = AriClient(
@@ -281,13 +290,16 @@ class AriController:
             await client.answer(ari_call.caller_id)
             await client.create_bridge(ari_call.bridge_id, f"voxpipe {ari_call.uuid}")
             await client.add_channel(ari_call.bridge_id, ari_call.caller_id)
-            await client.external_media(
-                ari_call.media_id,
-                self.app,
-                self.external_host,
-                ari_call.uuid,
-                self.settings.media_format,
-            )
+            if self.settings.media_transport == "websocket":
+                await self._websocket_media(ari_call)
+            else:
+                await client.external_media(
+                    ari_call.media_id,
+                    self.app,
+                    self.external_host,
+                    ari_call.uuid,
+                    self.settings.media_format,
+                )
             await self._media_in_stasis(ari_call)
             await client.add_channel(ari_call.bridge_id, ari_call.media_id)
         except (AriError, ControlError) as exc:
@@ -295,6 +307,41 @@ class AriController:
             return
         ari_call.bridged = True
         log.info("call %s set up: caller %s bridged to the bot", ari_call.uuid, ari_call.caller_id)
+
+    async def _websocket_media(self, ari_call: AriCall) -> None:
+        """A chan_websocket media channel: Asterisk dials ``websocket_connection``, or the bot
+        connects to ``/media/<MEDIA_WEBSOCKET_CONNECTION_ID>`` (the channel's id names the
+        call either way: ``voxpipe-media-<uuid>``)."""
+        connection = self.settings.websocket_connection or ""
+        channel = await self.client.external_media(
+            ari_call.media_id,
+            self.app,
+            connection,
+            ari_call.uuid,
+            self.settings.media_format,
+            transport="websocket",
+        )
+        if connection:
+            return
+        variables = channel.get("channelvars")
+        media = (
+            variables.get("MEDIA_WEBSOCKET_CONNECTION_ID") if isinstance(variables, dict) else None
+        )
+        if not isinstance(media, str) or not media:
+            raise ControlError("externalMedia gave no MEDIA_WEBSOCKET_CONNECTION_ID to connect to")
+        if self.chan_ws is None:
+            raise ControlError("media_transport websocket needs transport.asterisk_websocket")
+        self._spawn(self._connect_media(ari_call, self.client.media_url(media)))
+
+    async def _connect_media(self, ari_call: AriCall, url: str) -> None:
+        assert self.chan_ws is not None
+        try:
+            await self.chan_ws.connect(url, self.client.auth_header())
+        except Exception as exc:
+            if not ari_call.bridged or ari_call.call is None:
+                await self._fail_setup(ari_call, f"connecting to {url} failed: {exc}")
+            else:
+                log.warning("call %s: the media WebSocket %s failed: %s", ari_call.uuid, url, exc)
 
     async def _media_in_stasis(self, ari_call: AriCall) -> None:
         """Wait (bounded) until Asterisk's dial thread has put the media channel in Stasis."""

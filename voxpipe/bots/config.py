@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 
 from voxpipe.bots.registry import Registry, default_registry
 from voxpipe.models.settings import ModelsSettings
@@ -85,11 +85,33 @@ class AriSettings(Settings):
     ping_interval_s: float = Field(
         20.0, gt=0, description="Keepalive ping on the events WebSocket, in seconds."
     )
-    media_format: Literal["slin16", "slin"] = Field(
+    media_format: Literal["slin16", "slin", "slin24", "slin48", "ulaw", "alaw"] = Field(
         "slin16",
         description="externalMedia audio format: slin16 (AudioSocket 0x12, Asterisk 20.17, "
-        "21.12, 22.7, 23.1 or later) or slin (8 kHz, 0x10, any Asterisk with AudioSocket).",
+        "21.12, 22.7, 23.1 or later) or slin (8 kHz, 0x10, any Asterisk with AudioSocket); "
+        "with media_transport websocket also slin24, slin48, ulaw or alaw.",
     )
+    media_transport: Literal["audiosocket", "websocket"] = Field(
+        "audiosocket",
+        description="How the externalMedia channel reaches the bot: audiosocket (TCP, "
+        "transport.audiosocket) or websocket (chan_websocket, needs "
+        "transport.asterisk_websocket).",
+    )
+    websocket_connection: str | None = Field(
+        None,
+        description="media_transport websocket: the websocket_client.conf connection Asterisk "
+        "dials to reach the bot (its uri is transport.asterisk_websocket.listen). Unset: the "
+        "bot connects to Asterisk's /media/<connection id> itself (connection_type server).",
+    )
+
+    @model_validator(mode="after")
+    def _check_media(self) -> AriSettings:
+        if self.media_transport == "audiosocket" and self.media_format not in ("slin16", "slin"):
+            raise ValueError(
+                f"media_format {self.media_format!r} needs media_transport: websocket "
+                "(AudioSocket carries slin and slin16 only)"
+            )
+        return self
 
 
 class LoggingSettings(Settings):
@@ -550,6 +572,26 @@ def _check_references(
                 ("transport", "websocket"),
                 "the call API is served by the bot's HTTP server: add an http: block "
                 "(http: {listen: '127.0.0.1:8080'})",
+            )
+        if (
+            config.ari is not None
+            and config.ari.media_transport == "websocket"
+            and config.transport.asterisk_websocket is None
+        ):
+            doc.problem(
+                ("ari", "media_transport"),
+                "media_transport websocket needs the chan_websocket transport: add "
+                "transport.asterisk_websocket (transport: {asterisk_websocket: {}})",
+            )
+        if (
+            config.ari is not None
+            and config.ari.media_transport == "audiosocket"
+            and "audiosocket" not in config.transport.served()
+        ):
+            doc.problem(
+                ("ari", "media_transport"),
+                "the ARI controller's media channel connects over AudioSocket, and this bot "
+                "names no transport.audiosocket: add it, or set media_transport: websocket",
             )
         if config.http is not None and config.http.web and config.transport.websocket is None:
             doc.problem(

@@ -20,6 +20,7 @@ from voxpipe.transports.audiosocket.server import AudioSocketServer
 if TYPE_CHECKING:
     from voxpipe.ari import AriController
     from voxpipe.http import OperationsApi
+    from voxpipe.transports.asterisk_websocket.server import AsteriskWebSocketServer
 
 T = TypeVar("T")
 
@@ -78,15 +79,39 @@ async def _start_api(bot: Bot) -> OperationsApi | None:
     return api
 
 
-async def _start_ari(bot: Bot, server: AudioSocketServer) -> AriController | None:
+async def _start_asterisk_websocket(bot: Bot) -> AsteriskWebSocketServer | None:
+    """The chan_websocket server when the bot has ``transport.asterisk_websocket``."""
+    settings = bot.config.transport.asterisk_websocket
+    if settings is None:
+        return None
+    from voxpipe.transports.asterisk_websocket.server import AsteriskWebSocketServer
+
+    server = AsteriskWebSocketServer(bot, settings)
+    await server.start()
+    print(
+        f"voxpipe: chan_websocket on ws://{_address(server.host, server.port)} "
+        f"(websocket_client.conf uri; Dial(WebSocket/<connection>/c(slin16)))",
+        flush=True,
+    )
+    return server
+
+
+async def _start_ari(
+    bot: Bot, server: AudioSocketServer, chan_ws: AsteriskWebSocketServer | None = None
+) -> AriController | None:
     """The ARI controller when the bot has an ``ari:`` block: Stasis callers reach this server."""
     if bot.config.ari is None:
         return None
     from voxpipe.ari import AriController
 
     host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-    controller = AriController(bot.config.ari, f"{host}:{server.port}")
+    listening = server.listening
+    controller = AriController(
+        bot.config.ari, f"{host}:{server.port}" if listening else "", chan_ws
+    )
     server.on_call_start.append(controller.attach)
+    if chan_ws is not None:
+        chan_ws.on_call_start.append(controller.attach)
     await controller.start()
     return controller
 
@@ -120,19 +145,26 @@ async def serve(
         listen += str(port if port is not None else settings.port)
         settings = settings.model_copy(update={"listen": listen})
     server = AudioSocketServer(bot, settings)
-    if settings.max_calls == "auto":
-        print("voxpipe: measuring the models for max_calls: auto...", flush=True)
-    await server.start()
+    # transport: picks the listeners; AudioSocket unless the bot file names only others.
+    audiosocket = "audiosocket" in bot.config.transport.served()
+    if audiosocket:
+        if settings.max_calls == "auto":
+            print("voxpipe: measuring the models for max_calls: auto...", flush=True)
+        await server.start()
     if server.capacity is not None:
         print(f"voxpipe: capacity: {server.capacity.describe()}", flush=True)
+    chan_ws = None
     try:
+        chan_ws = await _start_asterisk_websocket(bot)
         api = await _start_api(bot)
     except BaseException:
         await server.stop(0.0)
+        if chan_ws is not None:
+            await chan_ws.stop(0.0)
         raise
-    if api is not None:
+    if api is not None and audiosocket:
         api.state.capacity = server.load
-    ari = await _start_ari(bot, server)
+    ari = await _start_ari(bot, server, chan_ws)
     # SIGTERM is ours before the banner says the bot is up: a supervisor that stops it as soon
     # as it reads the banner gets a drain, not the default action (killed, exit code -15).
     stopping = asyncio.Event()
@@ -142,7 +174,10 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stopping.set)
             handled.append(signum)
-    print(_banner(bot, server), flush=True)
+    if audiosocket:
+        print(_banner(bot, server), flush=True)
+    else:
+        print(f"voxpipe: bot {bot.name!r} serving (no AudioSocket: transport names other ways in)")
     if ready is not None:
         ready(server)
 
@@ -158,6 +193,8 @@ async def serve(
         if api is not None:
             api.state.draining = True
         drains = [server.stop(settings.drain_s)]
+        if chan_ws is not None:
+            drains.append(chan_ws.stop(chan_ws.settings.drain_s))
         if api is not None and api.call_api is not None:
             drains.append(api.call_api.stop(api.call_api.settings.drain_s))
         await asyncio.gather(*drains)

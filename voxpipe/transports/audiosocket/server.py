@@ -29,11 +29,7 @@ from voxpipe import events
 from voxpipe.frames import HangupFrame
 from voxpipe.transports.audiosocket.protocol import Kind, ProtocolError, read_message
 from voxpipe.transports.audiosocket.settings import AudioSocketSettings
-from voxpipe.transports.audiosocket.transport import (
-    AudioSocketInput,
-    AudioSocketOutput,
-    Connection,
-)
+from voxpipe.transports.audiosocket.transport import AudioSocketTransport, Connection
 
 if TYPE_CHECKING:
     from voxpipe.bots.bot import Bot
@@ -94,6 +90,11 @@ class AudioSocketServer:
             raise RuntimeError("the server is not listening")
         port: int = self._server.sockets[0].getsockname()[1]
         return port
+
+    @property
+    def listening(self) -> bool:
+        """Whether the server was started (a bot may serve other transports only)."""
+        return self._server is not None
 
     @property
     def host(self) -> str:
@@ -244,11 +245,8 @@ class AudioSocketServer:
                 events.emit.error(call, "call_start")
                 return
         connection = Connection(reader, writer)
-        task = self.bot.create_task(
-            call,
-            head=[AudioSocketInput(connection, self.settings)],
-            tail=[AudioSocketOutput(connection, self.settings)],
-        )
+        transport = AudioSocketTransport(connection, self.settings)
+        task = self.bot.create_task(call, head=[transport.input()], tail=[transport.output()])
         self.calls[call_id] = ActiveCall(call, task, connection, peer=peer)
         loop = asyncio.get_running_loop()
         max_s = self.settings.max_call_s

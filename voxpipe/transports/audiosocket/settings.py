@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from voxpipe.pipelines.settings import Settings
+from voxpipe.transports.asterisk_websocket.settings import AsteriskWebSocketSettings
 from voxpipe.transports.websocket.settings import WebSocketSettings
 
 PIPELINE_RATES = (8000, 12000, 16000, 24000, 32000, 44100, 48000)
@@ -125,7 +126,10 @@ class AudioSocketSettings(Settings):
 
 
 class TransportSettings(Settings):
-    """How calls reach the bot: AudioSocket, and the call API when ``websocket`` is given."""
+    """How calls reach the bot: AudioSocket, and the call API and chan_websocket when given.
+
+    Every transport given listens at once: one bot takes AudioSocket and chan_websocket calls.
+    """
 
     audiosocket: AudioSocketSettings = Field(
         default_factory=AudioSocketSettings,  # type: ignore[arg-type]
@@ -136,3 +140,18 @@ class TransportSettings(Settings):
         description="The call API: gateways and browsers stream calls over a WebSocket on "
         "the bot's HTTP server (needs an http: block).",
     )
+    asterisk_websocket: AsteriskWebSocketSettings | None = Field(
+        None,
+        description="Asterisk's WebSocket channel driver (chan_websocket, Asterisk 20.16, "
+        "21.11, 22.6, 23.0 or later): Dial(WebSocket/<connection>/c(slin16)) or ARI "
+        "externalMedia transport=websocket; slin at any rate, ulaw, alaw.",
+    )
+
+    def served(self) -> list[str]:
+        """The transports the bot listens on: those the bot file names; AudioSocket when it
+        names it, or names no other (``transport: {asterisk_websocket: {}}`` alone is
+        chan_websocket only)."""
+        named = [n for n in ("websocket", "asterisk_websocket") if getattr(self, n) is not None]
+        if "audiosocket" in self.model_fields_set or not named:
+            named.insert(0, "audiosocket")
+        return named

@@ -78,6 +78,10 @@ _clock = time.monotonic
 class Connection:
     """One AudioSocket connection, shared by the call's input and output processors."""
 
+    # chan_websocket's MEDIA_XOFF: the output keeps its audio queued until this is False.
+    # (A class attribute here: an AudioSocket connection is never paused.)
+    paused = False
+
     __slots__ = (
         "caller_rate",
         "closed",
@@ -282,6 +286,11 @@ class AudioSocketOutput(FrameProcessor):
         "_stopping",
         "_wait_s",
     )
+
+    # How far ahead of its slot a message may leave (a peer that plays from its own queue).
+    SEND_AHEAD_S = 0.0
+    # Bot speech counts as stopped after this long without a message sent.
+    STOP_AFTER_S = STOP_AFTER_S
 
     def __init__(self, connection: Connection, settings: AudioSocketSettings) -> None:
         super().__init__(name="audiosocket.out")
@@ -559,8 +568,11 @@ class AudioSocketOutput(FrameProcessor):
         if now - due > MAX_CATCH_UP_S:  # a stall: restart the schedule rather than burst
             due = now
         sent = False
+        ahead = now + self.SEND_AHEAD_S
         while queue:
-            if due <= now:
+            if conn.paused:  # the peer asked for a pause: everything stays queued
+                break
+            if due <= ahead:
                 due += FRAME_S
             elif conn.live:
                 conn.live -= 1
@@ -598,7 +610,7 @@ class AudioSocketOutput(FrameProcessor):
             self._flush_pending()
             self._send_ready(now)
             return
-        if self._speaking and now - self._last_sent >= STOP_AFTER_S:
+        if self._speaking and now - self._last_sent >= self.STOP_AFTER_S:
             self._speaking = False
             self._announce(BotStoppedSpeakingFrame())
         self._wake_drain()
@@ -616,3 +628,25 @@ class AudioSocketOutput(FrameProcessor):
         """Tell the processors upstream (from the ticker, which must not wait)."""
         if self._task is not None and not self.task.done:
             self.create_task(self.push_frame(frame, UPSTREAM), name="audiosocket.announce")
+
+
+class AudioSocketTransport:
+    """The two ends of one AudioSocket call over ``connection`` (see ``transports.base``)."""
+
+    def __init__(self, connection: Connection, settings: AudioSocketSettings) -> None:
+        self.connection = connection
+        self.settings = settings
+        self._input: AudioSocketInput | None = None
+        self._output: AudioSocketOutput | None = None
+
+    def input(self) -> AudioSocketInput:
+        """The first processor of the call's chain (made once)."""
+        if self._input is None:
+            self._input = AudioSocketInput(self.connection, self.settings)
+        return self._input
+
+    def output(self) -> AudioSocketOutput:
+        """The last processor of the call's chain (made once)."""
+        if self._output is None:
+            self._output = AudioSocketOutput(self.connection, self.settings)
+        return self._output

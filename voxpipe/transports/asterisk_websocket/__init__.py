@@ -1,0 +1,1 @@
+"""Asterisk's WebSocket channel driver (chan_websocket): ``transport: {asterisk_websocket: {}}``."""
