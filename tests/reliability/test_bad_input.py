@@ -13,6 +13,7 @@ from helpers import observing
 from voxpipe import events
 from voxpipe.bots.bot import Bot
 from voxpipe.bots.config import MAX_DEPTH, MAX_VALUES, ConfigError, parse_bot
+from voxpipe.http import OperationsApi
 from voxpipe.transports.audiosocket.server import AudioSocketServer
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -180,3 +181,36 @@ def test_a_body_of_the_wrong_type_that_is_not_utf8_is_a_422_not_a_500(
     status, response = http_request(target.http_port, request)
     assert status == 422, response
     assert b'"loc"' in response
+
+
+async def test_a_caller_context_whose_body_never_arrives_whole_is_a_400_not_a_traceback() -> None:
+    # Fuzzing found it: uvicorn answers a malformed body 400 itself and tells the app the client
+    # left; the context endpoint's read raised ClientDisconnect into the log as a traceback.
+    bot = Bot.from_yaml("name: x\nhttp: {listen: '127.0.0.1:0'}\npipeline:\n  - echo: {}\n")
+    await bot.prepare()
+    api = OperationsApi.for_bot(bot)
+    assert api is not None
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/calls/{uuid.uuid4()}/context",
+        "raw_path": b"",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/x-www-form-urlencoded")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+    }
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    await api.app(scope, receive, send)  # raised ClientDisconnect before
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 400
