@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from voxpipe.bots.document import Document
+from voxpipe.bots.document import MAX_VALUES, Document, TooLarge, check_depth
 from voxpipe.bots.problems import ConfigError, Path_, Problem, format_path, report
 from voxpipe.bots.registry import Registry, default_registry
 from voxpipe.bots.settings import (
@@ -66,7 +66,13 @@ def parse_bot(text: str, file: str = "<string>", registry: Registry | None = Non
     registry = registry or default_registry()
     doc = Document(file)
     try:
+        check_depth(text, file)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = doc.build(node) if node is not None else None
+    except TooLarge as exc:
+        mark = exc.node.start_mark
+        message = f"the document expands to more than {MAX_VALUES} values (an alias bomb?)"
+        raise ConfigError([Problem(file, mark.line + 1, mark.column + 1, "", message)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -83,7 +89,6 @@ def parse_bot(text: str, file: str = "<string>", registry: Registry | None = Non
         raise ConfigError(
             [Problem(file, 1, 1, "", "the file is empty; a bot needs `name` and `pipeline`")]
         )
-    data = doc.build(node)
     if not isinstance(data, dict):
         doc.problem((), "a bot file must be a mapping with `name`, `transport` and `pipeline`")
         raise ConfigError(doc.problems)

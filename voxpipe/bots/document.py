@@ -9,7 +9,38 @@ from typing import Any
 
 import yaml
 
-from voxpipe.bots.problems import Path_, Problem, format_path
+from voxpipe.bots.problems import ConfigError, Path_, Problem, format_path
+
+# A bot file is a few hundred values nested a few levels deep. These bounds stop a hostile or
+# broken file (``[[[[...`` ten thousand deep, an alias bomb that expands to millions of values,
+# an alias inside its own anchor) with a clear error instead of a RecursionError or minutes of
+# work.
+MAX_DEPTH = 64
+MAX_VALUES = 50_000
+
+
+class TooLarge(Exception):
+    """The document expands to more than ``MAX_VALUES`` values (aliases, most likely)."""
+
+    def __init__(self, node: yaml.Node) -> None:
+        super().__init__()
+        self.node = node
+
+
+def check_depth(text: str, file: str) -> None:
+    """Refuse a document nested deeper than ``MAX_DEPTH`` before PyYAML composes it (which
+    recurses once per level); raises ``yaml.YAMLError`` as composing would for bad syntax."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                message = f"nested more than {MAX_DEPTH} levels deep; a bot file needs a few"
+                raise ConfigError([Problem(file, line, col, "", message)])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 class Document:
@@ -21,6 +52,8 @@ class Document:
         self.keys: dict[Path_, tuple[int, int]] = {}
         self.problems: list[Problem] = []
         self.unset: set[Path_] = set()  # values missing an environment variable
+        self._count = 0
+        self._open: set[int] = set()  # the collections being built (an alias to one recurses)
 
     def problem(self, path: Path_, message: str, *, at_key: bool = False) -> None:
         pos = (self.keys.get(path) if at_key else None) or self._position(path)
@@ -34,7 +67,30 @@ class Document:
         return self.values.get((), (1, 1))
 
     def build(self, node: yaml.Node, path: Path_ = ()) -> Any:
+        self._count += 1
+        if self._count > MAX_VALUES:
+            raise TooLarge(node)
         self.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            if id(node) in self._open:
+                self.problem(path, "an alias refers to the collection it is part of")
+                return None
+            self._open.add(id(node))
+            try:
+                return self._build_collection(node, path)
+            finally:
+                self._open.discard(id(node))
+        try:
+            scalar = _construct_scalar(node)
+        except (ValueError, ArithmeticError, TypeError) as exc:  # ``!!int abc``, ``!!float x``
+            kind = node.tag.rsplit(":", 1)[-1]
+            self.problem(path, f"{node.value!r} is not a valid {kind}: {exc}")
+            return None
+        if isinstance(scalar, str):
+            scalar = self._interpolate(scalar, path)
+        return scalar
+
+    def _build_collection(self, node: yaml.Node, path: Path_) -> Any:
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -51,12 +107,7 @@ class Document:
                     self.problem(child, f"duplicate key {key!r}", at_key=True)
                 out[key] = self.build(value_node, child)
             return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        scalar = _construct_scalar(node)
-        if isinstance(scalar, str):
-            scalar = self._interpolate(scalar, path)
-        return scalar
+        return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
 
     def _interpolate(self, text: str, path: Path_) -> Any:
         if "${" not in text:

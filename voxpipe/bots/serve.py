@@ -165,8 +165,8 @@ async def serve(
     if api is not None and audiosocket:
         api.state.capacity = server.load
     ari = await _start_ari(bot, server, chan_ws)
-    # SIGTERM is handled before the banner says the bot is up: a supervisor (or a test) that
-    # stops it on reading the banner gets a drain, not the default exit.
+    # SIGTERM is ours before the banner says the bot is up: a supervisor that stops it as soon
+    # as it reads the banner gets a drain, not the default action (killed, exit code -15).
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
