@@ -1,0 +1,187 @@
+"""voxpipe's chan_websocket line as a Pipecat transport (``voxpipe.interop.pipecat``), dialled
+by the fake Asterisk chan_websocket over a real WebSocket: the example bot (plain Pipecat
+services against the local OpenAI fake) greets, answers a turn, is interrupted (FLUSH_MEDIA),
+and ends when the caller hangs up; keys, MEDIA_XOFF/MEDIA_XON and the bot's own hang-up."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from call_api_client import load_pcm
+from fakes.chan_websocket import Channel, dial
+from fakes.openai_audio import WORD_MS, Answer, FakeOpenAIAudio
+from fakes.openai_sse import openai_reply
+from helpers import AUDIO
+from pipecat.frames import frames as pf
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.workers.runner import WorkerRunner
+
+from voxpipe.interop.pipecat import (
+    ChanWebSocketListener,
+    ChanWebSocketTransport,
+    serve_chan_websocket,
+)
+from voxpipe.testing import until
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pipecat_audiosocket.py"
+LONG_REPLY = "Your order left our warehouse this morning and it should reach you by Friday "
+LONG_REPLY += "at the latest, and you will get a message with the tracking number soon."
+
+
+def load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("pipecat_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+async def listeners() -> AsyncIterator[list[ChanWebSocketListener]]:
+    started: list[ChanWebSocketListener] = []
+    yield started
+    for listener in started:
+        await listener.stop()
+
+
+def uri(listener: ChanWebSocketListener) -> str:
+    return f"ws://127.0.0.1:{listener.port}/?call=pc-1"
+
+
+def tone(seconds: float, rate: int) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes()
+
+
+async def run_pipeline(processors: list[Any], rate: int = 16000) -> None:
+    worker = PipelineWorker(
+        Pipeline(processors),
+        params=PipelineParams(audio_in_sample_rate=rate, audio_out_sample_rate=rate),
+        idle_timeout_secs=None,
+    )
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await runner.run()
+
+
+@pytest.mark.parametrize("fmt", ["slin16", "ulaw"])
+async def test_the_example_pipecat_bot_over_chan_websocket_greets_answers_is_interrupted(
+    listeners: list[ChanWebSocketListener], fmt: str
+) -> None:
+    example = load_example()
+    async with FakeOpenAIAudio() as api:
+        # Silero may cut a recording at a pause: later pieces transcribe to nothing.
+        api.transcripts.append(Answer("Where is my order?"))
+        api.transcripts.extend(Answer("") for _ in range(2))
+        api.transcripts.append(Answer("Wait, one more thing."))
+        api.transcripts.extend(Answer("") for _ in range(4))
+        api.chats.append(openai_reply(LONG_REPLY))
+        api.chats.append(openai_reply("Yes?"))
+        config = example.Config(api_key="sk-test", base_url=api.url, greeting="ACME order desk.")
+        done = asyncio.Event()
+        events: list[str] = []
+
+        async def on_call(transport: ChanWebSocketTransport) -> None:
+            @transport.event_handler("on_client_disconnected")
+            async def gone(transport: ChanWebSocketTransport, call_id: str) -> None:
+                events.append(f"disconnected {call_id}")
+
+            await example.run_call(transport, config)
+            done.set()
+
+        listener = await serve_chan_websocket(on_call, listen="127.0.0.1:0")
+        listeners.append(listener)
+        channel = Channel(format=fmt)
+        call = asyncio.create_task(dial(uri(listener), channel))
+        rate = channel.rate
+        # The greeting: three words, heard in full.
+        await channel.quiet(for_s=0.8, timeout_s=20)
+        greeting_s = len(channel.voiced()) * 0.02
+        assert 3 * WORD_MS / 1000 - 0.1 <= greeting_s <= 3 * WORD_MS / 1000 + 0.2
+        assert channel.named("ANSWER") and not channel.named("FLUSH_MEDIA")
+        # A turn: the caller asks, the bot starts its long answer.
+        asked_at = channel.heard[-1].at
+        channel.say(load_pcm(AUDIO / f"caller_operator_{rate // 1000}k.wav", rate))
+        await channel.wait_for(lambda: len(channel.voiced(after=asked_at)) >= 25, timeout_s=20)
+        # Barge-in: the caller talks over it; Pipecat interrupts and Asterisk drops its queue.
+        interrupted_at = channel.heard[-1].at
+        channel.say(load_pcm(AUDIO / f"caller_interrupt_{rate // 1000}k.wav", rate))
+        await channel.wait_for(lambda: channel.named("FLUSH_MEDIA"), timeout_s=10)
+        await channel.quiet(for_s=1.0, timeout_s=20)
+        # The caller hangs up: the pipeline ends.
+        await channel.hang_up()
+        await asyncio.wait_for(done.wait(), 10)
+        await asyncio.wait_for(call, 5)
+    assert events == ["disconnected pc-1"]
+    spoken = [r.json["input"] for r in api.of("/v1/audio/speech")]
+    assert spoken[0] == "ACME order desk."
+    (first, *_rest) = api.of("/v1/chat/completions")
+    said = [m["content"] for m in first.json["messages"] if m["role"] == "user"]
+    assert said == ["Where is my order?"]
+    # The long answer (30 words, 6 s) was cut short: far less of it was heard.
+    answer_s = 0.02 * len(
+        [p for p in channel.voiced(after=asked_at) if p.at < channel.named_at("FLUSH_MEDIA")]
+    )
+    assert answer_s < 30 * WORD_MS / 1000 - 1.0
+    assert channel.named_at("FLUSH_MEDIA") > interrupted_at
+    # After the flush the queue was empty: nothing of the old answer played on.
+    assert channel.dropped == 0 and not channel.hung_up
+
+
+class Keys(FrameProcessor):  # type: ignore[misc]
+    """Notes the caller's keys; '1' plays two seconds of tone, '#' ends the pipeline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: list[str] = []
+
+    async def process_frame(self, frame: pf.Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pf.InputDTMFFrame):
+            self.keys.append(frame.button.value)
+            if frame.button.value == "1":
+                for _ in range(20):
+                    await self.push_frame(pf.OutputAudioRawFrame(tone(0.1, 16000), 16000, 1))
+            elif frame.button.value == "#":
+                await self.push_frame(pf.EndWorkerFrame(), FrameDirection.UPSTREAM)
+            return
+        await self.push_frame(frame, direction)
+
+
+async def test_keys_xoff_holds_the_audio_and_the_pipeline_s_end_hangs_up(
+    listeners: list[ChanWebSocketListener],
+) -> None:
+    keys = Keys()
+
+    async def on_call(transport: ChanWebSocketTransport) -> None:
+        await run_pipeline([transport.input(), keys, transport.output()])
+
+    listener = await serve_chan_websocket(on_call, listen="127.0.0.1:0")
+    listeners.append(listener)
+    # A tiny queue: Asterisk says MEDIA_XOFF after 8 frames, MEDIA_XON under 4, drops at 12.
+    channel = Channel(format="slin", json=True, xoff_level=8, xon_level=4, max_level=12)
+    call = asyncio.create_task(dial(uri(listener), channel))
+    await until(lambda: channel.answered and channel.named("ANSWER"), timeout_s=10)
+    await channel.dtmf("1")
+    await channel.wait_for(lambda: "MEDIA_XOFF" in str(channel.events_sent), timeout_s=10)
+    await channel.quiet(for_s=0.6, timeout_s=20)
+    await channel.dtmf("2")
+    await channel.dtmf("#")
+    await asyncio.wait_for(call, 15)
+    assert keys.keys == ["1", "2", "#"]
+    assert channel.hung_up  # HANGUP after the play-out, in the call's (JSON) form
+    assert channel.named("HANGUP") == ['{"command":"HANGUP"}']
+    # The sender held back while Asterisk's queue was full: nothing dropped, all 2 s heard.
+    assert channel.dropped == 0 and channel.max_queued < channel.max_level
+    assert any("MEDIA_XON" in e for e in channel.events_sent)
+    assert len(channel.voiced()) * 0.02 == pytest.approx(2.0, abs=0.1)
