@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ async def test_the_example_pipecat_bot_over_chan_websocket_greets_answers_is_int
         # Barge-in: the caller talks over it; Pipecat interrupts and Asterisk drops its queue.
         interrupted_at = channel.heard[-1].at
         channel.say(load_pcm(AUDIO / f"caller_interrupt_{rate // 1000}k.wav", rate))
-        await channel.wait_for(lambda: channel.named("FLUSH_MEDIA"), timeout_s=10)
+        await channel.wait_for(lambda: flushes_after(channel, interrupted_at), timeout_s=10)
         await channel.quiet(for_s=1.0, timeout_s=20)
         # The caller hangs up: the pipeline ends.
         await channel.hang_up()
@@ -128,14 +129,19 @@ async def test_the_example_pipecat_bot_over_chan_websocket_greets_answers_is_int
     (first, *_rest) = api.of("/v1/chat/completions")
     said = [m["content"] for m in first.json["messages"] if m["role"] == "user"]
     assert said == ["Where is my order?"]
-    # The long answer (30 words, 6 s) was cut short: far less of it was heard.
-    answer_s = 0.02 * len(
-        [p for p in channel.voiced(after=asked_at) if p.at < channel.named_at("FLUSH_MEDIA")]
-    )
-    assert answer_s < 30 * WORD_MS / 1000 - 1.0
-    assert channel.named_at("FLUSH_MEDIA") > interrupted_at
-    # After the flush the queue was empty: nothing of the old answer played on.
+    # The long answer (30 words, 6 s) was cut short by the flush: the caller heard the
+    # half second or so before it was interrupted, and nothing of it after.
+    flushed_at = flushes_after(channel, interrupted_at)[0]
+    heard = [p.at for p in channel.voiced(after=asked_at)]
+    answer_s = 0.02 * len([at for at in heard if at < flushed_at])
+    assert 0.5 <= answer_s < 30 * WORD_MS / 1000 - 2.0
+    assert not [at for at in heard if at > flushed_at + 0.1]
     assert channel.dropped == 0 and not channel.hung_up
+
+
+def flushes_after(channel: Channel, since: float) -> list[float]:
+    """When the bot sent FLUSH_MEDIA after ``since``."""
+    return [at for at, text in channel.commands if text == "FLUSH_MEDIA" and at > since]
 
 
 class Keys(FrameProcessor):  # type: ignore[misc]
@@ -149,31 +155,57 @@ class Keys(FrameProcessor):  # type: ignore[misc]
         await super().process_frame(frame, direction)
         if isinstance(frame, pf.InputDTMFFrame):
             self.keys.append(frame.button.value)
-            if frame.button.value == "1":
+            if frame.button.value == "1":  # as a TTS service speaks: Pipecat tracks it
+                await self.push_frame(pf.TTSStartedFrame(context_id="k1"))
                 for _ in range(20):
-                    await self.push_frame(pf.OutputAudioRawFrame(tone(0.1, 16000), 16000, 1))
+                    audio = pf.TTSAudioRawFrame(tone(0.1, 16000), 16000, 1, context_id="k1")
+                    await self.push_frame(audio)
+                await self.push_frame(pf.TTSStoppedFrame(context_id="k1"))
             elif frame.button.value == "#":
                 await self.push_frame(pf.EndWorkerFrame(), FrameDirection.UPSTREAM)
             return
         await self.push_frame(frame, direction)
 
 
+class BotStopped(FrameProcessor):  # type: ignore[misc]
+    """After the output: when Pipecat's output says the bot stopped speaking."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: list[float] = []
+
+    async def process_frame(self, frame: pf.Frame, direction: FrameDirection) -> None:
+        await super().process_frame(frame, direction)
+        if isinstance(frame, pf.BotStoppedSpeakingFrame):
+            self.at.append(time.monotonic())
+        await self.push_frame(frame, direction)
+
+
 async def test_keys_xoff_holds_the_audio_and_the_pipeline_s_end_hangs_up(
     listeners: list[ChanWebSocketListener],
 ) -> None:
-    keys = Keys()
+    keys, stopped = Keys(), BotStopped()
 
     async def on_call(transport: ChanWebSocketTransport) -> None:
-        await run_pipeline([transport.input(), keys, transport.output()])
+        await run_pipeline([transport.input(), keys, transport.output(), stopped])
 
     listener = await serve_chan_websocket(on_call, listen="127.0.0.1:0")
     listeners.append(listener)
-    # A tiny queue: Asterisk says MEDIA_XOFF after 8 frames, MEDIA_XON under 4, drops at 12.
-    channel = Channel(format="slin", json=True, xoff_level=8, xon_level=4, max_level=12)
+    # A small queue: Asterisk says MEDIA_XOFF at 20 frames, MEDIA_XON under 10, drops at 30.
+    channel = Channel(format="slin", json=True, xoff_level=20, xon_level=10, max_level=30)
     call = asyncio.create_task(dial(uri(listener), channel))
     await until(lambda: channel.answered and channel.named("ANSWER"), timeout_s=10)
+    # Asterisk's playout stalls (as PAUSE_MEDIA does): its queue fills while the bot speaks.
+    channel.paused = True
     await channel.dtmf("1")
     await channel.wait_for(lambda: "MEDIA_XOFF" in str(channel.events_sent), timeout_s=10)
+    # The bot holds its audio: nothing more arrives, and Pipecat's output waits too (its
+    # two seconds of tone would have been written by now).
+    await asyncio.sleep(3.0)
+    held = channel.queued_media
+    resumed_at = time.monotonic()
+    channel.paused = False
+    await channel.wait_for(lambda: "MEDIA_XON" in str(channel.events_sent), timeout_s=10)
     await channel.quiet(for_s=0.6, timeout_s=20)
     await channel.dtmf("2")
     await channel.dtmf("#")
@@ -183,5 +215,7 @@ async def test_keys_xoff_holds_the_audio_and_the_pipeline_s_end_hangs_up(
     assert channel.named("HANGUP") == ['{"command":"HANGUP"}']
     # The sender held back while Asterisk's queue was full: nothing dropped, all 2 s heard.
     assert channel.dropped == 0 and channel.max_queued < channel.max_level
-    assert any("MEDIA_XON" in e for e in channel.events_sent)
+    assert channel.xoff_level <= held < channel.max_level
+    # Pipecat's idea of the bot speaking followed the line: it stopped after the pause, not in it.
+    assert stopped.at and min(stopped.at) > resumed_at
     assert len(channel.voiced()) * 0.02 == pytest.approx(2.0, abs=0.1)
