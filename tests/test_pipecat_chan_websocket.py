@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from call_api_client import load_pcm
-from fakes.chan_websocket import Channel, dial
+from fakes.chan_websocket import Channel, FakeAsterisk, dial
 from fakes.openai_audio import WORD_MS, Answer, FakeOpenAIAudio
 from fakes.openai_sse import openai_reply
 from helpers import AUDIO
@@ -219,3 +219,27 @@ async def test_keys_xoff_holds_the_audio_and_the_pipeline_s_end_hangs_up(
     # Pipecat's idea of the bot speaking followed the line: it stopped after the pause, not in it.
     assert stopped.at and min(stopped.at) > resumed_at
     assert len(channel.voiced()) * 0.02 == pytest.approx(2.0, abs=0.1)
+
+
+async def test_the_bot_connects_to_asterisk_s_media_endpoint(
+    listeners: list[ChanWebSocketListener],
+) -> None:
+    """Dial(WebSocket/INCOMING): the listener opens Asterisk's /media/<connection id>."""
+    keys = Keys()
+
+    async def on_call(transport: ChanWebSocketTransport) -> None:
+        await run_pipeline([transport.input(), keys, transport.output()], rate=8000)
+
+    listener = await serve_chan_websocket(on_call, listen="127.0.0.1:0")
+    listeners.append(listener)
+    async with FakeAsterisk() as asterisk:
+        channel = asterisk.create("media-7f3a", format="alaw", channel_id="1732900001.7")
+        connected = asyncio.create_task(
+            listener.connect(f"ws://127.0.0.1:{asterisk.port}/media/media-7f3a")
+        )
+        await until(lambda: channel.named("ANSWER"), timeout_s=10)
+        assert list(listener.calls) == ["1732900001.7"]  # no call= parameter: the channel id
+        await channel.dtmf("#")
+        await asyncio.wait_for(connected, 10)
+        await asyncio.wait_for(channel.closed.wait(), 5)
+    assert keys.keys == ["#"] and channel.hung_up and not listener.calls
