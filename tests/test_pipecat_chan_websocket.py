@@ -6,14 +6,9 @@ and ends when the caller hangs up; keys, MEDIA_XOFF/MEDIA_XON and the bot's own 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 from call_api_client import load_pcm
 from fakes.chan_websocket import Channel, FakeAsterisk, dial
@@ -21,10 +16,8 @@ from fakes.openai_audio import WORD_MS, Answer, FakeOpenAIAudio
 from fakes.openai_sse import openai_reply
 from helpers import AUDIO
 from pipecat.frames import frames as pf
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.workers.runner import WorkerRunner
+from pipecat_rig import Keys, load_example, run_pipeline
 
 from voxpipe.interop.pipecat import (
     ChanWebSocketListener,
@@ -33,18 +26,8 @@ from voxpipe.interop.pipecat import (
 )
 from voxpipe.testing import until
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pipecat_audiosocket.py"
 LONG_REPLY = "Your order left our warehouse this morning and it should reach you by Friday "
 LONG_REPLY += "at the latest, and you will get a message with the tracking number soon."
-
-
-def load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("pipecat_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -57,22 +40,6 @@ async def listeners() -> AsyncIterator[list[ChanWebSocketListener]]:
 
 def uri(listener: ChanWebSocketListener) -> str:
     return f"ws://127.0.0.1:{listener.port}/?call=pc-1"
-
-
-def tone(seconds: float, rate: int) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    return (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2").tobytes()
-
-
-async def run_pipeline(processors: list[Any], rate: int = 16000) -> None:
-    worker = PipelineWorker(
-        Pipeline(processors),
-        params=PipelineParams(audio_in_sample_rate=rate, audio_out_sample_rate=rate),
-        idle_timeout_secs=None,
-    )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await runner.run()
 
 
 @pytest.mark.parametrize("fmt", ["slin16", "ulaw"])
@@ -144,29 +111,6 @@ def flushes_after(channel: Channel, since: float) -> list[float]:
     return [at for at, text in channel.commands if text == "FLUSH_MEDIA" and at > since]
 
 
-class Keys(FrameProcessor):  # type: ignore[misc]
-    """Notes the caller's keys; '1' plays two seconds of tone, '#' ends the pipeline."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.keys: list[str] = []
-
-    async def process_frame(self, frame: pf.Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, pf.InputDTMFFrame):
-            self.keys.append(frame.button.value)
-            if frame.button.value == "1":  # as a TTS service speaks: Pipecat tracks it
-                await self.push_frame(pf.TTSStartedFrame(context_id="k1"))
-                for _ in range(20):
-                    audio = pf.TTSAudioRawFrame(tone(0.1, 16000), 16000, 1, context_id="k1")
-                    await self.push_frame(audio)
-                await self.push_frame(pf.TTSStoppedFrame(context_id="k1"))
-            elif frame.button.value == "#":
-                await self.push_frame(pf.EndWorkerFrame(), FrameDirection.UPSTREAM)
-            return
-        await self.push_frame(frame, direction)
-
-
 class BotStopped(FrameProcessor):  # type: ignore[misc]
     """After the output: when Pipecat's output says the bot stopped speaking."""
 
@@ -184,7 +128,7 @@ class BotStopped(FrameProcessor):  # type: ignore[misc]
 async def test_keys_xoff_holds_the_audio_and_the_pipeline_s_end_hangs_up(
     listeners: list[ChanWebSocketListener],
 ) -> None:
-    keys, stopped = Keys(), BotStopped()
+    keys, stopped = Keys(2.0), BotStopped()
 
     async def on_call(transport: ChanWebSocketTransport) -> None:
         await run_pipeline([transport.input(), keys, transport.output(), stopped])
@@ -225,7 +169,7 @@ async def test_the_bot_connects_to_asterisk_s_media_endpoint(
     listeners: list[ChanWebSocketListener],
 ) -> None:
     """Dial(WebSocket/INCOMING): the listener opens Asterisk's /media/<connection id>."""
-    keys = Keys()
+    keys = Keys(2.0)
 
     async def on_call(transport: ChanWebSocketTransport) -> None:
         await run_pipeline([transport.input(), keys, transport.output()], rate=8000)
