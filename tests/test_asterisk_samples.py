@@ -20,7 +20,11 @@ from voxpipe.bots.config import BotConfig, LoadedConfig, load_bot
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTERISK = ROOT / "asterisk"
-BOTS = sorted([*(ROOT / "configs").glob("*.yaml"), *(ROOT / "asterisk").glob("*.yaml")])
+BOTS = sorted(
+    p
+    for p in [*(ROOT / "configs").glob("*.yaml"), *(ROOT / "asterisk").glob("*.yaml")]
+    if not p.name.endswith(".test.yaml")  # conversation tests, not bots
+)
 
 # Dialplan applications of Asterisk 20-22, from docs.asterisk.org
 # (Asterisk_22_Documentation/API_Documentation/Dialplan_Applications).

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import re
 import statistics
 import threading
 import time
@@ -79,6 +81,42 @@ def test_run_pipeline_call_prints_the_timeline_and_records_the_bot(
     with wave.open(str(record)) as wav:
         assert wav.getframerate() == 16000
         assert wav.getnframes() / 16000 > 0.5
+
+
+def test_run_pipeline_call_plays_each_turn_after_the_bot_answered_the_one_before(
+    echo_yaml: Path, audio_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    turns = [
+        ("wav", str(audio_dir / "caller_yes_8k.wav")),
+        ("say", "Where is my order?"),
+        ("wav", str(audio_dir / "caller_goodbye_8k.wav")),
+    ]
+    args = argparse.Namespace(
+        bot=str(echo_yaml), turns=turns, rate=8000, dtmf=None, record=None, connect=None, json=False
+    )
+    assert run_call_command(args) == 0
+    printed = capsys.readouterr().out
+    events = [
+        (float(m.group(1)), m.group(2), m.group(3))
+        for line in printed.splitlines()
+        if (m := re.match(r"\s*([\d.]+) s  (caller|bot)\s+(.*)$", line))
+    ]
+    bot = [
+        (t, t + float(what.split()[1]))
+        for t, who, what in events
+        if who == "bot" and what.startswith("speaks")
+    ]
+    speaks = [(t, what) for t, who, what in events if who == "caller" and what.startswith("speaks")]
+    assert [what.split(": ", 1)[1] for _, what in speaks] == [
+        '"Yes."',
+        '"Where is my order?"',
+        '"No, that is all. Thank you, goodbye."',
+    ]
+    starts = [t for t, _ in speaks]
+    for before, after in itertools.pairwise(starts):
+        answer = [(start, end) for start, end in bot if before < start < after]
+        assert answer, "the bot answered each turn"
+        assert max(end for _, end in answer) <= after, "the next turn waited for the answer"
 
 
 async def test_the_caller_notes_a_silent_bot_and_gives_up_at_its_time_limit(

@@ -41,7 +41,8 @@ def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["serve"], ["call"], ["validate"], ["list"], ["schema"], ["docs"], ["graph"]]
+    "command",
+    [[], ["serve"], ["call"], ["test"], ["validate"], ["list"], ["schema"], ["docs"], ["graph"]],
 )
 def test_help_everywhere(command: list[str]) -> None:
     result = run(*command, "--help")
@@ -164,8 +165,9 @@ def test_serve_reports_a_provider_that_cannot_start(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["call", "b.yaml"], "one of the arguments --say --wav is required"),
-        (["call", "b.yaml", "--say", "hi", "--wav", "x.wav"], "not allowed with argument"),
+        (["call", "b.yaml"], "give the caller's words: --say TEXT or --wav FILE"),
+        (["test", "b.yaml", "--concurrency", "0"], "at least 1"),
+        (["test", "b.yaml", "--connect", "nowhere"], "expected HOST:PORT"),
         (["call", "b.yaml", "--say", "hi", "--connect", "nowhere"], "expected HOST:PORT"),
         (["call", "b.yaml", "--say", "hi", "--rate", "44100"], "invalid choice: 44100"),
         (["call", "b.yaml", "--say", "hi", "--dtmf", "12x"], "DTMF digits are 0-9 * # A-D"),
@@ -180,6 +182,13 @@ def test_usage_mistakes_exit_2_with_one_clear_line(args: list[str], message: str
     assert result.returncode == 2
     no_traceback(result)
     assert message in result.stderr.splitlines()[-1]
+
+
+def test_say_and_wav_turns_keep_the_order_they_were_given_in() -> None:
+    args = build_parser().parse_args(
+        ["call", "bot.yaml", "--say", "one", "--wav", "two.wav", "--say", "three"]
+    )
+    assert args.turns == [("say", "one"), ("wav", "two.wav"), ("say", "three")]
 
 
 def test_call_arguments_reach_the_simulated_caller_under_their_names() -> None:
@@ -200,10 +209,9 @@ def test_call_arguments_reach_the_simulated_caller_under_their_names() -> None:
             "--json",
         ]
     )
-    assert (args.bot, args.say, args.wav, args.rate, args.dtmf) == (
+    assert (args.bot, args.turns, args.rate, args.dtmf) == (
         "bot.yaml",
-        "where is my order",
-        None,
+        [("say", "where is my order")],
         16000,
         "12#",
     )

@@ -4,7 +4,7 @@
     pipelines                                                   (layer 1: the engine)
     processors, transports, conversation, sessions, tools,
     models, records, interop, testing                           (layer 2: parts of a bot)
-    bots, http, ari                                             (layer 3: the application)
+    bots, http, ari, scenarios                                  (layer 3: the application)
 
 Every ``import`` counts: at module level, inside functions, and under ``if TYPE_CHECKING:``
 (listed apart). The known exceptions are allow-listed below, each with the issue-12 change that
@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "bots": 3,
     "http": 3,
     "ari": 3,
+    "scenarios": 3,
 }
 
 # Run-time imports (module level or inside a function) from a higher layer.
@@ -73,6 +74,7 @@ TYPE_ONLY_ALLOWED: dict[tuple[str, str], str] = {
     ("voxpipe.models.capacity", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.models.shared", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.processors.barge_in", "voxpipe.bots.bot"): _BOT_CONTEXT,
+    ("voxpipe.processors.dtmf", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.processors.echo", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.processors.llm.anthropic", "voxpipe.bots.bot"): _BOT_CONTEXT,
     ("voxpipe.processors.llm.base", "voxpipe.bots.bot"): _BOT_CONTEXT,

@@ -18,7 +18,9 @@ from voxpipe.pipelines.settings import ProcessorSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = ROOT / "configs" / "voxpipe.schema.json"
-EXAMPLES = sorted((ROOT / "configs").glob("*.yaml"))
+# Bot files; ``*.test.yaml`` are their conversation tests (scenario files, their own schema).
+EXAMPLES = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.endswith(".test.yaml"))
+SCENARIO_FILES = sorted((ROOT / "configs").glob("*.test.yaml"))
 MODELINE = "# yaml-language-server: $schema=./voxpipe.schema.json"
 
 
@@ -120,3 +122,15 @@ def test_registered_types_and_their_providers_are_in_the_schema(builtin: Registr
     ):
         assert not schema.is_valid({"name": "b", "pipeline": [step]}), step
     assert not validator(bot_schema(builtin)).is_valid(ok)
+
+
+@pytest.mark.parametrize("example", SCENARIO_FILES, ids=lambda p: p.name)
+def test_scenario_files_name_their_schema_and_satisfy_it(example: Path) -> None:
+    from voxpipe.scenarios.model import scenario_schema
+
+    text = example.read_text(encoding="utf-8")
+    assert text.splitlines()[0] == "# yaml-language-server: $schema=./voxpipe.test.schema.json"
+    check = validator(scenario_schema())
+    assert list(check.iter_errors(yaml.safe_load(text))) == []
+    bad = [{"name": "x", "steps": [{"sing": "la"}]}]
+    assert list(check.iter_errors(bad)), "the schema refuses unknown step keys"

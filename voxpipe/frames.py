@@ -205,9 +205,23 @@ class TranscriptionFrame(DataFrame):
 
 @dataclass(slots=True)
 class DTMFFrame(DataFrame):
-    """A key the caller pressed: one of ``0-9*#A-D``."""
+    """A key the caller pressed: one of ``0-9*#A-D``.
+
+    ``collected`` is set by a ``dtmf`` step that gathers keys into a ``DTMFInputFrame``: the
+    conversation then takes that one input rather than each key. Keys survive interruptions
+    (see ``interruptible``): a caller's keys are never dropped.
+    """
 
     digit: str
+    collected: bool = False
+
+
+@dataclass(slots=True)
+class DTMFInputFrame(DataFrame):
+    """Keys the caller entered as one input (``12345`` for "your order number, then pound"),
+    gathered by a ``dtmf`` step; the LLM takes it as the caller's turn ``[pressed 12345]``."""
+
+    digits: str
 
 
 @dataclass(slots=True)
@@ -286,3 +300,9 @@ class ToolCallFrame(ControlFrame):
     result: str = ""
     duration_ms: float = 0.0
     error: bool = False
+
+
+def interruptible(frame: Frame) -> bool:
+    """Whether an interruption drops ``frame`` while it is queued: data frames do, except the
+    caller's keys (a key press may be the very thing that interrupted)."""
+    return isinstance(frame, DataFrame) and not isinstance(frame, DTMFFrame | DTMFInputFrame)

@@ -55,7 +55,27 @@ def cmd_call(args: argparse.Namespace) -> int:
     """Place a simulated call to a bot over AudioSocket (see ``caller.run_call_command``)."""
     from voxpipe.transports.audiosocket.caller import run_call_command
 
+    if not args.turns and not args.dtmf:
+        print(
+            "run-pipeline call: error: give the caller's words: --say TEXT or --wav FILE "
+            "(or keys: --dtmf)",
+            file=sys.stderr,
+        )
+        return 2
+
     return run_call_command(args)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run conversation tests (see ``voxpipe.scenarios.cli``)."""
+    from voxpipe.scenarios.cli import run_test_command
+
+    if args.junit:  # a place it cannot write to fails now, not after the calls
+        try:
+            Path(args.junit).open("a").close()
+        except OSError as exc:
+            raise UserError(f"cannot write {args.junit}: {exc.strerror}") from exc
+    return run_test_command(args)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -111,10 +131,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Print (or write) the JSON Schema of the bot format."""
-    from voxpipe.bots.schema import schema_text
+    """Print (or write) the JSON Schema of the bot format (or, with ``--scenarios``, of
+    scenario files)."""
+    if args.scenarios:
+        from voxpipe.scenarios.model import scenario_schema_text
 
-    text = schema_text(_registry(args))
+        text = scenario_schema_text()
+    else:
+        from voxpipe.bots.schema import schema_text
+
+        text = schema_text(_registry(args))
     if args.output:
         _write(Path(args.output), text)
     else:
@@ -219,6 +245,19 @@ def _dtmf(value: str) -> str:
     return value.upper()
 
 
+class _Turn(argparse.Action):
+    """``--say``/``--wav``: one caller turn each, kept in order in ``turns`` as (kind, value)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        namespace.turns = [*getattr(namespace, "turns", []), (self.dest, str(values))]
+
+
 # --- the parser ------------------------------------------------------------------------------
 
 
@@ -258,9 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("call", cmd_call, "Call a bot with a simulated caller over AudioSocket.")
     p.add_argument("bot", metavar="BOT.yaml", help="the bot file (served in-process)")
-    said = p.add_mutually_exclusive_group(required=True)
-    said.add_argument("--say", metavar="TEXT", help="what the caller says (synthesised)")
-    said.add_argument("--wav", metavar="FILE", help="what the caller says (a WAV file)")
+    p.add_argument(
+        "--say",
+        action=_Turn,
+        metavar="TEXT",
+        help="what the caller says (synthesised); give several for several turns",
+    )
+    p.add_argument(
+        "--wav",
+        action=_Turn,
+        metavar="FILE",
+        help="what the caller says (a WAV file); --say and --wav turns play in the order given, "
+        "each after the bot answered the one before",
+    )
+    p.set_defaults(turns=[])
     p.add_argument(
         "--rate",
         type=int,
@@ -278,6 +328,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the call's report as JSON")
 
+    p = command("test", cmd_test, "Run conversation tests (scenario files) against a bot.")
+    p.add_argument("bot", metavar="BOT.yaml", help="the bot file (served in-process)")
+    p.add_argument(
+        "scenarios",
+        metavar="SCENARIOS.yaml",
+        nargs="*",
+        help="scenario files (default: BOT.test.yaml beside the bot)",
+    )
+    p.add_argument(
+        "--connect",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="call a bot already served there instead of serving BOT.yaml",
+    )
+    p.add_argument(
+        "--concurrency", type=_positive, default=1, metavar="N", help="N calls at a time"
+    )
+    p.add_argument("--junit", metavar="OUT.xml", help="write a JUnit XML report")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
     p = command("validate", cmd_validate, "Check bot files; print every problem.")
     p.add_argument("bots", metavar="BOT.yaml", nargs="+", help="bot files")
 
@@ -287,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("schema", cmd_schema, "Print the JSON Schema of the bot format.")
     p.add_argument("-o", "--output", metavar="FILE", help="write it to FILE")
     p.add_argument("--builtin-only", action="store_true", help="leave installed plugins out")
+    p.add_argument(
+        "--scenarios",
+        action="store_true",
+        help="the schema of scenario files (run-pipeline test) instead",
+    )
 
     p = command(
         "docs", cmd_docs, "Refresh the YAML reference (docs/reference.md) from the settings models."

@@ -30,6 +30,7 @@ BUILTIN: dict[str, str] = {
     "vad": "voxpipe.processors.vad:VADSettings",
     "barge_in": "voxpipe.processors.barge_in:BargeInSettings",
     "silence_timeout": "voxpipe.processors.silence_timeout:SilenceTimeoutSettings",
+    "dtmf": "voxpipe.processors.dtmf:DTMFSettings",
     "stt": "voxpipe.processors.stt:STTSettings",
     "tts": "voxpipe.processors.tts:TTSSettings",
     "llm": "voxpipe.processors.llm:LLMSettings",

@@ -20,6 +20,7 @@ from voxpipe.frames import (
     BotStoppedSpeakingFrame,
     Direction,
     DTMFFrame,
+    DTMFInputFrame,
     Frame,
     InputAudioFrame,
     InterruptionFrame,
@@ -83,7 +84,7 @@ class ConversationTracker(FrameProcessor):
 
     def _measure_turn(self, frame: Frame) -> None:
         """Report the time from the end of the caller's speech to the bot's first audio."""
-        if isinstance(frame, UserStoppedSpeakingFrame):
+        if isinstance(frame, UserStoppedSpeakingFrame) or _is_input(frame):
             self._turn_ended_at = time.monotonic()
         elif isinstance(frame, UserStartedSpeakingFrame):
             self._turn_ended_at = None
@@ -104,7 +105,9 @@ class ConversationTracker(FrameProcessor):
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._turns.bot_stopped()
         elif isinstance(frame, DTMFFrame):
-            self._turns.digit(self.call, frame.digit)
+            self._turns.digit(self.call, frame.digit, collected=frame.collected)
+        elif isinstance(frame, DTMFInputFrame):
+            self._turns.keys(self.call, frame.digits)
         elif isinstance(frame, ToolCallFrame):
             self._turns.tool(self.call, frame)
 
@@ -119,7 +122,7 @@ class ConversationTracker(FrameProcessor):
                 if self._greeting_text.endswith(frame.text):
                     self._greeting_left = 0  # the last sentence (an unspeakable one was skipped)
             return None
-        if isinstance(frame, TranscriptionFrame):
+        if isinstance(frame, TranscriptionFrame) or _is_input(frame):
             return CallState.PROCESSING if state is CallState.LISTENING else None
         if isinstance(frame, LLMResponseStartFrame):
             # A reply beginning during the greeting means the greeting is over.
@@ -169,4 +172,12 @@ def create_tracker(call: Call, bot: Bot) -> ConversationTracker:
     greeting = bot.config.greeting
     return ConversationTracker(
         session_store(bot), greeting=greeting and render(greeting, call.caller)
+    )
+
+
+def _is_input(frame: Frame) -> bool:
+    """Keys the LLM takes as the caller's turn: an input a ``dtmf`` step gathered, or a key
+    no such step took."""
+    return isinstance(frame, DTMFInputFrame) or (
+        isinstance(frame, DTMFFrame) and not frame.collected
     )

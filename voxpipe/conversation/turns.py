@@ -6,8 +6,9 @@ tool announcements, silence prompts, fillers. Sentences in a row make one bot tu
 over when the caller has spoken (the VAD's stop, or a transcript), when the caller cut it
 short (an interruption: what was played of it is then final), when the bot speaks again after
 ``PAUSE_S`` of quiet (silence prompts), or when the call ends. A turn
-cut short records what the caller heard of it. Keys the caller pressed in a row make one
-``dtmf`` turn.
+cut short records what the caller heard of it. A key the caller pressed is a ``dtmf`` turn
+of its own, or, with a ``dtmf`` step, the keys it gathered into one input are (when the first
+was pressed); either ends the bot's turn, as speech does.
 """
 
 from __future__ import annotations
@@ -71,11 +72,22 @@ class TurnLog:
         if self._latency_ms is None:
             self._latency_ms = round(seconds * 1000, 1)
 
-    def digit(self, call: Call, digit: str) -> None:
-        """The caller pressed a key."""
+    def digit(self, call: Call, digit: str, *, collected: bool = False) -> None:
+        """The caller pressed a key (``collected``: a ``dtmf`` step gathers it into an input)."""
         if not self._digits:
             self._digits_at = time.time()
-        self._digits += digit
+        if collected:
+            self._digits += digit
+            return
+        self.close(call)
+        events.emit.turn(call, Turn("dtmf", digit, started_at=time.time()))
+
+    def keys(self, call: Call, digits: str) -> None:
+        """A ``dtmf`` step delivered the keys it gathered as one input."""
+        started = self._digits_at if self._digits else time.time()
+        self._digits = ""
+        self.close(call)
+        events.emit.turn(call, Turn("dtmf", digits, started_at=started))
 
     def tool(self, call: Call, frame: ToolCallFrame) -> None:
         """The LLM called a tool."""
@@ -85,11 +97,8 @@ class TurnLog:
         events.emit.tool_call(call, use)
 
     def close(self, call: Call, *, cut_short: bool = False) -> None:
-        """The bot's turn (and any keys) is over; ``cut_short``: interrupted, or the call
-        ended, so what was played of it is all the caller heard."""
-        if self._digits:
-            events.emit.turn(call, Turn("dtmf", self._digits, started_at=self._digits_at))
-            self._digits = ""
+        """The bot's turn is over; ``cut_short``: interrupted, or the call ended, so what was
+        played of it is all the caller heard. (Keys being gathered are reported by ``keys``.)"""
         utterances = self._utterances
         if not utterances:
             self._latency_ms = None

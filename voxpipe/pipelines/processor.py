@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 from voxpipe.frames import (
     DOWNSTREAM,
     UPSTREAM,
-    DataFrame,
     Direction,
     EndFrame,
     ErrorFrame,
     Frame,
     SystemFrame,
+    interruptible,
 )
 
 if TYPE_CHECKING:
@@ -153,10 +153,10 @@ class QueuedProcessor(FrameProcessor):
         return len(self._queue)
 
     def interrupt(self) -> None:
-        kept = [item for item in self._queue if not isinstance(item[0], DataFrame)]
+        kept = [item for item in self._queue if not interruptible(item[0])]
         self._queue.clear()
         self._queue.extend(kept)
-        if isinstance(self._current, DataFrame) and self._worker is not None:
+        if self._current is not None and interruptible(self._current) and self._worker is not None:
             # Abandon the frame in hand; the worker restarts with what is left.
             self._worker.cancel()
             self._worker = self.create_task(self._run(), name=f"{self.name}.worker")

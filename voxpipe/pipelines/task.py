@@ -20,7 +20,6 @@ from voxpipe.frames import (
     DOWNSTREAM,
     UPSTREAM,
     CancelFrame,
-    DataFrame,
     Direction,
     EndFrame,
     ErrorFrame,
@@ -29,6 +28,7 @@ from voxpipe.frames import (
     InterruptionFrame,
     StartFrame,
     SystemFrame,
+    interruptible,
 )
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
@@ -178,7 +178,7 @@ class PipelineTask:
 
     def interrupt(self) -> None:
         """The caller barged in: drop every queued interruptible frame in the chain, now."""
-        kept = [f for f in self._queue if not isinstance(f, DataFrame)]
+        kept = [f for f in self._queue if not interruptible(f)]
         self._queue.clear()
         self._queue.extend(kept)
         for processor in self.processors:

@@ -6,7 +6,8 @@ the VAD declared it started (and, when ``min_words`` is set, whose interim trans
 many words) interrupts: an ``InterruptionFrame`` goes upstream, and the pipeline task flushes
 every processor in one step, the transport's outgoing audio included. Speech is measured in
 audio time (the caller frames received), so the decision does not depend on the event loop.
-The greeting can be protected. A pipeline without this processor never interrupts.
+A key the caller presses while the bot speaks interrupts at once. The greeting can be
+protected. A pipeline without this processor never interrupts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from voxpipe.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Direction,
+    DTMFFrame,
     Frame,
     InputAudioFrame,
     InterimTranscriptionFrame,
@@ -72,6 +74,10 @@ class BargeIn(FrameProcessor):
                 self._speech_ms += len(frame.audio) * 500 / frame.sample_rate / frame.channels
                 await self._check()
             return
+        if kind is DTMFFrame:
+            # A key pressed over the bot interrupts at once (before the key goes on, so that
+            # the interruption cannot cancel the answer to it).
+            await self._check(key=True)
         await self.push_frame(frame, direction)
         if kind is UserStartedSpeakingFrame:
             self._user_speaking = True
@@ -91,18 +97,25 @@ class BargeIn(FrameProcessor):
         elif kind is BotStoppedSpeakingFrame:
             self._bot_speaking = False
 
-    async def _check(self) -> None:
-        """Interrupt once per stretch of bot speech, when the caller has said enough."""
-        if (
-            self._bot_speaking
-            and self._user_speaking
-            and not self._fired
+    async def _check(self, *, key: bool = False) -> None:
+        """Interrupt once per stretch of bot speech, when the caller has said enough (or
+        pressed a key)."""
+        said_enough = (
+            self._user_speaking
             and self._speech_ms >= self.min_speech_ms
             and self._words >= self.min_words
+        )
+        if (
+            self._bot_speaking
+            and (key or said_enough)
+            and not self._fired
             and not (self.protect_greeting and state_of(self.call) is CallState.GREETING)
         ):
             self._fired = True
-            self.call.log.info("barge-in after %.0f ms of caller speech", self._speech_ms)
+            if key:
+                self.call.log.info("barge-in: the caller pressed a key")
+            else:
+                self.call.log.info("barge-in after %.0f ms of caller speech", self._speech_ms)
             events.emit.barge_in(self.call)
             await self.push_frame(InterruptionFrame(), UPSTREAM)
 

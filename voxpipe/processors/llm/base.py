@@ -23,6 +23,10 @@ does the rest:
   it drops the rest of that reply: the entry then keeps only the sentences it made audio of,
   and leaves the history if there were none. Each tool round of a reply is kept as a ``tool``
   entry (see ``Call``) just before the reply's text, so later turns show what it looked up.
+* Keys: the caller's keys are input too, written ``[pressed 1]`` (``keys_text``): each key
+  pressed, or, with a ``dtmf`` step before the LLM, each input it gathered (``[pressed 12345]``).
+  They join the caller's turn like a transcript (the ``dtmf`` call record turn is the
+  conversation tracker's, not a ``caller`` one).
 * Tools run between rounds (at most ``max_tool_rounds``); a hangup or transfer ends the reply.
 * Failures: each request has an idle timeout and is retried with exponential backoff while
   nothing was spoken; then the bot speaks ``on_error.say`` and retries the turn once or says
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -53,6 +58,8 @@ from voxpipe.frames import (
     BotStoppedSpeakingFrame,
     CancelFrame,
     Direction,
+    DTMFFrame,
+    DTMFInputFrame,
     EndFrame,
     ErrorFrame,
     Frame,
@@ -247,6 +254,14 @@ class LLMBaseSettings(ProcessorSettings):
         )
 
 
+def keys_text(digits: str) -> str:
+    """How the caller's keys read in the dialogue: ``[pressed 1]``."""
+    return f"[pressed {digits}]"
+
+
+KEYS = re.compile(r"^\[pressed ([0-9*#A-D]+)\]$")
+
+
 class ProviderFailed(Exception):
     """A request failed after its retries."""
 
@@ -347,6 +362,11 @@ class LLMProcessor(FrameProcessor):
             return
         if isinstance(frame, TranscriptionFrame):
             self._on_final(frame.text)
+        elif isinstance(frame, DTMFInputFrame) or (
+            isinstance(frame, DTMFFrame) and not frame.collected
+        ):
+            digits = frame.digits if isinstance(frame, DTMFInputFrame) else frame.digit
+            self._on_keys(digits)
         elif isinstance(frame, TranscriptsPendingFrame):
             self._stt_pending = frame.count
             self._maybe_end_turn()
@@ -400,6 +420,10 @@ class LLMProcessor(FrameProcessor):
             self._texts.append(text)
             self._maybe_end_turn()
 
+    def _on_keys(self, digits: str) -> None:
+        self._texts.append(keys_text(digits))
+        self._maybe_end_turn()
+
     def _maybe_end_turn(self) -> None:
         """End the caller's turn once they stopped speaking and every transcript is in."""
         if self._user_speaking or self._stt_pending > 0:
@@ -410,10 +434,12 @@ class LLMProcessor(FrameProcessor):
     def _end_turn(self) -> None:
         if self._texts:
             text = " ".join(self._texts)
+            spoken = " ".join(t for t in self._texts if not KEYS.fullmatch(t))
             self._texts.clear()
             self._turns += 1
             self.call.history.append({"role": "user", "content": text})
-            events.emit.turn(self.call, Turn("caller", text))
+            if spoken:  # keys are the tracker's ``dtmf`` turns in the call records
+                events.emit.turn(self.call, Turn("caller", spoken))
         self._unanswered = False
         self._awaiting = True
         if not self._vad_seen:

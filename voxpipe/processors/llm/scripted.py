@@ -1,11 +1,12 @@
 """``scripted``: a deterministic LLM whose intents are declared in YAML (the offline demo's brain).
 
 The caller's latest turn is matched against each intent in order: an intent matches when any
-of its ``keywords`` appears as a whole word (or phrase), or its ``regex`` matches (case-
-insensitive). The first match gives the reply and/or a tool call; ``{name}`` in the reply, the
-tool arguments and ``after_tool`` takes the regex group ``name`` (or ``{1}``, ``{2}``...), and
-``after_tool`` may use ``{result}``, the tool's result. No intent matching gives ``fallback``.
-Tool arguments may also use the caller context (``{caller.number}``), which the toolbox fills.
+of its ``keywords`` appears as a whole word (or phrase), its ``regex`` matches (case-
+insensitive), or the turn is exactly its ``dtmf`` keys (``[pressed 0]``). The first match gives
+the reply and/or a tool call; ``{name}`` in the reply, the tool arguments and ``after_tool``
+takes the regex group ``name`` (or ``{1}``, ``{2}``...), and ``after_tool`` may use
+``{result}``, the tool's result. No intent matching gives ``fallback``. Tool arguments may also
+use the caller context (``{caller.number}``), which the toolbox fills.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic import Field, model_validator
 
 from voxpipe.caller_context import FIELD as CALLER_FIELD
 from voxpipe.pipelines.settings import Settings
-from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound
+from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound, keys_text
 from voxpipe.tools.toolbox import ToolCall, ToolSpec
 
 if TYPE_CHECKING:
@@ -44,6 +45,11 @@ class Intent(Settings):
         default_factory=list, description="Words or phrases; any one of them matches."
     )
     regex: str | None = Field(None, description="A regular expression (case-insensitive).")
+    dtmf: str | None = Field(
+        None,
+        description='Keys that match when the caller\'s turn is exactly them (`"0"`, or '
+        '`"12"` gathered by a `dtmf` step); the LLM sees keys as `[pressed 0]`.',
+    )
     reply: str | None = Field(None, description="What the bot says.")
     tool: ScriptedToolCall | None = Field(None, description="A tool called after the reply.")
     after_tool: str | None = Field(
@@ -52,8 +58,12 @@ class Intent(Settings):
 
     @model_validator(mode="after")
     def _check(self) -> Intent:
-        if not self.keywords and not self.regex:
-            raise ValueError("an intent needs `keywords` or `regex`")
+        if not self.keywords and not self.regex and not self.dtmf:
+            raise ValueError("an intent needs `keywords`, `regex` or `dtmf`")
+        if self.dtmf is not None and (
+            not self.dtmf or set(self.dtmf.upper()) - set("0123456789*#ABCD")
+        ):
+            raise ValueError(f"`dtmf` is keys: 0-9, *, # or A-D (got {self.dtmf!r})")
         if self.reply is None and self.tool is None:
             raise ValueError("an intent needs a `reply`, a `tool`, or both")
         groups: set[str] = set()
@@ -140,6 +150,7 @@ class ScriptedClient:
                 intent,
                 [re.compile(r"\b" + re.escape(k.lower()) + r"\b") for k in intent.keywords],
                 re.compile(intent.regex, re.IGNORECASE) if intent.regex else None,
+                keys_text(intent.dtmf.upper()) if intent.dtmf else None,
             )
             for intent in intents
         ]
@@ -147,7 +158,9 @@ class ScriptedClient:
     def match(self, text: str) -> tuple[Intent | None, dict[str, str]]:
         """The first intent matching ``text`` and the values its templates may use."""
         lowered = text.lower()
-        for intent, keywords, regex in self.intents:
+        for intent, keywords, regex, keys in self.intents:
+            if keys is not None and text.strip() == keys:
+                return intent, {}
             if regex is not None and (found := regex.search(text)) is not None:
                 values = {str(i): g or "" for i, g in enumerate(found.groups(), start=1)}
                 values.update({k: v or "" for k, v in found.groupdict().items()})

@@ -351,6 +351,50 @@ async def place_call(
     return result
 
 
+@contextlib.asynccontextmanager
+async def open_call(
+    host: str, port: int, *, rate: int = 8000, call_id: str | None = None
+) -> AsyncIterator[CallLine]:
+    """Place a call and hand over the line, for callers that decide their next step from what
+    they heard (the scenario runner): ``await line.run_step(step)``, ``line.now()``,
+    ``line.received``, ``line.result.bot_segments``. Leaving the block hangs up (unless the
+    bot did) and completes ``line.result`` as ``place_call`` does.
+    """
+    if rate not in KIND_OF_RATE:
+        raise ValueError(f"no AudioSocket kind for {rate} Hz")
+    result = CallResult(call_id=call_id or str(uuid.uuid4()), rate=rate)
+    reader, writer = await asyncio.open_connection(host, port)
+    sock: socket.socket | None = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    line = _Line(reader, writer, result)
+    writer.write(encode(Kind.UUID, uuid.UUID(result.call_id).bytes))
+    line.note("caller", "connected")
+    sender = asyncio.create_task(line.send_audio())
+    receiver = asyncio.create_task(line.receive())
+    try:
+        yield line
+    finally:
+        if line.bot_gone.is_set():
+            result.hung_up_by = "bot"
+            line.note("bot", "hung up")
+        elif not line.hung_up:
+            line.note("caller", "hung up")
+        sender.cancel()
+        line.hung_up = True
+        writer.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(receiver, 2.0)
+        await asyncio.gather(sender, return_exceptions=True)
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+        result.received = bytes(line.received)
+
+
+# The line of a call placed with ``open_call``.
+CallLine = _Line
+
+
 # --- helpers for tests and the CLI ---------------------------------------------------------------
 
 
@@ -412,53 +456,74 @@ async def running_bot(
 # --- run-pipeline call -------------------------------------------------------------------------
 
 
-def _caller_audio(args: argparse.Namespace, rate: int) -> bytes:
-    if args.wav:
-        return load_wav(args.wav, rate)
-    try:
-        from voxpipe.processors.tts import offline_say  # type: ignore[attr-defined,unused-ignore]
-    except ImportError as exc:
-        raise RuntimeError(
-            f"--say needs the offline text-to-speech ({exc}); use --wav FILE instead"
-        ) from None
-    pcm: bytes = offline_say(args.say, rate)
-    return pcm
+def _turns(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The caller's turns, ``(say|wav, value)`` in order: ``args.turns`` as the parser gives it,
+    or one turn from ``say``/``wav`` (a namespace built by hand)."""
+    if hasattr(args, "turns"):
+        return list(args.turns)
+    single = [("say", getattr(args, "say", None)), ("wav", getattr(args, "wav", None))]
+    return [(kind, str(value)) for kind, value in single if value]
 
 
-def _script(args: argparse.Namespace, pcm: bytes, greets: bool | None) -> list[Step]:
-    """Listen to a greeting first, speak, press keys, listen to the reply, hang up."""
+def _caller_audio(args: argparse.Namespace, rate: int) -> list[bytes]:
+    """The caller's turns as PCM16 at ``rate``, in the order given."""
+    turns = _turns(args)
+    out: list[bytes] = []
+    for kind, value in turns:
+        if kind == "wav":
+            out.append(load_wav(value, rate))
+            continue
+        try:
+            from voxpipe.processors.tts import offline_say  # type: ignore[attr-defined,unused-ignore]
+        except ImportError as exc:
+            raise RuntimeError(
+                f"--say needs the offline text-to-speech ({exc}); use --wav FILE instead"
+            ) from None
+        pcm: bytes = offline_say(value, rate)
+        out.append(pcm)
+    return out
+
+
+def _script(args: argparse.Namespace, turns: list[bytes], greets: bool | None) -> list[Step]:
+    """Listen to a greeting first; then each turn, listening to the bot's answer after it;
+    press keys and listen; hang up."""
     script: list[Step] = [WaitForBot(10.0) if greets else Silence(0.3)]
     if greets is None:  # a bot served elsewhere: listen to a greeting if one starts within 2 s
         script = [WaitForBot(10.0, start_s=2.0)]
-    if pcm:
-        script.append(Say(pcm))
+    for pcm in turns:
+        script += [Say(pcm), WaitForBot(15.0)]
     if args.dtmf:
-        script.append(Dtmf(args.dtmf))
-    script += [WaitForBot(15.0), Hangup()]
+        script += [Dtmf(args.dtmf), WaitForBot(15.0)]
+    script.append(Hangup())
     return script
 
 
-def _caller_words(args: argparse.Namespace) -> str:
-    """What the caller says: the --say text, or the transcript next to the --wav file."""
-    if args.say:
-        return str(args.say)
-    if not args.wav:
-        return ""
-    wav = Path(args.wav)
-    for name in (wav.stem, wav.stem.rsplit("_", 1)[0]):  # caller_yes_8k.wav -> caller_yes.txt
-        transcript = wav.with_name(f"{name}.txt")
-        if transcript.is_file():
-            return " ".join(transcript.read_text().split())
-    return ""
+def _caller_words(args: argparse.Namespace) -> list[str]:
+    """What the caller says in each turn: the --say text, or the transcript next to the --wav
+    file (``""`` when there is none)."""
+    words: list[str] = []
+    for kind, value in _turns(args):
+        if kind == "say":
+            words.append(str(value))
+            continue
+        wav, said = Path(value), ""
+        for name in (wav.stem, wav.stem.rsplit("_", 1)[0]):  # caller_yes_8k.wav -> caller_yes.txt
+            transcript = wav.with_name(f"{name}.txt")
+            if transcript.is_file():
+                said = " ".join(transcript.read_text().split())
+                break
+        words.append(said)
+    return words
 
 
 def _print_timeline(result: CallResult, args: argparse.Namespace) -> None:
     print(f"call {result.call_id} at {result.rate} Hz")
-    words = _caller_words(args)
+    words = iter(_caller_words(args))
     for event in result.timeline:
         what = event.what
-        if words and event.who == "caller" and what.startswith("speaks"):
-            what = f'{what}: "{words}"'
+        if event.who == "caller" and what.startswith("speaks"):
+            said = next(words, "")
+            what = f'{what}: "{said}"' if said else what
         print(f"{event.t:8.2f} s  {event.who:<6}  {what}")
     if result.transcript:
         print("transcript:")
@@ -479,11 +544,16 @@ def _dialogue(calls: list[Call]) -> list[dict[str, str]]:
 
 async def _call(args: argparse.Namespace) -> CallResult:
     rate = int(args.rate or 8000)
-    pcm = _caller_audio(args, rate)
+    turns = _caller_audio(args, rate)
+    longest = 60.0 + 20.0 * len(turns)  # each turn: its words, the bot's answer
     if args.connect:
         host, _, port = str(args.connect).rpartition(":")
         return await place_call(
-            host.strip("[]") or "127.0.0.1", int(port), _script(args, pcm, None), rate=rate
+            host.strip("[]") or "127.0.0.1",
+            int(port),
+            _script(args, turns, None),
+            rate=rate,
+            max_duration_s=longest,
         )
     from voxpipe.bots.bot import Bot
 
@@ -497,8 +567,10 @@ async def _call(args: argparse.Namespace) -> CallResult:
         # One simulated call: no need to measure the bot's capacity for max_calls: auto.
         async with running_bot(bot, max_calls=1) as server:
             server.on_call_start.append(keep)
-            script = _script(args, pcm, bool(bot.config.greeting))
-            result = await place_call("127.0.0.1", server.port, script, rate=rate)
+            script = _script(args, turns, bool(bot.config.greeting))
+            result = await place_call(
+                "127.0.0.1", server.port, script, rate=rate, max_duration_s=longest
+            )
             for _ in range(100):  # let the bot's side of the call finish its history
                 if not server.calls:
                     break
