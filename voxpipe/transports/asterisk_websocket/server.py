@@ -44,8 +44,8 @@ from voxpipe.transports.asterisk_websocket.transport import (
 from voxpipe.transports.audiosocket.server import CallHook
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import CallHost
     from voxpipe.pipelines.task import PipelineTask
 
 log = logging.getLogger("voxpipe.asterisk_websocket")
@@ -261,11 +261,8 @@ class MediaListener:
 class AsteriskWebSocketServer(MediaListener):
     """Accepts chan_websocket connections (and makes them, ``connect``) and runs the bot."""
 
-    def __init__(self, bot: Bot, settings: AsteriskWebSocketSettings | None = None) -> None:
-        found = settings or bot.config.transport.asterisk_websocket
-        if found is None:
-            raise ValueError(f"bot {bot.name!r} has no transport.asterisk_websocket")
-        super().__init__(found)
+    def __init__(self, bot: CallHost, settings: AsteriskWebSocketSettings) -> None:
+        super().__init__(settings)
         self.bot = bot
         self.calls: dict[str, ActiveCall] = {}
         self.on_call_start: list[CallHook] = []
@@ -304,7 +301,7 @@ class AsteriskWebSocketServer(MediaListener):
                 return
         connection = MediaConnection(socket, call, start)
         transport = AsteriskWebSocketTransport(connection, settings)
-        task = bot.create_task(call, head=[transport.input()], tail=[transport.output()])
+        task = bot.create_pipeline(call, head=[transport.input()], tail=[transport.output()])
         self.calls[call_id] = ActiveCall(call, task, connection, peer=peer)
         writer = asyncio.create_task(connection.run_writer(), name=f"{call_id}:chan-ws-writer")
         loop = asyncio.get_running_loop()
