@@ -215,6 +215,38 @@ def format_path(path: Path_) -> str:
 # --- YAML with positions ------------------------------------------------------------------------
 
 
+# A bot file is a few hundred values nested a few levels deep. These bounds stop a hostile or
+# broken file (``[[[[...`` ten thousand deep, an alias bomb that expands to millions of values,
+# an alias inside its own anchor) with a clear error instead of a RecursionError or minutes of
+# work.
+MAX_DEPTH = 64
+MAX_VALUES = 50_000
+
+
+class _TooLarge(Exception):
+    """The document expands to more than ``MAX_VALUES`` values (aliases, most likely)."""
+
+    def __init__(self, node: yaml.Node) -> None:
+        super().__init__()
+        self.node = node
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Refuse a document nested deeper than ``MAX_DEPTH`` before PyYAML composes it (which
+    recurses once per level); raises ``yaml.YAMLError`` as composing would for bad syntax."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                message = f"nested more than {MAX_DEPTH} levels deep; a bot file needs a few"
+                raise ConfigError([Problem(file, line, col, "", message)])
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 class _Document:
     """The parsed file as plain data, with the position of every value and key."""
 
@@ -224,6 +256,8 @@ class _Document:
         self.keys: dict[Path_, tuple[int, int]] = {}
         self.problems: list[Problem] = []
         self.unset: set[Path_] = set()  # values missing an environment variable
+        self._count = 0
+        self._open: set[int] = set()  # the collections being built (an alias to one recurses)
 
     def problem(self, path: Path_, message: str, *, at_key: bool = False) -> None:
         pos = (self.keys.get(path) if at_key else None) or self._position(path)
@@ -237,7 +271,30 @@ class _Document:
         return self.values.get((), (1, 1))
 
     def build(self, node: yaml.Node, path: Path_ = ()) -> Any:
+        self._count += 1
+        if self._count > MAX_VALUES:
+            raise _TooLarge(node)
         self.values[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            if id(node) in self._open:
+                self.problem(path, "an alias refers to the collection it is part of")
+                return None
+            self._open.add(id(node))
+            try:
+                return self._build_collection(node, path)
+            finally:
+                self._open.discard(id(node))
+        try:
+            scalar = _construct_scalar(node)
+        except (ValueError, ArithmeticError, TypeError) as exc:  # ``!!int abc``, ``!!float x``
+            kind = node.tag.rsplit(":", 1)[-1]
+            self.problem(path, f"{node.value!r} is not a valid {kind}: {exc}")
+            return None
+        if isinstance(scalar, str):
+            scalar = self._interpolate(scalar, path)
+        return scalar
+
+    def _build_collection(self, node: yaml.Node, path: Path_) -> Any:
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
@@ -254,12 +311,7 @@ class _Document:
                     self.problem(child, f"duplicate key {key!r}", at_key=True)
                 out[key] = self.build(value_node, child)
             return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        scalar = _construct_scalar(node)
-        if isinstance(scalar, str):
-            scalar = self._interpolate(scalar, path)
-        return scalar
+        return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
 
     def _interpolate(self, text: str, path: Path_) -> Any:
         if "${" not in text:
@@ -413,7 +465,13 @@ def parse_bot(text: str, file: str = "<string>", registry: Registry | None = Non
     registry = registry or default_registry()
     doc = _Document(file)
     try:
+        _check_depth(text, file)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = doc.build(node) if node is not None else None
+    except _TooLarge as exc:
+        mark = exc.node.start_mark
+        message = f"the document expands to more than {MAX_VALUES} values (an alias bomb?)"
+        raise ConfigError([Problem(file, mark.line + 1, mark.column + 1, "", message)]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -430,7 +488,6 @@ def parse_bot(text: str, file: str = "<string>", registry: Registry | None = Non
         raise ConfigError(
             [Problem(file, 1, 1, "", "the file is empty; a bot needs `name` and `pipeline`")]
         )
-    data = doc.build(node)
     if not isinstance(data, dict):
         doc.problem((), "a bot file must be a mapping with `name`, `transport` and `pipeline`")
         raise ConfigError(doc.problems)

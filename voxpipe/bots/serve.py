@@ -165,13 +165,8 @@ async def serve(
     if api is not None and audiosocket:
         api.state.capacity = server.load
     ari = await _start_ari(bot, server, chan_ws)
-    if audiosocket:
-        print(_banner(bot, server), flush=True)
-    else:
-        print(f"voxpipe: bot {bot.name!r} serving (no AudioSocket: transport names other ways in)")
-    if ready is not None:
-        ready(server)
-
+    # SIGTERM is ours before the banner says the bot is up: a supervisor that stops it as soon
+    # as it reads the banner gets a drain, not the default action (killed, exit code -15).
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -179,6 +174,13 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stopping.set)
             handled.append(signum)
+    if audiosocket:
+        print(_banner(bot, server), flush=True)
+    else:
+        print(f"voxpipe: bot {bot.name!r} serving (no AudioSocket: transport names other ways in)")
+    if ready is not None:
+        ready(server)
+
     try:
         await stopping.wait()
     finally:

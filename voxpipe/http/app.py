@@ -8,7 +8,8 @@ log level of one call of this worker while it runs (for debugging a single live 
 ``caller`` or ``error``; 404 ``unknown``. The dialplan's ``CURL()`` sends the bearer token with
 ``Set(CURLOPT(httpheader)=Authorization: Bearer <token>)``. With ``voxpipe.http.records``:
 ``POST /calls/{uuid}/context`` (the dialplan's caller context), ``GET /calls/history``,
-``GET /calls/{uuid}`` and ``GET /calls/{uuid}/audio``.
+``GET /calls/{uuid}`` and ``GET /calls/{uuid}/audio``. A request body over ``MAX_BODY_BYTES``
+is answered 413 (FastAPI's ``max_body_size``), never buffered whole.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hmac
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 
@@ -25,6 +27,9 @@ from voxpipe.http.metrics import CONTENT_TYPE, Metrics
 from voxpipe.http.outcomes import OutcomeLookup
 from voxpipe.http.records import RecordsRoutes
 from voxpipe.http.state import ServiceState
+
+# The largest body any endpoint takes is a caller context (8 KiB); nothing is buffered past this.
+MAX_BODY_BYTES = 64 * 1024
 
 
 class LogLevel(BaseModel):
@@ -59,7 +64,16 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
         dependencies=[Depends(authorize)],
+        max_body_size=MAX_BODY_BYTES,
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 with where and what, never the input: FastAPI's own handler echoes it, and a
+        body that is not UTF-8 text cannot be echoed as JSON (it answered 500)."""
+        fields = ("loc", "msg", "type")
+        detail = [{k: error[k] for k in fields if k in error} for error in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, PlainTextResponse
+from starlette.requests import ClientDisconnect
 
 from voxpipe.records.context import PendingContexts, context_from_form, pending_contexts
 
@@ -64,7 +65,10 @@ class RecordsRoutes:
                 key = str(uuid.UUID(call_id))
             except ValueError:
                 raise HTTPException(400, f"{call_id!r} is not a call UUID") from None
-            body = await request.body()
+            try:
+                body = await request.body()
+            except ClientDisconnect:  # a body the server could not parse: it answered 400
+                raise HTTPException(400, "the request body did not arrive whole") from None
             if len(body) > MAX_CONTEXT_BYTES:
                 raise HTTPException(413, f"a caller context is at most {MAX_CONTEXT_BYTES} bytes")
             await self.contexts.put(key, context_from_form(_fields(request, body)))

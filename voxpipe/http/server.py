@@ -72,6 +72,7 @@ class HttpServer:
             log_level="warning",
             # The call API's WebSockets: audio does not compress, and the call API checks a
             # message's size itself (transport.websocket.max_message_bytes) up to this.
+            http="httptools",
             ws="websockets-sansio",
             ws_max_size=SERVER_MAX_MESSAGE_BYTES,
             ws_per_message_deflate=False,

@@ -176,6 +176,10 @@ class AudioSocketServer:
     ) -> None:
         handler = asyncio.current_task()
         peername = writer.get_extra_info("peername")
+        if not peername:  # reset before it could be served: no caller left to refuse
+            log.debug("a connection was reset before it was served")
+            writer.close()
+            return
         host = str(peername[0]) if peername else ""
         peer = f"{host}:{peername[1]}" if peername else "?"
         refusal = self._refusal(host)
