@@ -124,7 +124,10 @@ async def run(runs: int, ahead: float) -> dict[str, list[float]]:
 
     bot = Bot.from_yaml(BOT.format(words=WORDS, ahead=ahead))
     await bot.prepare()
-    audiosocket, chan_ws = AudioSocketServer(bot), AsteriskWebSocketServer(bot)
+    audiosocket, chan_ws = (
+        AudioSocketServer(bot, bot.config.transport.audiosocket),
+        AsteriskWebSocketServer(bot, bot.config.transport.asterisk_websocket),
+    )
     await audiosocket.start()
     await chan_ws.start()
     said = speech()

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from voxpipe import events  # noqa: E402
 from voxpipe.bots.bot import Bot  # noqa: E402
+from voxpipe.bots.call import running_bot  # noqa: E402
 from voxpipe.frames import DOWNSTREAM, InputAudioFrame  # noqa: E402
 from voxpipe.pipelines.call import Call  # noqa: E402
 from voxpipe.processors.vad import VADSettings, VoiceActivityDetector  # noqa: E402
@@ -39,7 +40,6 @@ from voxpipe.transports.audiosocket.caller import (  # noqa: E402
     Silence,
     load_wav,
     place_call,
-    running_bot,
 )
 from voxpipe.transports.audiosocket.protocol import RATE_OF_KIND  # noqa: E402
 

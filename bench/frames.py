@@ -8,7 +8,7 @@ each figure next to its target, plus the machine it ran on.
   does) and through the head queue.
 - KB per pipeline: 1,000 idle running calls (each a ``PipelineTask`` of 6 processors, its
   ``Call`` and its head-queue task), measured with tracemalloc.
-- µs to build one call's pipeline from a parsed bot (``Bot.create_task``).
+- µs to build one call's pipeline from a parsed bot (``Bot.create_pipeline``).
 - ms to import ``voxpipe.pipelines`` and what loading a bot needs, in fresh interpreters.
 """
 
@@ -91,7 +91,7 @@ async def build_us(count: int) -> float:
     bot = Bot.from_yaml(f"name: bench\npipeline:\n{steps}")
     await bot.prepare()
     started = time.perf_counter()
-    tasks = [bot.create_task(bot.new_call()) for _ in range(count)]
+    tasks = [bot.create_pipeline(bot.new_call()) for _ in range(count)]
     elapsed = time.perf_counter() - started
     assert len(tasks) == count and isinstance(StartFrame(), StartFrame)
     return elapsed / count * 1e6

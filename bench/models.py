@@ -102,7 +102,8 @@ async def burst(pool: Any, key: str, audio: list[bytes], options: dict[str, Any]
 async def pool_figures() -> None:
     from voxpipe.models.pool import ModelPool
     from voxpipe.processors.stt.whisper import PACKAGED_MODEL, WhisperEngine
-    from voxpipe.processors.tts.piper import PACKAGED_VOICE, PiperEngine
+    from voxpipe.processors.tts.packaged import PACKAGED_VOICE
+    from voxpipe.processors.tts.piper import PiperEngine
 
     whisper, piper = WhisperEngine(PACKAGED_MODEL, "int8", 1), PiperEngine(PACKAGED_VOICE)
     audio = utterances(8000) * 2

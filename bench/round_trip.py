@@ -28,13 +28,13 @@ from _machine import machine
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from voxpipe.bots.call import running_bot  # noqa: E402
 from voxpipe.transports.audiosocket.caller import (  # noqa: E402
     CallResult,
     Hangup,
     Say,
     Silence,
     place_call,
-    running_bot,
 )
 from voxpipe.transports.audiosocket.protocol import RATE_OF_KIND  # noqa: E402
 

@@ -1,17 +1,24 @@
-"""A Pipecat voice bot that answers Asterisk calls over AudioSocket.
+"""A Pipecat voice bot that answers Asterisk calls over AudioSocket or chan_websocket.
 
     pip install 'voxpipe[pipecat,openai]'
     OPENAI_API_KEY=sk-... python examples/pipecat_audiosocket.py
+    OPENAI_API_KEY=sk-... TRANSPORT=chan_websocket python examples/pipecat_audiosocket.py
 
 Point Asterisk's dialplan at it (``same => n,AudioSocket(${UUID()},127.0.0.1:9092)``, see
 ``asterisk/``), or call it without a phone:
 
     run-pipeline call configs/echo.yaml --connect 127.0.0.1:9092 --say "Where is my order?"
 
+With ``TRANSPORT=chan_websocket`` Asterisk's WebSocket channel driver dials the bot instead
+(Asterisk 20.16+: a ``websocket_client.conf`` connection with ``uri = ws://127.0.0.1:8765`` and
+``same => n,Dial(WebSocket/voxpipe/c(slin16))``); the same pipeline runs, and Pipecat's
+interruptions become ``FLUSH_MEDIA``.
+
 The pipeline is plain Pipecat: ``transport.input()``, OpenAI speech-to-text, a user context
 aggregator with Silero VAD, an OpenAI LLM, OpenAI text-to-speech, ``transport.output()``.
 ``OPENAI_BASE_URL`` points all three at an OpenAI-compatible server instead (self-hosted
-speech and models); ``LISTEN`` (default 0.0.0.0:9092) is where Asterisk connects.
+speech and models); ``LISTEN`` (default 0.0.0.0:9092, or 0.0.0.0:8765 for chan_websocket) is
+where Asterisk connects.
 """
 
 from __future__ import annotations
@@ -34,7 +41,13 @@ from pipecat.services.openai.stt import OpenAISTTService
 from pipecat.services.openai.tts import OpenAITTSService
 from pipecat.workers.runner import WorkerRunner
 
-from voxpipe.interop.pipecat import AudioSocketTransport, serve
+from voxpipe.interop.pipecat import (
+    AudioSocketListener,
+    ChanWebSocketListener,
+    LineTransport,
+    serve,
+    serve_chan_websocket,
+)
 
 SAMPLE_RATE = 16000  # the pipeline's rate; callers at 8 kHz (slin) are resampled both ways
 
@@ -53,7 +66,7 @@ class Config:
         return cls(api_key=os.environ["OPENAI_API_KEY"], base_url=os.environ.get("OPENAI_BASE_URL"))
 
 
-async def run_call(transport: AudioSocketTransport, config: Config) -> None:
+async def run_call(transport: LineTransport, config: Config) -> None:
     """One call: a Pipecat pipeline between the call's input and output."""
     stt = OpenAISTTService(
         api_key=config.api_key,
@@ -83,7 +96,7 @@ async def run_call(transport: AudioSocketTransport, config: Config) -> None:
     )
 
     @transport.event_handler("on_client_connected")
-    async def greet(transport: AudioSocketTransport, call_id: str) -> None:
+    async def greet(transport: LineTransport, call_id: str) -> None:
         await worker.queue_frames([TTSSpeakFrame(config.greeting)])
 
     runner = WorkerRunner(handle_sigint=False)
@@ -93,11 +106,20 @@ async def run_call(transport: AudioSocketTransport, config: Config) -> None:
 
 async def main() -> None:
     config = Config.from_env()
-    listener = await serve(
-        lambda transport: run_call(transport, config),
-        listen=os.environ.get("LISTEN", "0.0.0.0:9092"),
-    )
-    print(f"taking AudioSocket calls on port {listener.port}")
+    kind = os.environ.get("TRANSPORT", "audiosocket")
+    if kind == "chan_websocket":
+        listener: AudioSocketListener | ChanWebSocketListener = await serve_chan_websocket(
+            lambda transport: run_call(transport, config),
+            listen=os.environ.get("LISTEN", "0.0.0.0:8765"),
+        )
+    elif kind == "audiosocket":
+        listener = await serve(
+            lambda transport: run_call(transport, config),
+            listen=os.environ.get("LISTEN", "0.0.0.0:9092"),
+        )
+    else:
+        raise SystemExit(f"TRANSPORT is audiosocket or chan_websocket, not {kind!r}")
+    print(f"taking {kind} calls on port {listener.port}")
     try:
         await asyncio.Event().wait()
     finally:

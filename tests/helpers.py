@@ -63,7 +63,7 @@ class RunningCalls:
         await bot.prepare()
 
         def build(up: Recorder, down: Recorder) -> PipelineTask:
-            return bot.create_task(bot.new_call(), head=[up], tail=[down])
+            return bot.create_pipeline(bot.new_call(), head=[up], tail=[down])
 
         chain = RunningChain(build=build, timeout_s=timeout_s)
         self.chains.append(chain)
@@ -76,7 +76,7 @@ class RunningCalls:
     ) -> PipelineTask:
         """Start one call of ``bot`` with ``out`` at the tail; return once a frame reached it."""
         await bot.prepare()
-        task = bot.create_task(bot.new_call(), head=[head] if head else None, tail=[out])
+        task = bot.create_pipeline(bot.new_call(), head=[head] if head else None, tail=[out])
         self.runners.append((task, asyncio.create_task(task.run())))
         await out.wait_for(lambda: bool(out.frames))
         return task

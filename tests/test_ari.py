@@ -22,12 +22,13 @@ from pydantic import SecretStr
 
 from voxpipe.ari import AriCall, AriController
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.bots.config import AriSettings
 from voxpipe.frames import TransferFrame
 from voxpipe.pipelines.call import Call
 from voxpipe.sessions import outcomes
 from voxpipe.testing import until
-from voxpipe.transports.audiosocket.caller import load_wav, running_bot
+from voxpipe.transports.audiosocket.caller import load_wav
 
 BOT_ADDRESS = "127.0.0.1:9092"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voxpipe.bots.call import run_call_command, running_bot
 from voxpipe.transports.audiosocket.caller import (
     Hangup,
     Say,
@@ -23,8 +24,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForBot,
     load_wav,
     place_call,
-    run_call_command,
-    running_bot,
 )
 from voxpipe.transports.audiosocket.protocol import KIND_OF_RATE, Kind
 

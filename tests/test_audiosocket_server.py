@@ -21,9 +21,9 @@ from pydantic import Field
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.frames import (
-    BotSpokeFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     Direction,
@@ -47,7 +47,6 @@ from voxpipe.transports.audiosocket.caller import (
     Silence,
     WaitForHangup,
     place_call,
-    running_bot,
 )
 from voxpipe.transports.audiosocket.protocol import Kind, encode
 from voxpipe.transports.audiosocket.server import AudioSocketServer
@@ -412,8 +411,7 @@ async def test_resampled_speech_plays_whole_and_is_reported_spoken() -> None:
     assert np.diff(loud).max() < 10, "audio went missing inside the sentence"
     utterance = UTTERANCES[result.call_id]
     assert utterance.finished
-    spoken = [f.text for f, d in SEEN[result.call_id] if isinstance(f, BotSpokeFrame)]
-    assert spoken == [utterance.text]
+    assert utterance.spoken_text() == utterance.text
 
 
 async def test_a_caller_that_stops_reading_is_hung_up(

@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from voxpipe.ari import AriController
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.bots.config import AriSettings, HttpSettings
 from voxpipe.bots.registry import ProcessorType, Registry
 from voxpipe.frames import Direction, DTMFFrame, Frame, HangupFrame, TransferFrame
@@ -41,7 +42,6 @@ from voxpipe.transports.audiosocket.caller import (
     Silence,
     WaitForHangup,
     place_call,
-    running_bot,
 )
 from voxpipe.transports.audiosocket.server import AudioSocketServer
 

@@ -70,7 +70,7 @@ def test_a_whole_conversation_is_valid(states: States) -> None:
     path += [S.SPEAKING, S.TRANSFERRING, S.ENDED]
     for state in path:
         assert move(call, state)
-    assert call.data["state"] == "ended"
+    assert call.state == "ended"
     assert states.seen == [s.value for s in path]
 
 
@@ -210,7 +210,7 @@ async def test_every_bot_call_gets_a_tracker_just_before_the_transport() -> None
     bot = Bot.from_yaml("name: t\ngreeting: Hi\npipeline:\n  - echo: {}\n")
     call = bot.new_call()
     tail = FrameProcessor(name="output")
-    task = bot.create_task(call, head=[FrameProcessor(name="input")], tail=[tail])
+    task = bot.create_pipeline(call, head=[FrameProcessor(name="input")], tail=[tail])
     names = [p.name for p in task.processors]
     assert names == ["input", "echo", "conversation", "output"]
     tracker = task.processors[2]

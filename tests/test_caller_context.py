@@ -15,15 +15,21 @@ from sqlalchemy import text
 
 from voxpipe.ari import AriController
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.bots.config import AriSettings
 from voxpipe.caller_context import CallerContext, Customer, render, render_arguments
 from voxpipe.http import OperationsApi
 from voxpipe.records.context import PendingContexts, context_from_form, settle_caller
 from voxpipe.records.service import records_of
 from voxpipe.testing import until
+from voxpipe.tools import build_toolbox
 from voxpipe.tools.settings import ToolSettings
-from voxpipe.tools.toolbox import ToolCall, build_toolbox
-from voxpipe.transports.audiosocket.caller import Hangup, WaitForBot, place_call, running_bot
+from voxpipe.tools.toolbox import ToolCall
+from voxpipe.transports.audiosocket.caller import (
+    Hangup,
+    WaitForBot,
+    place_call,
+)
 
 TRICKY = "{x} ${HOME} {caller.number} {customer.name|y}"
 
@@ -178,7 +184,7 @@ async def test_ari_gives_the_caller_and_the_listed_channel_variables(tmp_path: P
         call = bot.new_call(ari_call.uuid)
         await controller.attach(call)
         await bot.prepare()
-        await settle_caller(bot, call)
+        await settle_caller(bot, call, bot.config.caller)
     finally:
         await bot.close()
         await controller.stop()

@@ -23,6 +23,7 @@ from helpers import AUDIO, observing
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.conversation.state import CallState, state_of
 from voxpipe.http.metrics import Metrics
 from voxpipe.http.state import CallTracker, ServiceState
@@ -37,7 +38,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForBot,
     load_wav,
     place_call,
-    running_bot,
 )
 from voxpipe.transports.audiosocket.protocol import Kind, encode
 from voxpipe.transports.audiosocket.server import AudioSocketServer

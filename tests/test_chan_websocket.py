@@ -57,7 +57,7 @@ pipeline:
 @contextlib.asynccontextmanager
 async def serving(bot: Bot) -> AsyncIterator[AsteriskWebSocketServer]:
     await bot.prepare()
-    server = AsteriskWebSocketServer(bot)
+    server = AsteriskWebSocketServer(bot, bot.config.transport.asterisk_websocket)
     await server.start()
     try:
         yield server

@@ -227,8 +227,9 @@ def test_graph_draws_the_chain_as_mermaid() -> None:
             in["audiosocket in<br/>127.0.0.1:9092, 8000 Hz"]
             s0["echo<br/>passthrough=false"]
             s1["echo"]
+            a0["conversation<br/>added: call state, turns, session store"]
             out["audiosocket out"]
-            in --> s0 --> s1 --> out
+            in --> s0 --> s1 --> a0 --> out
         """
     )
 

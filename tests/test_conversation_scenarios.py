@@ -14,6 +14,7 @@ from helpers import AUDIO, observing
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.conversation import CallState
 from voxpipe.pipelines.call import Call
 from voxpipe.transports.audiosocket.caller import (
@@ -24,7 +25,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForHangup,
     load_wav,
     place_call,
-    running_bot,
 )
 from voxpipe.transports.audiosocket.protocol import RATE_OF_KIND
 
@@ -174,7 +174,7 @@ async def test_a_silent_caller_is_prompted_then_hung_up() -> None:
     assert prompt[1] - prompt[0] >= 0.3, "four words of tone"
     assert goodbye[0] - prompt[1] >= 0.9, "the goodbye comes a timeout after the prompt"
     assert "processing" not in seen.states, "silence is never a turn"
-    assert call.data["state"] is CallState.ENDED
+    assert call.state is CallState.ENDED
 
 
 async def test_a_caller_who_answers_the_prompt_keeps_the_call() -> None:

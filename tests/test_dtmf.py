@@ -16,6 +16,7 @@ from helpers import observing
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.bots.config import ConfigError, parse_bot
 from voxpipe.frames import DTMFFrame
 from voxpipe.pipelines.call import Call
@@ -26,7 +27,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForBot,
     WaitForHangup,
     place_call,
-    running_bot,
 )
 
 KEYS_DESK = """

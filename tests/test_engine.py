@@ -292,7 +292,7 @@ async def test_each_call_gets_its_own_pipeline_built_from_the_parsed_bot() -> No
     )
     tails = [LoggingRecorder() for _ in range(3)]
     tasks = [
-        bot.create_task(bot.new_call(f"call-{i}"), tail=[tail]) for i, tail in enumerate(tails)
+        bot.create_pipeline(bot.new_call(f"call-{i}"), tail=[tail]) for i, tail in enumerate(tails)
     ]
     assert len({id(t.processors[0]) for t in tasks}) == 3
     assert all(t.call.bot == "echo-bot" and t.call.sample_rate == 16000 for t in tasks)

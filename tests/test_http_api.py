@@ -263,13 +263,13 @@ def test_reasons_become_bounded_labels() -> None:
 
 async def test_metrics_and_calls_change_after_a_simulated_call(api: OperationsApi) -> None:
     from voxpipe.bots.bot import Bot
+    from voxpipe.bots.call import running_bot
     from voxpipe.transports.audiosocket.caller import (
         Hangup,
         Say,
         WaitForBot,
         load_wav,
         place_call,
-        running_bot,
     )
 
     speech = load_wav(AUDIO / "caller_goodbye_8k.wav", 8000)

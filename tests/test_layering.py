@@ -49,59 +49,15 @@ LAYERS: dict[str, int] = {
 }
 
 # Run-time imports (module level or inside a function) from a higher layer.
-RUNTIME_ALLOWED: dict[tuple[str, str], str] = {
-    ("voxpipe.transports.audiosocket.caller", "voxpipe.bots.bot"): (
-        "the `run-pipeline call` command code loads the bot: item 3 moves that command code out "
-        "of the AudioSocket caller library"
-    ),
-    ("voxpipe.records.cli", "voxpipe.bots.config"): (
-        "`run-pipeline db`/`calls` read call_records.url from the bot file: command code, which "
-        "item 3 moves out of the libraries with the `call` command"
-    ),
-}
+RUNTIME_ALLOWED: dict[tuple[str, str], str] = {}
 
 # Imports under ``if TYPE_CHECKING:`` from a higher layer (annotations only).
-_BOT_CONTEXT = "prepare(bot)/create(call, bot) annotations: item 2's BotContext protocol"
 TYPE_ONLY_ALLOWED: dict[tuple[str, str], str] = {
     # Layer 0 names the engine's Call in its observer/log interfaces. No issue-12 item removes
     # these: Call is only an annotation there, and events must stay below the engine, which
     # emits them.
     ("voxpipe.events", "voxpipe.pipelines.call"): "observer methods take a Call (annotation)",
     ("voxpipe.logs", "voxpipe.pipelines.call"): "call_started/call_ended take a Call (annotation)",
-    # Everything below takes the application's Bot where item 2 gives it a BotContext.
-    ("voxpipe.pipelines.settings", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.conversation.tracker", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.models.capacity", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.models.shared", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.barge_in", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.dtmf", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.echo", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.llm.anthropic", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.llm.base", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.llm.openai_compatible", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.llm.scripted", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.openai_speech", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.pipecat", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.silence_timeout", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.stt.base", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.stt.google", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.stt.openai_compatible", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.stt.pocketsphinx", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.stt.whisper", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.base", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.espeak", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.google", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.openai_compatible", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.piper", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.tts.tone", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.processors.vad", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.records.context", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.records.service", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.sessions.store", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.transports.audiosocket.caller", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.transports.audiosocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.transports.asterisk_websocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
-    ("voxpipe.transports.websocket.server", "voxpipe.bots.bot"): _BOT_CONTEXT,
 }
 
 
@@ -215,9 +171,10 @@ def test_every_import_respects_the_layers() -> None:
 
 
 def test_the_engine_is_only_the_engine() -> None:
-    """pipelines keeps processor, task, call and settings; the application lives in bots."""
+    """pipelines keeps processor, task, call, settings and the processors' contract (context);
+    the application lives in bots."""
     engine = {path.stem for path in (PACKAGE / "pipelines").glob("*.py")}
-    assert engine == {"__init__", "processor", "task", "call", "settings"}
+    assert engine == {"__init__", "processor", "task", "call", "settings", "context"}
 
 
 def test_every_allow_list_entry_says_why() -> None:
@@ -267,15 +224,144 @@ def test_a_type_only_import_is_listed_apart() -> None:
 
 def test_an_allow_list_entry_that_no_longer_occurs_fails() -> None:
     sources = package_sources()
-    sources["voxpipe.processors.echo"] = sources["voxpipe.processors.echo"].replace(
-        "from voxpipe.bots.bot import Bot", "from voxpipe.pipelines.settings import Settings as Bot"
+    sources["voxpipe.events"] = sources["voxpipe.events"].replace(
+        "from voxpipe.pipelines.call import Call", "from voxpipe.frames import Frame as Call"
     )
     assert check(sources) == [
-        "voxpipe.processors.echo no longer imports voxpipe.bots.bot: remove it from "
-        "TYPE_ONLY_ALLOWED"
+        "voxpipe.events no longer imports voxpipe.pipelines.call: remove it from TYPE_ONLY_ALLOWED"
     ]
+
+
+def test_processors_are_given_the_context_not_the_bot() -> None:
+    """No processor module names the application's Bot, even for annotations (item 2)."""
+    sources = package_sources()
+    sources["voxpipe.processors.echo"] += (
+        "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from voxpipe.bots.bot import Bot\n"
+    )
+    (problem,) = check(sources)
+    assert (
+        "voxpipe.processors.echo" in problem
+        and "TYPE_CHECKING import of voxpipe.bots.bot" in problem
+    )
 
 
 def test_a_module_without_a_layer_fails() -> None:
     with pytest.raises(AssertionError, match=r"voxpipe\.newthing has no layer"):
         layer("voxpipe.newthing.x")
+
+
+# --- import cycles ---------------------------------------------------------------------------
+
+
+def runtime_graph(modules: dict[str, str]) -> dict[str, set[str]]:
+    """Module -> the voxpipe modules it imports at run time (module level or in a function;
+    ``if TYPE_CHECKING:`` imports left out); ``from voxpipe.x import name`` counts as
+    ``voxpipe.x`` when ``name`` is no module."""
+    graph: dict[str, set[str]] = {}
+    for module, source in modules.items():
+        is_package = any(m.startswith(f"{module}.") for m in modules)
+        targets: set[str] = set()
+        for found in imports(source, module, is_package):
+            if found.type_only:
+                continue
+            target = found.imported
+            while target not in modules and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if target in modules and target != module:
+                targets.add(target)
+        graph[module] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one node (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group: list[str] = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def processor_packages(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The same imports between the processor packages (``voxpipe.processors.stt`` ...)."""
+
+    def package(module: str) -> str | None:
+        parts = module.split(".")
+        return ".".join(parts[:3]) if parts[:2] == ["voxpipe", "processors"] else None
+
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        source = package(module)
+        if source is None:
+            continue
+        packages.setdefault(source, set()).update(
+            target
+            for target in map(package, targets)
+            if target is not None and target != source and target != "voxpipe.processors"
+        )
+    return packages
+
+
+def test_no_module_imports_itself_round_a_cycle() -> None:
+    """Function-level imports count: a cycle hidden in a function is still a cycle."""
+    assert cycles(runtime_graph(package_sources())) == []
+
+
+def test_no_processor_package_imports_itself_round_a_cycle() -> None:
+    """stt and tts (and the rest) share helpers through neutral modules, not each other."""
+    assert cycles(processor_packages(runtime_graph(package_sources()))) == []
+
+
+def test_a_cycle_hidden_in_a_function_is_caught() -> None:
+    sources = package_sources()
+    sources["voxpipe.processors.audio"] += (
+        "\n\ndef _sneaky() -> None:\n    from voxpipe.processors.tts.base import TTSProcessor\n"
+    )
+    found = cycles(runtime_graph(sources))
+    assert found and all("voxpipe.processors.audio" in group for group in found)
+    assert any("voxpipe.processors.tts.base" in group for group in found)
+
+
+def test_a_package_cycle_is_caught_and_a_type_only_import_is_no_cycle() -> None:
+    sources = package_sources()
+    sources["voxpipe.processors.stt.base"] += (
+        "\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from voxpipe.processors.tts.base import TTSProcessor\n"
+    )
+    assert cycles(processor_packages(runtime_graph(sources))) == []
+    sources["voxpipe.processors.stt.base"] += (
+        "\n\ndef _helper() -> None:\n    from voxpipe.processors.tts.base import TTSProcessor\n"
+    )
+    sources["voxpipe.processors.tts.base"] += (
+        "\n\ndef _other() -> None:\n    from voxpipe.processors.stt.base import STTProcessor\n"
+    )
+    assert cycles(processor_packages(runtime_graph(sources))) == [
+        ["voxpipe.processors.stt", "voxpipe.processors.tts"]
+    ]

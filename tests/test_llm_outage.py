@@ -11,6 +11,7 @@ from fakes.anthropic_sse import FakeHTTPServer, anthropic_error, anthropic_reply
 from helpers import AUDIO
 
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.transports.audiosocket.caller import (
     CallResult,
     Hangup,
@@ -20,7 +21,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForHangup,
     load_wav,
     place_call,
-    running_bot,
 )
 
 WORD_S = 0.2

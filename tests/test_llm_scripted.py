@@ -14,6 +14,7 @@ from helpers import AUDIO
 from voxpipe.bots.bot import Bot
 from voxpipe.bots.config import ConfigError
 from voxpipe.frames import (
+    SPEECH_LOST,
     UPSTREAM,
     Direction,
     ErrorFrame,
@@ -260,7 +261,8 @@ async def test_a_speech_provider_error_gets_the_filler_once() -> None:
         await c.replies(1)
         for _ in range(3):
             await c.task.push_frame(
-                ErrorFrame("google text-to-speech failed", source="tts.google"), UPSTREAM
+                ErrorFrame("google text-to-speech failed", source="tts.google", kind=SPEECH_LOST),
+                UPSTREAM,
             )
         said = await c.replies(2)
         await asyncio.sleep(0.1)
@@ -389,7 +391,9 @@ class VoiceLosesReplies(Listener):
             self.frames.append(frame)
             if isinstance(frame, LLMTextFrame) and not self._reported:
                 self._reported = True
-                error = ErrorFrame("tts.voice failed: unavailable", source="tts.voice")
+                error = ErrorFrame(
+                    "tts.voice failed: unavailable", source="tts.voice", kind=SPEECH_LOST
+                )
                 await self.push_frame(error, UPSTREAM)
             self.arrived.set()
             return
@@ -459,7 +463,9 @@ class VoiceKeepsFailing(Listener):
     async def _report(self, text: str) -> None:
         async with self._busy:
             await asyncio.sleep(FAIL_AFTER_S)
-            error = ErrorFrame(f"tts.voice failed on {text!r}", source="tts.voice")
+            error = ErrorFrame(
+                f"tts.voice failed on {text!r}", source="tts.voice", kind=SPEECH_LOST
+            )
             await self.push_frame(error, UPSTREAM)
 
 

@@ -19,6 +19,7 @@ from fakes.openai_sse import openai_reply
 from helpers import AUDIO, RunningCalls
 
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.frames import (
     EndFrame,
     ErrorFrame,
@@ -41,7 +42,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForBot,
     load_wav,
     place_call,
-    running_bot,
 )
 
 STT = "pipecat.services.openai.stt.OpenAISTTService"

@@ -6,23 +6,14 @@ and the caller hanging up ending the pipeline."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import math
-import struct
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fakes.openai_audio import WORD_MS, Answer, FakeOpenAIAudio
 from fakes.openai_sse import openai_reply
 from helpers import AUDIO
-from pipecat.frames import frames as pf
-from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.workers.runner import WorkerRunner
+from pipecat_rig import Keys, load_example, run_pipeline
 
 from voxpipe.interop.pipecat import AudioSocketListener, AudioSocketTransport, serve
 from voxpipe.transports.audiosocket.caller import (
@@ -37,17 +28,6 @@ from voxpipe.transports.audiosocket.caller import (
 )
 from voxpipe.transports.audiosocket.protocol import Kind
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pipecat_audiosocket.py"
-
-
-def load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("pipecat_audiosocket", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture
 async def listening() -> AsyncIterator[Callable[..., Awaitable[AudioSocketListener]]]:
@@ -61,17 +41,6 @@ async def listening() -> AsyncIterator[Callable[..., Awaitable[AudioSocketListen
     yield start
     for listener in listeners:
         await listener.stop()
-
-
-async def run_pipeline(processors: list[Any], rate: int = 16000) -> None:
-    worker = PipelineWorker(
-        Pipeline(processors),
-        params=PipelineParams(audio_in_sample_rate=rate, audio_out_sample_rate=rate),
-        idle_timeout_secs=None,
-    )
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await runner.run()
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
@@ -126,36 +95,10 @@ async def test_the_example_pipecat_bot_greets_hears_and_answers_a_caller(
     assert 7 * WORD_MS / 1000 - 0.1 <= heard_s <= 7 * WORD_MS / 1000 + 0.4
 
 
-def tone(seconds: float, rate: int) -> bytes:
-    n = int(seconds * rate)
-    return b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate))) for i in range(n)
-    )
-
-
-class Keys(FrameProcessor):  # type: ignore[misc]
-    """Notes the caller's keys; '1' plays half a second of tone, '#' ends the pipeline."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.keys: list[str] = []
-
-    async def process_frame(self, frame: pf.Frame, direction: FrameDirection) -> None:
-        await super().process_frame(frame, direction)
-        if isinstance(frame, pf.InputDTMFFrame):
-            self.keys.append(frame.button.value)
-            if frame.button.value == "1":
-                await self.push_frame(pf.OutputAudioRawFrame(tone(0.5, 16000), 16000, 1))
-            elif frame.button.value == "#":
-                await self.push_frame(pf.EndWorkerFrame(), FrameDirection.UPSTREAM)
-            return
-        await self.push_frame(frame, direction)
-
-
 async def test_keys_reach_the_pipeline_and_its_end_plays_out_then_hangs_up(
     listening: Callable[..., Awaitable[AudioSocketListener]],
 ) -> None:
-    keys = Keys()
+    keys = Keys(0.5)
 
     async def on_call(transport: AudioSocketTransport) -> None:
         await run_pipeline([transport.input(), keys, transport.output()])

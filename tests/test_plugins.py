@@ -103,7 +103,7 @@ async def test_a_plugin_runs_from_yaml_through_a_pipeline_task(registry: Registr
     bot = Bot.from_yaml(
         "name: shouter\npipeline:\n  - shout: {suffix: '!!'}\n  - echo:\n", registry=registry
     )
-    chain = RunningChain(build=lambda up, down: bot.create_task(bot.new_call(), tail=[down]))
+    chain = RunningChain(build=lambda up, down: bot.create_pipeline(bot.new_call(), tail=[down]))
     async with chain:
         chain.queue(TextFrame("hello"), EndFrame())
         assert await chain.finished() == "end"

@@ -18,6 +18,7 @@ from helpers import AUDIO, PostgresServer, observing
 from sqlalchemy import inspect, text
 
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.bots.config import ConfigError, parse_bot
 from voxpipe.http import OperationsApi
 from voxpipe.http.metrics import Metrics
@@ -34,7 +35,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForHangup,
     load_wav,
     place_call,
-    running_bot,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

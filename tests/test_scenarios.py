@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.bots.config import ConfigError
 from voxpipe.scenarios.model import parse_scenarios, scenario_schema_text
 from voxpipe.scenarios.runner import Job, ScenarioResult, run_jobs
-from voxpipe.transports.audiosocket.caller import running_bot
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("run-pipeline")

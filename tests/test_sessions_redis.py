@@ -127,7 +127,9 @@ async def test_redis_down_at_start_the_bot_still_takes_calls(
     assert isinstance(store, RedisSessionStore)
     assert store.status() == "degraded"
     call = bot.new_call()
-    chain = await RunningChain(build=lambda up, down: bot.create_task(call, tail=[down])).start()
+    chain = await RunningChain(
+        build=lambda up, down: bot.create_pipeline(call, tail=[down])
+    ).start()
     task, runner = chain.task, chain.runner
     assert runner is not None
     assert store.get(call.call_id) is not None

@@ -43,7 +43,7 @@ from voxpipe.testing import (
     speech_frames,
     until,
 )
-from voxpipe.tools.toolbox import build_toolbox
+from voxpipe.tools import build_toolbox
 
 
 class Shout(FrameProcessor):

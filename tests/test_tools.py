@@ -10,10 +10,11 @@ import pytest
 from fakes.anthropic_sse import FakeHTTPServer, Reply
 
 from voxpipe.frames import HangupFrame, TransferFrame
+from voxpipe.tools import build_toolbox
 from voxpipe.tools import python as python_tools
 from voxpipe.tools.schema import validate
 from voxpipe.tools.settings import ToolSettings
-from voxpipe.tools.toolbox import ToolCall, build_toolbox
+from voxpipe.tools.toolbox import ToolCall
 
 
 def order_status(order_id: str) -> dict[str, Any]:

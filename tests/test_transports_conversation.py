@@ -137,7 +137,7 @@ class CallApiCaller:
 async def calling(transport: str, bot: Bot, call_id: str) -> AsyncIterator[tuple[Caller, Any]]:
     """Start the bot's server for ``transport``, place a call; yield the caller and server."""
     if transport == "audiosocket":
-        server: Any = AudioSocketServer(bot)
+        server: Any = AudioSocketServer(bot, bot.config.transport.audiosocket)
         await server.start()
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(encode(Kind.UUID, uuid.UUID(call_id).bytes))
@@ -151,7 +151,7 @@ async def calling(transport: str, bot: Bot, call_id: str) -> AsyncIterator[tuple
             await asyncio.gather(*tasks, return_exceptions=True)
             await server.stop(0.0)
     elif transport == "asterisk_websocket":
-        server = AsteriskWebSocketServer(bot)
+        server = AsteriskWebSocketServer(bot, bot.config.transport.asterisk_websocket)
         await server.start()
         channel = Channel(format="slin16")
         task = asyncio.create_task(dial(f"ws://127.0.0.1:{server.port}/?call={call_id}", channel))

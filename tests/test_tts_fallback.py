@@ -19,7 +19,9 @@ from fakes.google_speech import FakeGoogleServer
 from helpers import AUDIO
 
 from voxpipe.bots.bot import Bot
-from voxpipe.processors.tts.base import PhraseCache, standby_lines
+from voxpipe.bots.call import running_bot
+from voxpipe.processors.tts.cache import PhraseCache
+from voxpipe.processors.tts.standby import standby_lines
 from voxpipe.testing import until
 from voxpipe.transports.audiosocket.caller import (
     CallResult,
@@ -31,7 +33,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForHangup,
     load_wav,
     place_call,
-    running_bot,
 )
 
 MS_PER_CHAR = 40
@@ -156,12 +157,12 @@ async def test_without_any_voice_at_start_the_missing_clips_are_logged_as_errors
     fake: FakeGoogleServer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from voxpipe.pipelines.settings import ProviderError
-    from voxpipe.processors.tts import piper
+    from voxpipe.processors.tts import packaged
 
     def no_piper(text: str, sample_rate: int) -> bytes:
         raise ProviderError("piper: piper-tts is not installed")
 
-    monkeypatch.setattr(piper, "offline_say", no_piper)
+    monkeypatch.setattr(packaged, "offline_say", no_piper)
     bot = fallback_bot(fake.endpoint, "retry")
     fake.tts.fail_next = [DOWN] * 50
     with caplog.at_level(logging.ERROR, "voxpipe.tts"):

@@ -35,8 +35,9 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.pipelines.task import PipelineTask
 from voxpipe.processors.tts import offline_say
-from voxpipe.processors.tts.base import TTSProcessor, split_sentences
+from voxpipe.processors.tts.base import TTSProcessor
 from voxpipe.processors.tts.piper import PiperTTS
+from voxpipe.processors.tts.text import split_sentences
 
 
 def bot_yaml(rate: int, *steps: tuple[str, dict[str, Any]]) -> str:
@@ -167,7 +168,7 @@ async def test_sentences_already_spoken_by_the_bot_play_from_its_phrase_cache(
     heard: list[list[bytes]] = []
     for attempt in range(2):
         out = Recorder()
-        task = bot.create_task(bot.new_call(), tail=[out])
+        task = bot.create_pipeline(bot.new_call(), tail=[out])
         runner = asyncio.create_task(task.run())
         await out.wait_for(lambda out=out: bool(out.frames))
         if attempt == 1:

@@ -146,11 +146,20 @@ class InputAudioFrame(SystemFrame):
 
 @dataclass(slots=True)
 class ErrorFrame(SystemFrame):
-    """Something failed. A fatal error ends the call; others are reported and survived."""
+    """Something failed. A fatal error ends the call; others are reported and survived.
+
+    ``kind`` says what a non-fatal error cost the call, for those who answer it: ``SPEECH_LOST``
+    (text-to-speech could not speak a sentence: the rest of that reply is dropped), or ``""``.
+    """
 
     error: str
     fatal: bool = False
     source: str = ""
+    kind: str = ""
+
+
+# ErrorFrame.kind: a sentence the bot was to speak got no audio (text-to-speech failed on it).
+SPEECH_LOST = "speech_lost"
 
 
 # --- data frames -----------------------------------------------------------------------------
@@ -266,13 +275,6 @@ class BotStartedSpeakingFrame(ControlFrame):
 @dataclass(slots=True)
 class BotStoppedSpeakingFrame(ControlFrame):
     """The transport played the last queued bot audio (or dropped it on interruption)."""
-
-
-@dataclass(slots=True)
-class BotSpokeFrame(ControlFrame):
-    """Text the caller actually heard, reported by the transport as its audio is played."""
-
-    text: str = ""
 
 
 @dataclass(slots=True)

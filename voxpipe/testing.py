@@ -45,7 +45,9 @@ from voxpipe.frames import (
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
-from voxpipe.processors.llm.base import LLMBaseSettings, LLMProcessor, ToolRound
+from voxpipe.processors.llm.base import LLMBaseSettings
+from voxpipe.processors.llm.client import ToolRound
+from voxpipe.processors.llm.processor import LLMProcessor
 from voxpipe.processors.stt.base import STTProcessor
 from voxpipe.processors.tts.base import TTSProcessor
 from voxpipe.tools.toolbox import Toolbox, ToolCall, ToolSpec

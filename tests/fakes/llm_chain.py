@@ -2,7 +2,7 @@
 
 ``Listener`` (a ``voxpipe.testing.Recorder``) records every frame reaching the end of the
 chain and, like a TTS plus transport, turns the text it is asked to speak into ``Utterance``s
-in ``call.data["utterances"]``, marked played in full (or only partly, with
+in ``call.speech``, marked played in full (or only partly, with
 ``play_fraction``) so that history tests can tell what the caller heard.
 """
 
@@ -52,7 +52,7 @@ class Listener(Recorder):
     def _speak(self, text: str) -> None:
         utterance = Utterance(text, frames_total=10)
         utterance.frames_played = round(10 * self.play_fraction)
-        self.call.data.setdefault("utterances", []).append(utterance)
+        self.call.speech.sent(utterance)
 
     def spoken(self) -> list[str]:
         """What the bot was asked to say: TTSSpeakFrame texts and whole LLM responses."""
@@ -83,7 +83,7 @@ class Conversation:
 
     async def __aenter__(self) -> Conversation:
         await self.bot.prepare()
-        self.task = self.bot.create_task(self.call, tail=[self.listener])
+        self.task = self.bot.create_pipeline(self.call, tail=[self.listener])
         self.runner = asyncio.create_task(self.task.run())
         await self.listener.wait_for(lambda: bool(self.listener.of(StartFrame)))
         return self

@@ -342,6 +342,8 @@ def drift(values: list[float]) -> float:
     return (max(values) - min(values)) / mean if mean else 0.0
 
 
-def after_warm_up(samples: list[Sample]) -> list[Sample]:
-    """The samples after the first fifth of the run (at least the first one dropped)."""
-    return samples[max(1, len(samples) // 5) :]
+def after_warm_up(samples: list[Sample], warm_up_s: float = 0.0) -> list[Sample]:
+    """The samples after the first fifth of the run and after ``warm_up_s`` (at least the first
+    one dropped)."""
+    steady = samples[max(1, len(samples) // 5) :]
+    return [sample for sample in steady if sample.at_s >= warm_up_s]

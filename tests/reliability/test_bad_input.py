@@ -12,7 +12,8 @@ from helpers import observing
 
 from voxpipe import events
 from voxpipe.bots.bot import Bot
-from voxpipe.bots.config import MAX_DEPTH, MAX_VALUES, ConfigError, parse_bot
+from voxpipe.bots.config import ConfigError, parse_bot
+from voxpipe.bots.document import MAX_DEPTH, MAX_VALUES
 from voxpipe.http import OperationsApi
 from voxpipe.transports.audiosocket.server import AudioSocketServer
 
@@ -158,7 +159,7 @@ class GoneWriter:
 async def test_a_connection_reset_before_it_is_served_is_not_counted_as_refused() -> None:
     # Fuzzing's aborted connections were logged and counted as allow_from refusals.
     bot = Bot.from_yaml("name: x\npipeline:\n  - echo: {passthrough: true}\n")
-    server = AudioSocketServer(bot)
+    server = AudioSocketServer(bot, bot.config.transport.audiosocket)
     writer = GoneWriter()
     with observing(Rejections()) as rejections:
         await server._on_connection(asyncio.StreamReader(), writer)  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from fakes.anthropic_sse import FakeHTTPServer, anthropic_reply
 from helpers import AUDIO
 
 from voxpipe.bots.bot import Bot
+from voxpipe.bots.call import running_bot
 from voxpipe.transports.audiosocket.caller import (
     CallResult,
     Say,
@@ -26,7 +27,6 @@ from voxpipe.transports.audiosocket.caller import (
     WaitForHangup,
     load_wav,
     place_call,
-    running_bot,
 )
 
 WORD_S = 0.2

@@ -7,6 +7,7 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,9 @@ from voxpipe.bots.registry import Registry
 from voxpipe.conversation.tracker import create_tracker
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
+from voxpipe.pipelines.settings import Settings
 from voxpipe.pipelines.task import PipelineTask
-from voxpipe.sessions.store import session_store
+from voxpipe.sessions.store import SessionStore, open_store
 
 log = logging.getLogger("voxpipe.bot")
 
@@ -43,7 +45,9 @@ class Bot:
     """One bot file, validated and ready to build a pipeline for each call.
 
     ``shared`` holds what every call of the bot uses (loaded models, clients, the session store),
-    filled by the processors' ``prepare`` hooks before the bot takes calls.
+    filled by the processors' ``prepare`` hooks before the bot takes calls. A ``Bot`` is the
+    ``BotContext`` its processors get and the ``CallHost`` its transports serve
+    (``voxpipe.pipelines.context``).
     """
 
     loaded: LoadedConfig
@@ -80,17 +84,43 @@ class Bot:
         """The audio rate inside the pipeline."""
         return self.config.transport.audiosocket.sample_rate
 
+    @property
+    def greeting(self) -> str | None:
+        """What the bot says when a call starts (``{caller.x}`` templates unrendered)."""
+        return self.config.greeting
+
+    @property
+    def tools(self) -> Mapping[str, Settings]:
+        """The tools the bot declares (``tools:``), by name."""
+        return self.config.tools
+
+    @property
+    def standby_lines(self) -> list[str]:
+        """What the bot's steps speak when something fails, for the voice to keep ready."""
+        return [line for step in self.steps for line in step.settings.standby_lines()]
+
+    @property
+    def speech_stop_s(self) -> float:
+        """The VAD's ``stop_ms``: silence that passes before the caller counts as stopped."""
+        for step in self.steps:
+            if step.type_name == "vad":
+                return float(getattr(step.settings, "stop_ms", 0)) / 1000
+        return 0.0
+
     async def prepare(self) -> None:
         """Load shared resources once (models, clients); raises ``ProviderError`` on failure."""
         if self.prepared:
             return
+        from voxpipe.models.shared import provide_models
+
+        provide_models(self, self.config.models)
         for step in self.steps:
             await step.settings.prepare(self)
-        await session_store(self).start()
+        await self.session_store().start()
         if self.config.call_records is not None or self.config.hooks.call_ended is not None:
             from voxpipe.records.service import start_records
 
-            await start_records(self)
+            await start_records(self, self.config.call_records, self.config.hooks)
         self.prepared = True
 
     async def close(self) -> None:
@@ -116,38 +146,52 @@ class Bot:
         from voxpipe.records.context import SHARED_KEY, settle_caller
 
         if call.caller is not None or SHARED_KEY in self.shared:
-            await settle_caller(self, call)
+            await settle_caller(self, call, self.config.caller)
+
+    def session_store(self) -> SessionStore:
+        """The bot's session store, opened on first use from ``session_store:``."""
+        redis = self.config.session_store.redis
+        if redis is None:
+            return open_store(self)
+        return open_store(self, redis.url.get_secret_value(), redis.ttl_s)
 
     def create_processors(self, call: Call) -> list[FrameProcessor]:
         """Build the chain of processors for one call."""
         return [step.settings.create(call, self) for step in self.steps]
 
-    def create_task(
+    def added_processors(self) -> list[tuple[str, str]]:
+        """What the bot puts after its steps in every call's chain, in order, as (name, what
+        it does): the conversation tracker always (it sees what the bot is about to say going
+        down and what the caller heard coming back up), the audio recorder when call records
+        keep audio. ``run-pipeline graph`` shows them."""
+        added = [("conversation", "call state, turns, session store")]
+        records = self.config.call_records
+        if records is not None and records.audio is not None:
+            added.append(("recorder", "call audio"))
+        return added
+
+    def create_pipeline(
         self,
         call: Call,
         head: list[FrameProcessor] | None = None,
         tail: list[FrameProcessor] | None = None,
     ) -> PipelineTask:
-        """Build one call's pipeline task, with transport processors around the bot's chain."""
+        """Build one call's pipeline: ``head`` (the transport's input), the bot's steps, the
+        processors the bot adds (``added_processors``), ``tail`` (the transport's output)."""
         started = time.perf_counter()
-        tracker = create_tracker(call, self)
-        recorder = self._audio_recorder(call)
-        processors = [
-            *(head or ()),
-            *self.create_processors(call),
-            tracker,
-            *recorder,
-            *(tail or ()),
-        ]
+        processors = [*(head or ()), *self.create_processors(call)]
+        for name, _ in self.added_processors():
+            if name == "conversation":
+                processors.append(create_tracker(call, self.session_store(), self.greeting))
+            elif name == "recorder":
+                processors += self._audio_recorder(call)
+        processors += tail or ()
         task = PipelineTask(processors, call)
         call.data["build_ms"] = (time.perf_counter() - started) * 1000
         return task
 
     def _audio_recorder(self, call: Call) -> list[FrameProcessor]:
-        """The call's audio recorder, when its call records keep audio."""
-        records = self.config.call_records
-        if records is None or records.audio is None:
-            return []
+        """The call's audio recorder (its call records keep audio)."""
         from voxpipe.records.service import records_of
 
         service = records_of(self)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from voxpipe.bots.bot import Bot
     from voxpipe.bots.registry import Registry
+    from voxpipe.records.settings import CallRecordsSettings
 
 log = logging.getLogger("voxpipe.cli")
 
@@ -53,7 +54,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_call(args: argparse.Namespace) -> int:
     """Place a simulated call to a bot over AudioSocket (see ``caller.run_call_command``)."""
-    from voxpipe.transports.audiosocket.caller import run_call_command
+    from voxpipe.bots.call import run_call_command
 
     if not args.turns and not args.dtmf:
         print(
@@ -400,8 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from voxpipe.records.cli import add_commands
 
-    add_commands(command)
+    add_commands(command, _call_records)
     return parser
+
+
+def _call_records(path: str) -> CallRecordsSettings | None:
+    """The ``call_records:`` of the bot file at ``path`` (``ConfigError`` when it is invalid)."""
+    from voxpipe.bots.config import load_bot
+
+    return load_bot(path).config.call_records
 
 
 def main(argv: Sequence[str] | None = None) -> int:

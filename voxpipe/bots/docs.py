@@ -191,7 +191,8 @@ def update_readme(path: Path, registry: Registry) -> bool:
 
 
 def mermaid(bot: Bot) -> str:
-    """The bot's chain as a Mermaid flowchart: transport in, each step, transport out."""
+    """The bot's chain as a Mermaid flowchart: transport in, each step, what the bot adds after
+    the steps (the conversation tracker, a recorder), transport out."""
     audiosocket = bot.config.transport.audiosocket
     transport = f"{audiosocket.listen}, {audiosocket.sample_rate} Hz"
     nodes = [("in", f"audiosocket in<br/>{transport}")]
@@ -199,6 +200,8 @@ def mermaid(bot: Bot) -> str:
         label = step.type_name
         details = _key_settings(step.settings)
         nodes.append((f"s{step.index}", f"{label}<br/>{details}" if details else label))
+    for index, (name, what) in enumerate(bot.added_processors()):
+        nodes.append((f"a{index}", f"{name}<br/>added: {what}"))
     nodes.append(("out", "audiosocket out"))
     lines = ["flowchart LR"]
     lines += [f'    {node}["{_escape(text)}"]' for node, text in nodes]

@@ -131,7 +131,7 @@ async def serve(
     if local:
         from voxpipe.models.shared import worker_count
 
-        workers = worker_count(bot)
+        workers = worker_count(bot.config.models)
         print(
             f"voxpipe: loading models ({', '.join(local)}) in {workers} worker "
             f"process{'' if workers == 1 else 'es'}...",

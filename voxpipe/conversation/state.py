@@ -1,4 +1,4 @@
-"""The call state machine: where a conversation stands, kept in ``call.data["state"]``.
+"""The call state machine: where a conversation stands, kept in ``call.state``.
 
 Connected -> Greeting -> Listening -> Processing -> Speaking -> (Listening | Transferring) -> Ended.
 A transition that the machine does not allow is rejected and logged, never raised: a stray frame
@@ -44,13 +44,11 @@ ALLOWED: dict[CallState, frozenset[CallState]] = {
     S.ENDED: frozenset(),
 }
 
-STATE_KEY = "state"
-
 
 def state_of(call: Call) -> CallState:
     """The call's current state (``connected`` before anything happened)."""
-    state = call.data.get(STATE_KEY)
-    return state if isinstance(state, CallState) else CallState.CONNECTED
+    state = call.state
+    return state if isinstance(state, CallState) else CallState(state)
 
 
 def can_move(call: Call, new: CallState) -> bool:
@@ -70,7 +68,7 @@ def move(call: Call, new: CallState) -> bool:
     if new not in ALLOWED[current]:
         call.log.warning("call state: %s -> %s rejected", current.value, new.value)
         return False
-    call.data[STATE_KEY] = new
+    call.state = new
     call.log.debug("call state: %s -> %s", current.value, new.value)
     events.emit.call_state(call, new.value)
     return True

@@ -1,6 +1,6 @@
 """The conversation tracker: drives a call's state machine from the frames it sees.
 
-``Bot.create_task`` puts one just before the output transport, so it sees what the bot is about
+``Bot.create_pipeline`` puts one just before the output transport, so it sees what the bot is about
 to say going down (LLM responses, transfers, the end) and what the caller hears coming back up
 (bot started/stopped speaking). It saves the call's record to the session store when the state
 or the dialogue history changes, and removes it when the call ends normally. It also reports the
@@ -37,7 +37,6 @@ from voxpipe.frames import (
 from voxpipe.pipelines.processor import FrameProcessor
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
     from voxpipe.sessions.store import SessionStore
 
@@ -164,15 +163,11 @@ _BEFORE_SPEECH = frozenset({CallState.LISTENING, CallState.PROCESSING})
 _CUT_SHORT = frozenset({CallState.GREETING, CallState.PROCESSING})
 
 
-def create_tracker(call: Call, bot: Bot) -> ConversationTracker:
-    """The tracker for one call of ``bot``: its session store, and whether it greets."""
+def create_tracker(call: Call, store: SessionStore, greeting: str | None) -> ConversationTracker:
+    """The tracker for one call: the bot's session store, and whether (and what) it greets."""
     from voxpipe.caller_context import render
-    from voxpipe.sessions.store import session_store
 
-    greeting = bot.config.greeting
-    return ConversationTracker(
-        session_store(bot), greeting=greeting and render(greeting, call.caller)
-    )
+    return ConversationTracker(store, greeting=greeting and render(greeting, call.caller))
 
 
 def _is_input(frame: Frame) -> bool:

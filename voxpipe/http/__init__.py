@@ -91,16 +91,16 @@ class OperationsApi:
         if settings is None:
             return None
         from voxpipe.bots.workers import worker_listen
-        from voxpipe.sessions.store import RedisSessionStore, session_store
+        from voxpipe.sessions.store import RedisSessionStore
 
-        store = session_store(bot)
+        store = bot.session_store()
         settings = settings.model_copy(update={"listen": worker_listen(settings.listen)})
         records = RecordsRoutes.for_bot(bot)
         call_api = None
         if bot.config.transport.websocket is not None:
             from voxpipe.transports.websocket.server import CallApi
 
-            call_api = CallApi(bot)
+            call_api = CallApi(bot, bot.config.transport.websocket)
         if not isinstance(store, RedisSessionStore):
             return cls(settings, [bot.name], records=records, call_api=call_api)
 

@@ -48,7 +48,9 @@ class RecordsRoutes:
             from voxpipe.records.service import records_of
 
             records = records_of(bot)
-        return cls(pending_contexts(bot), records)
+        redis = bot.config.session_store.redis
+        url = redis.url.get_secret_value() if redis is not None else None
+        return cls(pending_contexts(bot, url), records)
 
     def _records(self) -> CallRecords:
         if self.records is None or self.records.engine is None:

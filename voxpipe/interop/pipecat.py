@@ -1,4 +1,5 @@
-"""voxpipe's phone line in a Pipecat pipeline: an AudioSocket transport for Pipecat.
+"""voxpipe's phone line in a Pipecat pipeline: AudioSocket and chan_websocket transports for
+Pipecat.
 
 Asterisk's ``AudioSocket()`` connects over TCP, one connection per call; ``serve`` accepts them
 and hands each to your code as an ``AudioSocketTransport``, a Pipecat transport whose
@@ -22,6 +23,20 @@ ways. Caller DTMF becomes Pipecat's ``InputDTMFFrame``; the caller hanging up fi
 ``on_client_disconnected`` and ends the pipeline (a ``CancelWorkerFrame``); the pipeline's
 ``EndFrame`` plays out what is queued and hangs up (``0x00``). An interruption drops the bot
 audio queued for the socket at once.
+
+Asterisk's WebSocket channel driver (chan_websocket, Asterisk 20.16+) works the same way:
+``serve_chan_websocket(on_call, listen="0.0.0.0:8765")`` accepts the WebSocket Asterisk opens
+for each call (``Dial(WebSocket/<connection>/c(slin16))``, ARI externalMedia
+``transport=websocket``) and hands it to ``on_call`` as a ``ChanWebSocketTransport``; its line is
+voxpipe's chan_websocket code: ``MEDIA_START`` (slin at any rate, G.711, plain-text or JSON
+control), ``ANSWER``, bot audio sent a little ahead for Asterisk to play from its own queue,
+``FLUSH_MEDIA`` when Pipecat interrupts the bot, ``MEDIA_XOFF``/``MEDIA_XON`` honoured (the
+pipeline's audio waits, nothing is dropped), ``DTMF_END`` as ``InputDTMFFrame`` and ``HANGUP``
+at the pipeline's end. ``ChanWebSocketListener.connect(url)`` dials out to Asterisk's
+``/media/<connection id>`` instead (``Dial(WebSocket/INCOMING)``).
+
+Both transports share one ``LineTransport``: a voxpipe chain of the transport's own input and
+output with a relay between them, run as a call of its own beside the Pipecat pipeline.
 """
 
 from __future__ import annotations
@@ -47,6 +62,14 @@ from voxpipe.models.capacity import WITHOUT_MODELS
 from voxpipe.pipelines.call import Call
 from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.task import PipelineTask
+from voxpipe.transports.asterisk_websocket.protocol import MediaStart
+from voxpipe.transports.asterisk_websocket.server import CLOSE_GRACE_S, MediaListener
+from voxpipe.transports.asterisk_websocket.settings import AsteriskWebSocketSettings
+from voxpipe.transports.asterisk_websocket.transport import (
+    AsteriskWebSocketTransport,
+    MediaConnection,
+    MediaSocket,
+)
 from voxpipe.transports.audiosocket.protocol import Kind, ProtocolError, read_message
 from voxpipe.transports.audiosocket.settings import AudioSocketSettings
 from voxpipe.transports.audiosocket.transport import (
@@ -63,16 +86,20 @@ AHEAD_S = 0.06
 # How long the pipeline's end may take to play out what is queued before the call is cut.
 PLAY_OUT_S = 30.0
 
+# While Asterisk says MEDIA_XOFF, the pipeline's output looks again this often.
+PAUSE_POLL_S = 0.02
+
 OnCall = Callable[["AudioSocketTransport"], Awaitable[None]]
+OnChanWebSocketCall = Callable[["ChanWebSocketTransport"], Awaitable[None]]
 
 
 class _Relay(FrameProcessor):
-    """Between voxpipe's AudioSocket input and output: caller audio and keys go to Pipecat,
+    """Between the line's voxpipe input and output: caller audio and keys go to Pipecat,
     bot audio from Pipecat goes on to the output; a caller hang-up is reported."""
 
     __slots__ = ("_transport",)
 
-    def __init__(self, transport: AudioSocketTransport) -> None:
+    def __init__(self, transport: LineTransport) -> None:
         super().__init__(name="pipecat.relay")
         self._transport = transport
 
@@ -90,10 +117,10 @@ class _Relay(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-class AudioSocketInputTransport(BaseInputTransport):
+class LineInputTransport(BaseInputTransport):
     """The pipeline's first processor: the caller's audio and keys."""
 
-    def __init__(self, transport: AudioSocketTransport, params: TransportParams, **kwargs: Any):
+    def __init__(self, transport: LineTransport, params: TransportParams, **kwargs: Any):
         super().__init__(params, **kwargs)
         self._transport = transport
 
@@ -123,10 +150,10 @@ class AudioSocketInputTransport(BaseInputTransport):
         await self.push_frame(pf.InputDTMFFrame(button))
 
 
-class AudioSocketOutputTransport(BaseOutputTransport):
+class LineOutputTransport(BaseOutputTransport):
     """The pipeline's last processor (before any aggregator): bot audio to the caller."""
 
-    def __init__(self, transport: AudioSocketTransport, params: TransportParams, **kwargs: Any):
+    def __init__(self, transport: LineTransport, params: TransportParams, **kwargs: Any):
         super().__init__(params, **kwargs)
         self._transport = transport
         self._sent_s = 0.0
@@ -143,6 +170,8 @@ class AudioSocketOutputTransport(BaseOutputTransport):
         await super().process_frame(frame, direction)
 
     async def write_audio_frame(self, frame: pf.OutputAudioRawFrame) -> bool:
+        if await self._transport._hold():  # MEDIA_XOFF: the audio waited; a new stretch
+            self._sent_s = 0.0
         if not await self._transport._play(frame):
             return False
         now = time.monotonic()
@@ -163,28 +192,22 @@ class AudioSocketOutputTransport(BaseOutputTransport):
         self._transport._cancel_line("pipeline cancelled")
 
 
-class AudioSocketTransport(BaseTransport):
-    """One Asterisk call as a Pipecat transport (``input()`` and ``output()``).
+class LineTransport(BaseTransport):
+    """One call as a Pipecat transport (``input()`` and ``output()``) over voxpipe's line.
 
     Events: ``on_client_connected(transport, call_id)`` once the line is up,
     ``on_client_disconnected(transport, call_id)`` when the caller hangs up.
     """
 
-    def __init__(
-        self,
-        connection: Connection,
-        call_id: str,
-        *,
-        params: TransportParams | None = None,
-        settings: AudioSocketSettings | None = None,
-    ) -> None:
-        super().__init__(name=f"AudioSocketTransport({call_id[:8]})")
+    _connection: Connection
+
+    def __init__(self, call_id: str, params: TransportParams | None, name: str) -> None:
+        super().__init__(name=name)
         self.call_id = call_id
         self.params = params or TransportParams(audio_in_enabled=True, audio_out_enabled=True)
-        self.settings = settings or AudioSocketSettings.model_validate({})
-        self._connection = connection
-        self._input = AudioSocketInputTransport(self, self.params, name=f"{self.name}::input")
-        self._output = AudioSocketOutputTransport(self, self.params, name=f"{self.name}::output")
+        self.call = Call(call_id=call_id, bot="pipecat")
+        self._input = LineInputTransport(self, self.params, name=f"{self.name}::input")
+        self._output = LineOutputTransport(self, self.params, name=f"{self.name}::output")
         self._task: PipelineTask | None = None
         self._runner: asyncio.Task[str] | None = None
         self._disconnected = False
@@ -192,10 +215,10 @@ class AudioSocketTransport(BaseTransport):
         self._register_event_handler("on_client_connected")
         self._register_event_handler("on_client_disconnected")
 
-    def input(self) -> AudioSocketInputTransport:
+    def input(self) -> LineInputTransport:
         return self._input
 
-    def output(self) -> AudioSocketOutputTransport:
+    def output(self) -> LineOutputTransport:
         return self._output
 
     def get_client_id(self, client: Any) -> str:
@@ -203,26 +226,32 @@ class AudioSocketTransport(BaseTransport):
 
     @property
     def caller_rate(self) -> int | None:
-        """The rate of the caller's audio, once it has arrived (8000 for ``0x10``...)."""
+        """The rate of the caller's audio, once it is known (8000 for slin or ``0x10``...)."""
         return self._connection.caller_rate
 
-    # --- the line: voxpipe's AudioSocket input and output in a call of their own ---------------
+    def _line(self, relay: _Relay) -> list[FrameProcessor]:
+        """The line's voxpipe chain: the transport's input, ``relay``, the transport's output."""
+        raise NotImplementedError
+
+    # --- the line: voxpipe's input and output in a call of their own ---------------------------
 
     async def _start_line(self, sample_rate: int) -> None:
         if self._task is not None:
             return
-        call = Call(call_id=self.call_id, bot="pipecat", sample_rate=sample_rate)
-        self._task = PipelineTask(
-            [
-                AudioSocketInput(self._connection, self.settings),
-                _Relay(self),
-                AudioSocketOutput(self._connection, self.settings),
-            ],
-            call,
-        )
+        self.call.sample_rate = sample_rate
+        self._task = PipelineTask(self._line(_Relay(self)), self.call)
         self._runner = asyncio.create_task(self._task.run(), name=f"{self.call_id}:line")
         self._runner.add_done_callback(lambda _: self.ended.set())
         await self._call_event_handler("on_client_connected", self.call_id)
+
+    async def _hold(self) -> bool:
+        """Wait while the line is paused (chan_websocket's ``MEDIA_XOFF``); whether it was."""
+        if not self._connection.paused:
+            return False
+        # ``paused`` is a plain flag the line's input sets from Asterisk's messages: looked at.
+        while self._connection.paused and not self._connection.closed:  # noqa: ASYNC110
+            await asyncio.sleep(PAUSE_POLL_S)
+        return True
 
     async def _play(self, frame: pf.OutputAudioRawFrame) -> bool:
         task = self._task
@@ -270,6 +299,83 @@ class AudioSocketTransport(BaseTransport):
         if self._runner is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+
+
+class AudioSocketTransport(LineTransport):
+    """One Asterisk AudioSocket call as a Pipecat transport (``input()`` and ``output()``).
+
+    Events: ``on_client_connected(transport, call_id)`` once the line is up,
+    ``on_client_disconnected(transport, call_id)`` when the caller hangs up.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        call_id: str,
+        *,
+        params: TransportParams | None = None,
+        settings: AudioSocketSettings | None = None,
+    ) -> None:
+        super().__init__(call_id, params, f"AudioSocketTransport({call_id[:8]})")
+        self.settings = settings or AudioSocketSettings.model_validate({})
+        self._connection = connection
+
+    def _line(self, relay: _Relay) -> list[FrameProcessor]:
+        return [
+            AudioSocketInput(self._connection, self.settings),
+            relay,
+            AudioSocketOutput(self._connection, self.settings),
+        ]
+
+
+class ChanWebSocketTransport(LineTransport):
+    """One Asterisk chan_websocket call as a Pipecat transport (``input()`` and ``output()``).
+
+    ``start`` is the call's ``MEDIA_START`` (its format, control form and channel variables:
+    ``start.variables``). Events as ``AudioSocketTransport``'s.
+    """
+
+    _connection: MediaConnection
+
+    def __init__(
+        self,
+        socket: MediaSocket,
+        start: MediaStart,
+        call_id: str,
+        *,
+        params: TransportParams | None = None,
+        settings: AsteriskWebSocketSettings | None = None,
+    ) -> None:
+        super().__init__(call_id, params, f"ChanWebSocketTransport({call_id[:8]})")
+        self.settings = settings or AsteriskWebSocketSettings.model_validate({})
+        self.start = start
+        self._connection = MediaConnection(socket, self.call, start)
+        self._writer = asyncio.create_task(
+            self._connection.run_writer(), name=f"{call_id}:chan-ws-writer"
+        )
+
+    def _line(self, relay: _Relay) -> list[FrameProcessor]:
+        line = AsteriskWebSocketTransport(self._connection, self.settings)
+        return [line.input(), relay, line.output()]
+
+    async def close(self) -> None:
+        """Hang up (if the line is still up), send what is queued and close the WebSocket."""
+        await super().close()
+        await self._connection.drained(CLOSE_GRACE_S, self._writer)
+
+
+async def _run(
+    calls: dict[str, Any], on_call: Callable[[Any], Awaitable[None]], transport: LineTransport
+) -> None:
+    """Run ``on_call(transport)`` as one of ``calls``; then hang up and close the line."""
+    calls[transport.call_id] = transport
+    try:
+        await on_call(transport)
+    except Exception:
+        log.exception("call %s: on_call failed", transport.call_id)
+    finally:
+        await transport.close()
+        del calls[transport.call_id]
 
 
 class AudioSocketListener:
@@ -361,15 +467,65 @@ class AudioSocketListener:
         transport = AudioSocketTransport(
             Connection(reader, writer), message.call_id, params=params, settings=self.settings
         )
-        self.calls[transport.call_id] = transport
         log.info("call %s from %s", transport.call_id, peer)
-        try:
-            await self.on_call(transport)
-        except Exception:
-            log.exception("call %s: on_call failed", transport.call_id)
-        finally:
+        await _run(self.calls, self.on_call, transport)
+
+
+class ChanWebSocketListener(MediaListener):
+    """Accepts Asterisk's chan_websocket connections (or makes them: ``connect(url)``); each
+    call runs ``on_call``. Refusals (``allow_from``, ``max_calls``) happen before the upgrade,
+    with HTTP 403/503, so Asterisk's ``Dial`` fails and the dialplan goes on."""
+
+    def __init__(
+        self,
+        on_call: OnChanWebSocketCall,
+        settings: AsteriskWebSocketSettings,
+        params: Callable[[], TransportParams] | None = None,
+    ) -> None:
+        super().__init__(settings)
+        self.on_call = on_call
+        self.params = params
+        self.calls: dict[str, ChanWebSocketTransport] = {}
+
+    def _running(self, call_id: str) -> bool:
+        return call_id in self.calls
+
+    async def _hang_up_all(self, reason: str) -> None:
+        for transport in list(self.calls.values()):
+            log.info("call %s: hanging up: %s", transport.call_id, reason)
             await transport.close()
-            del self.calls[transport.call_id]
+
+    async def stop(self, drain_s: float = 0.0) -> None:
+        """Stop accepting, let calls go on for up to ``drain_s``, hang up the rest and end
+        their handlers (a pipeline that outlives its line is cancelled)."""
+        self.draining = True
+        if self._handlers and drain_s > 0:
+            await asyncio.wait(set(self._handlers), timeout=drain_s)
+        await self._hang_up_all("listener stopped")
+        for handler in list(self._handlers):
+            handler.cancel()
+        await super().stop(0.0)
+
+    async def _run_call(
+        self,
+        socket: MediaSocket,
+        start: MediaStart,
+        call_id: str,
+        peer: str,
+        query: dict[str, str],
+    ) -> None:
+        params = self.params() if self.params is not None else None
+        transport = ChanWebSocketTransport(
+            socket, start, call_id, params=params, settings=self.settings
+        )
+        log.info(
+            "call %s from %s (channel %s, %s)",
+            call_id,
+            peer,
+            start.channel or start.channel_id,
+            start.format,
+        )
+        await _run(self.calls, self.on_call, transport)
 
 
 async def serve(
@@ -393,10 +549,34 @@ async def serve(
     return listener
 
 
+async def serve_chan_websocket(
+    on_call: OnChanWebSocketCall,
+    *,
+    listen: str = "0.0.0.0:8765",
+    params: Callable[[], TransportParams] | None = None,
+    settings: AsteriskWebSocketSettings | None = None,
+) -> ChanWebSocketListener:
+    """Take Asterisk's chan_websocket calls on ``listen``; run ``on_call(transport)`` for each.
+
+    ``params`` and ``settings`` as for ``serve`` (``settings`` are voxpipe's chan_websocket
+    settings: ``send_ahead_s``, ``start_timeout_s``, ``allow_from``, ``max_calls``...).
+    """
+    base = settings or AsteriskWebSocketSettings.model_validate({})
+    listener = ChanWebSocketListener(
+        on_call, base.model_copy(update={"listen": listen}), params=params
+    )
+    await listener.start()
+    return listener
+
+
 __all__ = [
-    "AudioSocketInputTransport",
     "AudioSocketListener",
-    "AudioSocketOutputTransport",
     "AudioSocketTransport",
+    "ChanWebSocketListener",
+    "ChanWebSocketTransport",
+    "LineInputTransport",
+    "LineOutputTransport",
+    "LineTransport",
     "serve",
+    "serve_chan_websocket",
 ]

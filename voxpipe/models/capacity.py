@@ -28,12 +28,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from voxpipe.models.shared import model_engines, models_of
+from voxpipe.models.shared import model_engines, models_of, models_settings
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.models.engine import Engine, SampleJob
     from voxpipe.models.pool import ModelPool
+    from voxpipe.pipelines.context import BotContext
 
 log = logging.getLogger("voxpipe.models")
 
@@ -83,28 +83,29 @@ class Capacity:
         )
 
 
-async def calibrate(bot: Bot) -> Capacity:
-    """Measure the bot's models on this machine and size its call limit (after ``prepare``)."""
-    target = bot.config.models.turn_latency_s
-    engines = model_engines(bot)
+async def calibrate(ctx: BotContext, stop_s: float = 0.0) -> Capacity:
+    """Measure the bot's models on this machine and size its call limit (after ``prepare``);
+    ``stop_s`` is the silence after which the caller counts as stopped (the VAD's)."""
+    target = models_settings(ctx).turn_latency_s
+    engines = model_engines(ctx)
     stt = next(((e, job) for e, job in engines if e.kind == "stt"), None)
     tts = next(((e, job) for e, job in engines if e.kind == "tts"), None)
     if stt is None and tts is None:
         return Capacity(WITHOUT_MODELS, 0, target)
-    pool = models_of(bot)
+    pool = models_of(ctx)
     tts_s = await _timed(pool, tts, ANSWER_SENTENCE) if tts is not None else 0.0
     stt_s = sample_s = 0.0
     if stt is not None:
-        audio, rate = await _caller_speech(pool, tts, bot.sample_rate)
+        audio, rate = await _caller_speech(pool, tts, ctx.sample_rate)
         sample_s = len(audio) / 2 / rate
         stt_s = await _timed(pool, stt, audio, rate)
-    budget = target - _stop_s(bot) - TRANSPORT_S
+    budget = target - stop_s - TRANSPORT_S
     per_worker = math.floor(budget / (stt_s + tts_s)) if stt_s + tts_s > 0 else 0
     if per_worker < 1:
         log.warning(
             "bot %s: one turn takes the models %.2f s here, more than the %.1f s turn latency "
             "allows after the VAD's stop: each model worker carries one call",
-            bot.name,
+            ctx.name,
             stt_s + tts_s,
             target,
         )
@@ -144,20 +145,12 @@ async def _caller_speech(
     """A caller-like sentence at the pipeline's ``rate``: spoken by the bot's local voice,
     else by the packaged one."""
     if tts is None:
-        from voxpipe.processors.tts.piper import offline_say
+        from voxpipe.processors.tts.packaged import offline_say
 
         return await asyncio.to_thread(offline_say, CALLER_SENTENCE, rate), rate
-    from voxpipe.processors.tts.base import resample_pcm16
+    from voxpipe.processors.audio import resample_pcm16
 
     engine, job = tts
     method, args = job(CALLER_SENTENCE)
     audio, voice_rate = await pool.run(engine.key, method, *args)
     return resample_pcm16(bytes(audio), int(voice_rate), rate), rate
-
-
-def _stop_s(bot: Bot) -> float:
-    """The VAD's ``stop_ms``: silence that passes before the caller counts as stopped."""
-    for step in bot.steps:
-        if step.type_name == "vad":
-            return float(getattr(step.settings, "stop_ms", 0)) / 1000
-    return 0.0

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from voxpipe.caller_context import CallerContext
+from voxpipe.frames import Utterance
 
 
 class CallLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -31,6 +32,27 @@ class CallController(Protocol):
 
 
 @dataclass(slots=True, eq=False)
+class SpeechLedger:
+    """What the bot sent to be spoken in the reply it is speaking, and what the caller heard.
+
+    The LLM opens a ledger page for each stretch of its speech (``begin``, with the list it
+    keeps for that reply); text-to-speech records each sentence it sends (``sent``); the output
+    transport counts the frames played on each ``Utterance``, so its ``spoken_text()`` is what
+    reached the caller.
+    """
+
+    utterances: list[Utterance] = field(default_factory=list)
+
+    def begin(self, utterances: list[Utterance]) -> None:
+        """Record the sentences sent from now on in ``utterances`` (a new reply)."""
+        self.utterances = utterances
+
+    def sent(self, utterance: Utterance) -> None:
+        """A sentence of the reply went to the caller (its audio carries ``utterance``)."""
+        self.utterances.append(utterance)
+
+
+@dataclass(slots=True, eq=False)
 class Call:
     """One phone call: what every processor in that call's pipeline may read and update.
 
@@ -42,6 +64,12 @@ class Call:
     shape (Anthropic: tool_use / tool_result blocks; chat completions: tool_calls / tool).
 
     ``caller`` is who is calling (``voxpipe.caller_context``), when Asterisk told the bot.
+
+    The channels between the call's processors are fields: ``speech`` (the reply being spoken:
+    sent by text-to-speech, read by the LLM for its history), ``state`` (where the conversation
+    stands, a ``voxpipe.conversation.state.CallState`` value, moved by the conversation tracker)
+    and ``outcome`` (how the call ends, once decided: ``voxpipe.sessions.outcomes``). ``data``
+    holds the rest (the trace id, the ARI channel, the time to build the pipeline).
     """
 
     call_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -49,6 +77,9 @@ class Call:
     sample_rate: int = 16000
     started_at: float = field(default_factory=time.monotonic)
     history: list[dict[str, Any]] = field(default_factory=list)
+    speech: SpeechLedger = field(default_factory=SpeechLedger)
+    state: str = "connected"
+    outcome: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     controller: CallController | None = None
     caller: CallerContext | None = None

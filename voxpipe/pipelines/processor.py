@@ -95,9 +95,10 @@ class FrameProcessor:
         if target is not None:
             await target.process_frame(frame, direction)
 
-    async def push_error(self, error: str, *, fatal: bool = False) -> None:
-        """Report a failure upstream; a fatal one ends the call."""
-        await self.push_frame(ErrorFrame(error=error, fatal=fatal, source=self.name), UPSTREAM)
+    async def push_error(self, error: str, *, fatal: bool = False, kind: str = "") -> None:
+        """Report a failure upstream; a fatal one ends the call (``kind``: ``ErrorFrame``)."""
+        frame = ErrorFrame(error=error, fatal=fatal, source=self.name, kind=kind)
+        await self.push_frame(frame, UPSTREAM)
 
     def create_task(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
         """Start a background task owned by the call: cancelled when the call ends, and a

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
     from voxpipe.pipelines.processor import FrameProcessor
 
 
@@ -43,15 +43,21 @@ class ProcessorSettings(Settings):
 
     type_name: ClassVar[str] = ""
 
-    async def prepare(self, bot: Bot) -> None:
-        """Load what every call shares (a model, a client) once, before the bot takes calls.
+    async def prepare(self, ctx: BotContext) -> None:
+        """Load what every call shares (a model, a client) once, before the bot takes calls;
+        keep it in ``ctx.shared``.
 
         Raise ``ProviderError`` with a clear message when the provider cannot start.
         """
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         """Build this processor for one call. Must be cheap: it runs for every call."""
         raise NotImplementedError(f"{type(self).__name__} does not build a processor")
+
+    def standby_lines(self) -> list[str]:
+        """Lines this step speaks when something fails (an LLM's ``on_error`` filler): the
+        bot gathers them (``BotContext.standby_lines``) for its voice to keep synthesised."""
+        return []
 
 
 class ProviderError(Exception):

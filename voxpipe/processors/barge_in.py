@@ -36,8 +36,8 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 
 class BargeIn(FrameProcessor):
@@ -137,7 +137,7 @@ class BargeInSettings(ProcessorSettings):
     )
     protect_greeting: bool = Field(True, description="The greeting cannot be interrupted.")
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         if not self.enabled:
             return FrameProcessor(name="barge_in")
         return BargeIn(

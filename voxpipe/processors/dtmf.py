@@ -31,8 +31,8 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 
 class DTMFCollector(FrameProcessor):
@@ -148,7 +148,7 @@ class DTMFSettings(ProcessorSettings):
             raise ValueError(f"the terminator is one key: 0-9, *, # or A-D (got {value!r})")
         return None if value is None else value.upper()
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         return DTMFCollector(
             max_digits=self.max_digits,
             terminator=self.terminator,

@@ -11,8 +11,8 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 
 class Echo(FrameProcessor):
@@ -41,5 +41,5 @@ class EchoSettings(ProcessorSettings):
         True, description="Also pass the caller's audio on to later processors (a VAD, say)."
     )
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         return Echo(self.passthrough)

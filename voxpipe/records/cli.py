@@ -10,9 +10,15 @@ import argparse
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from voxpipe.records.settings import CallRecordsSettings
 
 T = TypeVar("T")
+
+# Reads a bot file's ``call_records:`` (the application's bot loader, given by ``run-pipeline``).
+RecordsLoader = Callable[[str], "CallRecordsSettings | None"]
 
 
 class RecordsError(Exception):
@@ -32,12 +38,10 @@ def database_url(args: argparse.Namespace) -> str:
         return str(args.url)
     if not args.bot:
         raise RecordsError("give the bot file (BOT.yaml) or --url URL of the database")
-    from voxpipe.bots.config import load_bot
-
-    loaded = load_bot(args.bot)
-    if loaded.config.call_records is None:
+    records: CallRecordsSettings | None = args.load_records(args.bot)
+    if records is None:
         raise RecordsError(f"{args.bot} has no call_records: block")
-    return loaded.config.call_records.url.get_secret_value()
+    return records.url.get_secret_value()
 
 
 def _run(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -191,12 +195,16 @@ def print_call(call: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add ``db`` and ``calls`` to ``run-pipeline`` (``command(name, handler, help)``)."""
+def add_commands(
+    command: Callable[..., argparse.ArgumentParser], load_records: RecordsLoader
+) -> None:
+    """Add ``db`` and ``calls`` to ``run-pipeline`` (``command(name, handler, help)``);
+    ``load_records`` reads a bot file's ``call_records:`` (raising its own error)."""
 
     def source(p: argparse.ArgumentParser) -> None:
         p.add_argument("bot", metavar="BOT.yaml", nargs="?", help="the bot file (its call_records)")
         p.add_argument("--url", help="the database URL instead of a bot file")
+        p.set_defaults(load_records=load_records)
 
     p = command("db", cmd_db, "Create or update the call records' tables.")
     p.add_argument("action", choices=("upgrade", "downgrade", "current"))

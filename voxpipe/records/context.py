@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 from voxpipe.caller_context import CallerContext
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
+    from voxpipe.records.settings import CallerSettings
 
 log = logging.getLogger("voxpipe.records")
 
@@ -149,29 +150,28 @@ class PendingContexts:
             await self._redis.aclose()
 
 
-def pending_contexts(bot: Bot) -> PendingContexts:
-    """The bot's posted contexts (made on first use)."""
-    store = bot.shared.get(SHARED_KEY)
+def pending_contexts(ctx: BotContext, redis_url: str | None = None) -> PendingContexts:
+    """The bot's posted contexts (made on first use: in Redis at ``redis_url``, else here)."""
+    store = ctx.shared.get(SHARED_KEY)
     if not isinstance(store, PendingContexts):
-        redis = bot.config.session_store.redis
-        url = redis.url.get_secret_value() if redis is not None else None
-        store = bot.shared[SHARED_KEY] = PendingContexts(redis_url=url)
+        store = ctx.shared[SHARED_KEY] = PendingContexts(redis_url=redis_url)
     return store
 
 
-async def settle_caller(bot: Bot, call: Call) -> None:
-    """Give ``call`` its caller context: posted by the dialplan (or set by ARI), the listed
-    variables only, and the customer with that number when call records know one."""
-    posted = await pending_contexts(bot).take(call.call_id) if SHARED_KEY in bot.shared else None
+async def settle_caller(ctx: BotContext, call: Call, settings: CallerSettings) -> None:
+    """Give ``call`` its caller context: posted by the dialplan (or set by ARI), the variables
+    ``settings`` lists only, and the customer with that number when call records know one."""
+    store = ctx.shared.get(SHARED_KEY)
+    posted = await store.take(call.call_id) if isinstance(store, PendingContexts) else None
     caller = call.caller or posted
     if caller is None:
         return
-    wanted = bot.config.caller.variables
+    wanted = settings.variables
     caller.variables = {k: v for k, v in caller.variables.items() if k in wanted}
     call.caller = caller
-    if caller.number and bot.config.caller.customers:
+    if caller.number and settings.customers:
         from voxpipe.records.service import records_of
 
-        records = records_of(bot)
+        records = records_of(ctx)
         if records is not None:
             caller.customer = await records.find_customer(caller.number, call)

@@ -1,7 +1,7 @@
 """One bot's call records: the database, the writer, the post-call hook and partition upkeep.
 
 ``Bot.prepare`` starts a ``CallRecords`` when the bot file has ``call_records:`` or a
-``hooks.call_ended``, and keeps it in ``bot.shared["call_records"]`` (``records_of(bot)``).
+``hooks.call_ended``, and keeps it in ``bot.shared["call_records"]`` (``records_of(ctx)``).
 It is a ``voxpipe.events`` observer: it learns what happens in the bot's calls from the events
 (a call started, a turn ended, a tool was called, the call ended with its outcome), never by
 reaching into processors, and hands rows to the ``RecordWriter`` (a bounded queue, written in
@@ -41,8 +41,8 @@ from voxpipe.records.writer import RecordWriter
 from voxpipe.sessions.outcomes import ERROR, outcome_of
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
     from voxpipe.records.settings import CallRecordsSettings, HooksSettings
 
 log = logging.getLogger("voxpipe.records")
@@ -359,17 +359,18 @@ def _short(exc: BaseException) -> str:
     return (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0][:200]
 
 
-def records_of(bot: Bot) -> CallRecords | None:
+def records_of(ctx: BotContext) -> CallRecords | None:
     """The bot's call records service, once ``prepare`` started it."""
-    records = bot.shared.get(SHARED_KEY)
+    records = ctx.shared.get(SHARED_KEY)
     return records if isinstance(records, CallRecords) else None
 
 
-async def start_records(bot: Bot) -> None:
+async def start_records(
+    ctx: BotContext, records: CallRecordsSettings | None, hooks: HooksSettings
+) -> None:
     """Start the bot's call records and hooks, when its file asks for either."""
-    config = bot.config
-    if (config.call_records is None and config.hooks.call_ended is None) or records_of(bot):
+    if (records is None and hooks.call_ended is None) or records_of(ctx):
         return
-    records = CallRecords(bot.name, config.call_records, config.hooks)
-    await records.start()
-    bot.shared[SHARED_KEY] = records
+    service = CallRecords(ctx.name, records, hooks)
+    await service.start()
+    ctx.shared[SHARED_KEY] = service

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from voxpipe.bots.config import ConfigError, Problem, _Document, _report
+from voxpipe.bots.document import Document
+from voxpipe.bots.problems import ConfigError, Problem, report
 from voxpipe.pipelines.settings import Settings
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
@@ -185,7 +186,7 @@ class ScenarioFile(Settings):
 def parse_scenarios(text: str, file: str = "<string>") -> list[Scenario]:
     """Parse and validate a scenario document (a list of scenarios, or ``scenarios:`` holding
     one); raise ``ConfigError`` with every problem found, each at its file:line:col."""
-    doc = _Document(file)
+    doc = Document(file)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -209,7 +210,7 @@ def parse_scenarios(text: str, file: str = "<string>") -> list[Scenario]:
         try:
             scenario = Scenario.model_validate(entry)
         except ValidationError as exc:
-            _report(doc, (*prefix, index), entry, exc, Scenario)
+            report(doc, (*prefix, index), entry, exc, Scenario)
             continue
         scenarios.append(scenario)
         for i, step in enumerate(scenario.steps):

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from voxpipe.bots.call import running_bot
 from voxpipe.scenarios.api import OutcomeApi
 from voxpipe.scenarios.model import Scenario, Step
 from voxpipe.transports.audiosocket.caller import (
@@ -41,7 +42,6 @@ from voxpipe.transports.audiosocket.caller import (
     Say,
     load_wav,
     open_call,
-    running_bot,
 )
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class Voice:
             pcm = self._cache.get((text, rate))
             if pcm is None:
                 try:
-                    from voxpipe.processors.tts.piper import offline_say
+                    from voxpipe.processors.tts.packaged import offline_say
                 except ImportError as exc:  # pragma: no cover - the piper extra is missing
                     raise RuntimeError(f"`say` needs the piper voice: {exc}") from None
                 pcm = self._cache[(text, rate)] = offline_say(text, rate)
@@ -192,10 +192,8 @@ class BotSide:
         call = self.call
         if call is None:
             return
-        utterances = call.data.get("utterances")
-        if isinstance(utterances, list):
-            known = {id(u) for _, u in self.seen}
-            self.seen.extend((now, u) for u in utterances if id(u) not in known)
+        known = {id(u) for _, u in self.seen}
+        self.seen.extend((now, u) for u in call.speech.utterances if id(u) not in known)
 
     def words_since(self, t: float) -> str:
         return " ".join(

@@ -34,7 +34,6 @@ MAX_OUTCOMES = 20_000
 HANGUP = "hangup"
 CALLER = "caller"
 ERROR = "error"
-_KEY = "outcome"
 
 
 def transfer(context: str, extension: str, priority: int = 1) -> str:
@@ -44,13 +43,13 @@ def transfer(context: str, extension: str, priority: int = 1) -> str:
 
 def settle(call: Call, outcome: str) -> None:
     """Record how ``call`` ends, unless that is already settled (the first decision wins)."""
-    call.data.setdefault(_KEY, outcome)
+    if call.outcome is None:
+        call.outcome = outcome
 
 
 def outcome_of(call: Call) -> str | None:
     """The call's settled outcome, or ``None`` while it is still open."""
-    outcome: str | None = call.data.get(_KEY)
-    return outcome
+    return call.outcome
 
 
 class OutcomeLog(Observer):

@@ -1,4 +1,4 @@
-"""Session stores: each call's state (conversation state, history, bot, times) for every worker.
+"""Session stores: each call's state (conversation state, history, ctx, times) for every worker.
 
 ``MemorySessionStore`` keeps records in this process. ``RedisSessionStore`` keeps the same records
 in memory and writes them as JSON at ``call_session:<uuid>`` with a TTL refreshed on every write,
@@ -31,8 +31,8 @@ from voxpipe.conversation.state import state_of
 from voxpipe.sessions.outcomes import ERROR, RETENTION_S, outcome_of
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 log = logging.getLogger("voxpipe.sessions")
 
@@ -310,15 +310,20 @@ def end_worker_calls(url: str, worker: str, ttl_s: int, *, timeout_s: float = 1.
 SessionStore = MemorySessionStore
 
 
-def session_store(bot: Bot) -> SessionStore:
-    """The bot's session store, created on first use from ``session_store:`` in its file."""
-    store = bot.shared.get(SHARED_KEY)
+def session_store(ctx: BotContext) -> SessionStore:
+    """The bot's session store (the bot opens it from ``session_store:``, ``open_store``)."""
+    store = ctx.shared.get(SHARED_KEY)
+    if not isinstance(store, MemorySessionStore):
+        raise RuntimeError(f"bot {ctx.name!r} has no session store open")
+    return store
+
+
+def open_store(ctx: BotContext, redis_url: str | None = None, ttl_s: int = 1800) -> SessionStore:
+    """The bot's session store, opened on first use: in Redis at ``redis_url`` (keys living
+    ``ttl_s``), else in this process."""
+    store = ctx.shared.get(SHARED_KEY)
     if store is None:
-        settings = bot.config.session_store
-        if settings.redis is not None:
-            store = RedisSessionStore(settings.redis.url.get_secret_value(), settings.redis.ttl_s)
-        else:
-            store = MemorySessionStore()
-        bot.shared[SHARED_KEY] = store
+        store = RedisSessionStore(redis_url, ttl_s) if redis_url else MemorySessionStore()
+        ctx.shared[SHARED_KEY] = store
     assert isinstance(store, MemorySessionStore)
     return store

@@ -129,33 +129,6 @@ class Toolbox:
             return ToolOutcome(f"error: {type(exc).__name__}: {exc}", error=True)
 
 
-def build_toolbox(
-    names: list[str], declared: dict[str, ToolSettings], timeout_s: float = 10.0
-) -> Toolbox:
-    """Build the tools named by an LLM step; Python tools are resolved now, to fail fast."""
-    from voxpipe.tools.builtins import HangupTool, TransferTool
-    from voxpipe.tools.http import HttpTool
-    from voxpipe.tools.python import PythonTool
-    from voxpipe.tools.settings import ToolSettings
-
-    tools: dict[str, Tool] = {}
-    for name in names:
-        settings = declared.get(name) or ToolSettings.model_validate({})
-        tool: Tool
-        if settings.http is not None:
-            tool = HttpTool(name, settings)
-        elif settings.python is not None:
-            tool = PythonTool(name, settings)
-        elif name == "hangup":
-            tool = HangupTool(name, settings)
-        elif name == "transfer":
-            tool = TransferTool(name, settings)
-        else:
-            raise ValueError(f"tool {name!r} is not declared under `tools:`")
-        tools[name] = tool
-    return Toolbox(tools, timeout_s)
-
-
 def as_text(value: Any) -> str:
     """A tool's return value as the text the model reads (JSON for structured values)."""
     if isinstance(value, str):

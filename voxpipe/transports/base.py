@@ -4,7 +4,7 @@ As Pipecat's ``BaseTransport.input()/output()``: ``input()`` is the first proces
 call's chain (what the caller sends becomes input audio and DTMF frames), ``output()`` the last
 (bot audio goes back to the caller, paced, and the call's end goes out as the transport's
 hang-up). A server builds one transport per connection and the chain between its two ends:
-``bot.create_task(call, head=[t.input()], tail=[t.output()])``.
+``bot.create_pipeline(call, head=[t.input()], tail=[t.output()])``.
 
 The transports: ``audiosocket`` (``AudioSocketTransport``, TCP), ``websocket`` (the call API,
 ``WebSocketTransport``) and ``asterisk_websocket`` (chan_websocket,

@@ -13,17 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.llm.base import (
-    LLMBaseSettings,
-    LLMClient,
-    SDKClient,
-    ToolRound,
-    import_sdk,
-)
+from voxpipe.processors.llm.base import LLMBaseSettings
+from voxpipe.processors.llm.client import LLMClient, SDKClient, ToolRound, import_sdk
 from voxpipe.tools.toolbox import ToolCall, ToolSpec, parse_arguments
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
+    from voxpipe.pipelines.context import BotContext
 
 CALL_OPENING = "(The call is connected.)"
 
@@ -41,7 +36,7 @@ class AnthropicSettings(LLMBaseSettings):
     )
     base_url: str | None = Field(None, description="API base URL (a proxy, or a test server).")
 
-    def make_client(self, bot: Bot) -> LLMClient:
+    def make_client(self, ctx: BotContext) -> LLMClient:
         anthropic = import_sdk("anthropic", "anthropic")
         key = (
             self.api_key.get_secret_value()

@@ -13,17 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, SecretStr
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.llm.base import (
-    LLMBaseSettings,
-    LLMClient,
-    SDKClient,
-    ToolRound,
-    import_sdk,
-)
+from voxpipe.processors.llm.base import LLMBaseSettings
+from voxpipe.processors.llm.client import LLMClient, SDKClient, ToolRound, import_sdk
 from voxpipe.tools.toolbox import ToolCall, ToolSpec, parse_arguments
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
+    from voxpipe.pipelines.context import BotContext
 
 
 class OpenAICompatibleSettings(LLMBaseSettings):
@@ -41,7 +36,7 @@ class OpenAICompatibleSettings(LLMBaseSettings):
     max_tokens: int = Field(512, gt=0, description="Longest reply, in tokens.")
     temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
 
-    def make_client(self, bot: Bot) -> LLMClient:
+    def make_client(self, ctx: BotContext) -> LLMClient:
         openai = import_sdk("openai_compatible", "openai")
         key = self.api_key.get_secret_value()
         if not key:

@@ -19,11 +19,13 @@ from pydantic import Field, model_validator
 
 from voxpipe.caller_context import FIELD as CALLER_FIELD
 from voxpipe.pipelines.settings import Settings
-from voxpipe.processors.llm.base import LLMBaseSettings, LLMClient, ToolRound, keys_text
+from voxpipe.processors.llm.base import LLMBaseSettings
+from voxpipe.processors.llm.client import LLMClient, ToolRound
+from voxpipe.processors.llm.processor import keys_text
 from voxpipe.tools.toolbox import ToolCall, ToolSpec
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
+    from voxpipe.pipelines.context import BotContext
 
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -129,7 +131,7 @@ class ScriptedSettings(LLMBaseSettings):
                 )
         return self
 
-    def make_client(self, bot: Bot) -> LLMClient:
+    def make_client(self, ctx: BotContext) -> LLMClient:
         return ScriptedClient(self.intents, self.fallback)
 
 

@@ -38,11 +38,12 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.llm.base import LLMBaseSettings
-from voxpipe.processors.tts.base import CachedTTSSettings, standby_clips
+from voxpipe.processors.tts.base import CachedTTSSettings
+from voxpipe.processors.tts.standby import standby_clips
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
     from voxpipe.pipelines.processor import FrameProcessor
 
 Role = Literal["stt", "llm", "tts", "processor"]
@@ -159,33 +160,33 @@ class PipecatSettings(LLMBaseSettings, CachedTTSSettings):
         cls = self.pipecat_class()
         return cls(**check_arguments(cls, dict(self.args)))
 
-    async def prepare(self, bot: Bot) -> None:
+    async def prepare(self, ctx: BotContext) -> None:
         try:
             self.build()  # a constructor that fails (a missing key) stops serve before calls
         except Exception as exc:
             raise ProviderError(f"pipecat {self.class_name}: {exc}") from exc
         if self.kind == "llm":
-            await LLMBaseSettings.prepare(self, bot)
+            await LLMBaseSettings.prepare(self, ctx)
         elif self.kind == "tts":
-            await standby_clips(self, bot)
+            await standby_clips(self, ctx)
 
-    def make_client(self, bot: Bot) -> Any:
+    def make_client(self, ctx: BotContext) -> Any:
         from voxpipe.processors.pipecat.processors import PipecatLLMClient
 
         return PipecatLLMClient(self)
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         from voxpipe.processors.pipecat import processors
 
         if self.kind == "llm":
-            shared = bot.shared.get(f"llm:{id(self)}")
+            shared = ctx.shared.get(f"llm:{id(self)}")
             if shared is None:
                 raise ProviderError("the LLM was not prepared (call bot.prepare() first)")
             _client, toolbox = shared
-            return processors.PipecatLLM(self, toolbox, greeting=bot.config.greeting)
+            return processors.PipecatLLM(self, toolbox, greeting=ctx.greeting)
         if self.kind == "tts":
             return processors.PipecatTTS(
-                self, sample_rate=call.sample_rate, cache=self.phrase_cache(bot)
+                self, sample_rate=call.sample_rate, cache=self.phrase_cache(ctx)
             )
         return processors.PipecatProcessor(self, sample_rate=call.sample_rate)
 

@@ -37,7 +37,7 @@ from pipecat.processors.frame_processor import (
 from pipecat.utils.asyncio.task_manager import TaskManager
 
 from voxpipe import frames as vx
-from voxpipe.processors.tts.base import resample_pcm16
+from voxpipe.processors.audio import resample_pcm16
 
 log = logging.getLogger("voxpipe.pipecat")
 

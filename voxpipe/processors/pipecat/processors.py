@@ -13,8 +13,9 @@ from voxpipe import events
 from voxpipe import frames as vx
 from voxpipe.frames import Direction, Frame
 from voxpipe.pipelines.processor import FrameProcessor
-from voxpipe.processors.llm.base import LLMProcessor, ToolRound
+from voxpipe.processors.llm.client import ToolRound
 from voxpipe.processors.llm.openai_compatible import openai_messages
+from voxpipe.processors.llm.processor import LLMProcessor
 from voxpipe.processors.pipecat.bridge import (
     DOWN,
     Marker,
@@ -22,7 +23,8 @@ from voxpipe.processors.pipecat.bridge import (
     Translator,
     error_text,
 )
-from voxpipe.processors.tts.base import PhraseCache, TTSProcessor
+from voxpipe.processors.tts.base import TTSProcessor
+from voxpipe.processors.tts.cache import PhraseCache
 from voxpipe.tools.toolbox import ToolCall, ToolSpec
 
 if TYPE_CHECKING:

@@ -42,10 +42,10 @@ from voxpipe.pipelines.processor import FrameProcessor
 from voxpipe.pipelines.settings import ProcessorSettings, ProviderError
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.models.engine import Engine
     from voxpipe.models.pool import ModelPool
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 
 class STTProviderSettings(ProcessorSettings):
@@ -81,24 +81,26 @@ class LocalSTTSettings(STTProviderSettings):
         step does (what ``max_calls: auto`` times at start)."""
         raise NotImplementedError
 
-    def processor(self, call: Call, bot: Bot, models: ModelPool, key: str) -> LocalSTTProcessor:
+    def processor(
+        self, call: Call, ctx: BotContext, models: ModelPool, key: str
+    ) -> LocalSTTProcessor:
         """One call's processor, sending its decoding to engine ``key`` in ``models``."""
         raise NotImplementedError
 
-    async def prepare(self, bot: Bot) -> None:
+    async def prepare(self, ctx: BotContext) -> None:
         from voxpipe.models.shared import load_model
 
         engine = self.engine()
-        await load_model(bot, engine, self.sample_job)
-        bot.shared[f"stt:{id(self)}"] = engine.key
+        await load_model(ctx, engine, self.sample_job)
+        ctx.shared[f"stt:{id(self)}"] = engine.key
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         from voxpipe.models.shared import models_of
 
-        key = bot.shared.get(f"stt:{id(self)}")
+        key = ctx.shared.get(f"stt:{id(self)}")
         if key is None:
             raise ProviderError("the STT was not prepared (call bot.prepare() first)")
-        return self.processor(call, bot, models_of(bot), key)
+        return self.processor(call, ctx, models_of(ctx), key)
 
 
 class STTProcessor(FrameProcessor):

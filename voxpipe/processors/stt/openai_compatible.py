@@ -34,8 +34,8 @@ from voxpipe.processors.openai_speech import (
 from voxpipe.processors.stt.base import STTProcessor, STTProviderSettings
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
     from voxpipe.pipelines.processor import FrameProcessor
 
 
@@ -77,11 +77,11 @@ class OpenAICompatibleSTTSettings(STTProviderSettings, OpenAISpeechConnection):
         "streamed events) before the request is retried.",
     )
 
-    async def prepare(self, bot: Bot) -> None:
-        self.connect(bot, "openai_compatible speech-to-text")
+    async def prepare(self, ctx: BotContext) -> None:
+        self.connect(ctx, "openai_compatible speech-to-text")
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        client = self.connect(bot, "openai_compatible speech-to-text")
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
+        client = self.connect(ctx, "openai_compatible speech-to-text")
         return OpenAICompatibleSTT(client, self, sample_rate=call.sample_rate)
 
 

@@ -27,13 +27,13 @@ from pydantic import Field, model_validator
 
 from voxpipe.models.engine import ModelError, STTEngine, WorkerLost
 from voxpipe.pipelines.settings import ProviderError
+from voxpipe.processors.audio import resample_pcm16
 from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
-from voxpipe.processors.tts.base import resample_pcm16
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.models.pool import ModelPool
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 MODEL_RATE = 16000
 SEARCH = "voxpipe"
@@ -317,10 +317,12 @@ class PocketsphinxSettings(LocalSTTSettings):
     def sample_job(self, audio: bytes, sample_rate: int) -> tuple[str, tuple[Any, ...]]:
         return "decode", (audio, sample_rate, "", self.chunk_ms, self.final_pass)
 
-    def processor(self, call: Call, bot: Bot, models: ModelPool, key: str) -> LocalSTTProcessor:
-        slots = bot.shared.get(f"pocketsphinx-slots:{key}")
+    def processor(
+        self, call: Call, ctx: BotContext, models: ModelPool, key: str
+    ) -> LocalSTTProcessor:
+        slots = ctx.shared.get(f"pocketsphinx-slots:{key}")
         if not isinstance(slots, DecoderSlots):
-            slots = bot.shared[f"pocketsphinx-slots:{key}"] = DecoderSlots(self.decoders)
+            slots = ctx.shared[f"pocketsphinx-slots:{key}"] = DecoderSlots(self.decoders)
         return PocketsphinxSTT(self, key, slots, sample_rate=call.sample_rate, models=models)
 
 

@@ -27,9 +27,9 @@ from voxpipe.pipelines.settings import ProviderError
 from voxpipe.processors.stt.base import LocalSTTProcessor, LocalSTTSettings
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.models.pool import ModelPool
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
 
 
 WHISPER_RATE = 16000
@@ -167,9 +167,9 @@ class WhisperSettings(LocalSTTSettings):
     def engine(self) -> WhisperEngine:
         return WhisperEngine(self.model, self.compute_type, self.cpu_threads)
 
-    async def prepare(self, bot: Bot) -> None:
+    async def prepare(self, ctx: BotContext) -> None:
         resolve_model(self.model)  # a missing model package fails here, with its own message
-        await super().prepare(bot)
+        await super().prepare(ctx)
 
     def options(self) -> dict[str, Any]:
         """What each decode passes to faster-whisper's ``transcribe`` (and the window)."""
@@ -185,7 +185,9 @@ class WhisperSettings(LocalSTTSettings):
     def sample_job(self, audio: bytes, sample_rate: int) -> tuple[str, tuple[Any, ...]]:
         return "decode", (audio, sample_rate, self.options())
 
-    def processor(self, call: Call, bot: Bot, models: ModelPool, key: str) -> LocalSTTProcessor:
+    def processor(
+        self, call: Call, ctx: BotContext, models: ModelPool, key: str
+    ) -> LocalSTTProcessor:
         return WhisperSTT(self, key, sample_rate=call.sample_rate, models=models)
 
 

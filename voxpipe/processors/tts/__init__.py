@@ -11,7 +11,8 @@ from pydantic import Field
 from voxpipe.processors.tts.espeak import EspeakSettings
 from voxpipe.processors.tts.google import GoogleTTSSettings
 from voxpipe.processors.tts.openai_compatible import OpenAICompatibleTTSSettings
-from voxpipe.processors.tts.piper import PiperSettings, offline_say
+from voxpipe.processors.tts.packaged import offline_say
+from voxpipe.processors.tts.piper import PiperSettings
 from voxpipe.processors.tts.tone import ToneSettings
 
 TTSSettings = Annotated[

@@ -21,10 +21,7 @@ stands in (``standby_clips``).
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -33,11 +30,10 @@ from pydantic import Field
 from voxpipe import events
 from voxpipe.frames import (
     DOWNSTREAM,
+    SPEECH_LOST,
     UPSTREAM,
-    CancelFrame,
     Direction,
     EndFrame,
-    ErrorFrame,
     Frame,
     HangupFrame,
     LLMResponseEndFrame,
@@ -52,146 +48,18 @@ from voxpipe.frames import (
     TTSStoppedFrame,
     Utterance,
 )
-from voxpipe.pipelines.processor import FrameProcessor, QueuedProcessor
+from voxpipe.pipelines.processor import QueuedProcessor
 from voxpipe.pipelines.settings import ProcessorSettings
+from voxpipe.processors.audio import cut_frames, resample_pcm16
+from voxpipe.processors.tts.cache import PhraseCache
+from voxpipe.processors.tts.text import speakable, split_sentences
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
-    from voxpipe.bots.bot import Bot
     from voxpipe.models.engine import Engine
     from voxpipe.models.pool import ModelPool
+    from voxpipe.pipelines.context import BotContext
 
 log = logging.getLogger("voxpipe.tts")
-
-FRAME_MS = 20
-# How long ``prepare`` may spend asking the provider for the standby clips.
-STANDBY_TIMEOUT_S = 30.0
-
-# A sentence ends at . ! ? (with closing quotes or brackets) followed by a space, or at a newline.
-_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+|\n+")
-_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "e.g", "i.e"})
-
-
-def split_sentences(text: str) -> tuple[list[str], str]:
-    """Cut ``text`` into its complete sentences and the unfinished rest."""
-    sentences: list[str] = []
-    start = 0
-    for match in _SENTENCE_END.finditer(text):
-        words = text[start : match.start()].split()
-        if words and words[-1].lower().rstrip(".") in _ABBREVIATIONS and "\n" not in match.group():
-            continue
-        sentence = text[start : match.end()].strip()
-        if sentence:
-            sentences.append(sentence)
-        start = match.end()
-    return sentences, text[start:]
-
-
-def speakable(text: str) -> bool:
-    """Whether ``text`` has anything to pronounce (not only punctuation or spaces)."""
-    return any(ch.isalnum() for ch in text)
-
-
-def resample_pcm16(audio: bytes, from_rate: int, to_rate: int) -> bytes:
-    """PCM16 mono ``audio`` at ``to_rate`` (soxr, high quality, reproducible: no dither)."""
-    if from_rate == to_rate or not audio:
-        return audio
-    import numpy as np
-    import soxr
-
-    samples = np.frombuffer(audio, dtype=np.int16).astype(np.float32) / 32768.0
-    out = soxr.resample(samples, from_rate, to_rate) * 32768.0
-    return bytes(np.clip(np.rint(out), -32768, 32767).astype(np.int16).tobytes())
-
-
-def cut_frames(audio: bytes, sample_rate: int, frame_ms: int = FRAME_MS) -> list[bytes]:
-    """Cut PCM16 mono audio into frames of ``frame_ms``; the last one is padded with silence."""
-    size = sample_rate * 2 * frame_ms // 1000
-    frames = [audio[i : i + size] for i in range(0, len(audio), size)]
-    if frames and len(frames[-1]) < size:
-        frames[-1] = frames[-1] + bytes(size - len(frames[-1]))
-    return frames
-
-
-class PhraseCache:
-    """The bot's most recently spoken sentences, kept synthesised (least recently used goes).
-
-    Greetings, prompts and fillers recur in every call: from the cache they play at once and
-    cost no synthesis. Only sentences up to ``MAX_CHARS`` long are kept. Standby clips (the
-    ``on_error`` lines, made at ``prepare``) are pinned: never evicted, kept even with a
-    ``size`` of 0, and always played from here, so a failing provider is never asked for them
-    (its error would only set off another filler).
-
-    A burst of calls wants the same sentence at the same moment (twenty callers placed at once
-    hear the same greeting): ``shared`` synthesises it once for all of them.
-    """
-
-    MAX_CHARS = 200
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: collections.OrderedDict[str, tuple[bytes, int]] = collections.OrderedDict()
-        self._pinned: dict[str, tuple[bytes, int]] = {}
-        self._pending: dict[str, asyncio.Future[tuple[bytes, int]]] = {}
-
-    async def shared(
-        self, text: str, synthesize: Callable[[str], Awaitable[tuple[bytes, int]]]
-    ) -> tuple[bytes, int]:
-        """``synthesize(text)``, or the result of the same synthesis already under way for
-        another call (its failure is every waiting call's; one cancelled is done again)."""
-        pending = self._pending.get(text)
-        if pending is not None:
-            try:
-                return await asyncio.shield(pending)
-            except asyncio.CancelledError:
-                if not pending.cancelled():
-                    raise  # this call was cancelled, not the synthesis
-        future: asyncio.Future[tuple[bytes, int]] = asyncio.get_running_loop().create_future()
-        self._pending[text] = future
-        try:
-            spoken = await synthesize(text)
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                future.set_exception(exc)
-                future.exception()  # retrieved: waiters have their own copy
-            else:
-                future.cancel()
-            raise
-        else:
-            future.set_result(spoken)
-            return spoken
-        finally:
-            if self._pending.get(text) is future:
-                del self._pending[text]
-
-    def get(self, text: str) -> tuple[bytes, int] | None:
-        """The audio and rate of ``text``, if kept."""
-        pinned = self._pinned.get(text)
-        if pinned is not None:
-            return pinned
-        found = self._entries.get(text)
-        if found is not None:
-            self._entries.move_to_end(text)
-        return found
-
-    def put(self, text: str, audio: bytes, rate: int) -> None:
-        """Keep the audio of ``text``."""
-        if self.size <= 0 or len(text) > self.MAX_CHARS:
-            return
-        self._entries[text] = (audio, rate)
-        self._entries.move_to_end(text)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-
-    def pin(self, text: str, audio: bytes, rate: int) -> None:
-        """Keep ``text`` as a standby clip for as long as the bot runs."""
-        self._pinned[text] = (audio, rate)
-        self._entries.pop(text, None)
-
-    def pinned(self, text: str) -> bool:
-        """Whether ``text`` is a standby clip."""
-        return text in self._pinned
 
 
 class TTSProviderSettings(ProcessorSettings):
@@ -213,135 +81,22 @@ class CachedTTSSettings(TTSProviderSettings):
         "fillers play at once (0: none; the `on_error` lines are kept regardless).",
     )
 
-    async def prepare(self, bot: Bot) -> None:
-        await self.prepare_engine(bot)
-        await standby_clips(self, bot)
+    async def prepare(self, ctx: BotContext) -> None:
+        from voxpipe.processors.tts.standby import standby_clips
 
-    async def prepare_engine(self, bot: Bot) -> None:
+        await self.prepare_engine(ctx)
+        await standby_clips(self, ctx)
+
+    async def prepare_engine(self, ctx: BotContext) -> None:
         """Load the voice or build the client once per bot; raise ``ProviderError``."""
 
-    def phrase_cache(self, bot: Bot) -> PhraseCache:
+    def phrase_cache(self, ctx: BotContext) -> PhraseCache:
         """The bot's phrase cache for this provider and voice (one per distinct settings)."""
         key = f"tts-cache:{self.model_dump_json()}"
-        cache = bot.shared.get(key)
+        cache = ctx.shared.get(key)
         if not isinstance(cache, PhraseCache):
-            cache = bot.shared[key] = PhraseCache(self.cache_phrases)
+            cache = ctx.shared[key] = PhraseCache(self.cache_phrases)
         return cache
-
-
-def standby_lines(bot: Bot) -> list[str]:
-    """The sentences of the bot's ``on_error`` lines (filler, goodbye) and of its filler for
-    late replies, as ``say`` speaks them."""
-    from voxpipe.processors.llm.base import LLMBaseSettings
-
-    lines: list[str] = []
-    for step in bot.steps:
-        settings = step.settings
-        if isinstance(settings, LLMBaseSettings) and getattr(settings, "kind", "llm") == "llm":
-            lines += [settings.on_error.say, settings.on_error.goodbye]
-            if settings.filler_after_ms is not None:
-                lines.append(settings.filler)
-    sentences: list[str] = []
-    for line in lines:
-        complete, rest = split_sentences(line)
-        for sentence in [*complete, rest]:
-            text = " ".join(sentence.split())
-            if speakable(text) and text not in sentences:
-                sentences.append(text)
-    return sentences
-
-
-async def standby_clips(settings: CachedTTSSettings, bot: Bot) -> None:
-    """Pin the bot's ``on_error`` sentences in the phrase cache, so they play even when the
-    provider fails mid-call: spoken by the provider itself, else by the packaged piper voice;
-    what stays without a clip is logged as an error (the bot still starts: the provider may
-    come back).
-    """
-    cache = settings.phrase_cache(bot)
-    missing = [text for text in standby_lines(bot) if not cache.pinned(text)]
-    if not missing:
-        return
-    provider = getattr(settings, "provider", type(settings).__name__)
-    for text, (audio, rate) in (await _own_voice(settings, bot, missing)).items():
-        cache.pin(text, audio, rate)
-    missing = [text for text in missing if not cache.pinned(text)]
-    if not missing:
-        return
-    try:
-        from voxpipe.processors.tts.piper import offline_say
-
-        for text in missing:
-            audio = await asyncio.to_thread(offline_say, text, bot.sample_rate)
-            cache.pin(text, audio, bot.sample_rate)
-    except Exception as exc:  # a missing stand-in must not stop the bot
-        log.error(
-            "bot %s: tts %s could not synthesise %s and no local voice stands in (%s): "
-            "if it fails mid-call, the caller hears nothing for these lines",
-            bot.name,
-            provider,
-            missing,
-            exc,
-        )
-        return
-    log.warning(
-        "bot %s: tts %s could not synthesise %s at start; the packaged piper voice speaks "
-        "them (until the bot restarts)",
-        bot.name,
-        provider,
-        missing,
-    )
-
-
-async def _own_voice(
-    settings: CachedTTSSettings, bot: Bot, texts: list[str]
-) -> dict[str, tuple[bytes, int]]:
-    """Speak ``texts`` one by one through a call of the provider with no caller, stopping at
-    the first failure (it is down: asking it for the next line would only wait) or after
-    ``STANDBY_TIMEOUT_S``; only the sentences spoken come back."""
-    from voxpipe.pipelines.task import PipelineTask
-
-    call = bot.new_call("tts-standby-clips")
-    recorder = _ClipRecorder()
-    task = PipelineTask([settings.create(call, bot), recorder], call)
-    runner = asyncio.create_task(task.run())
-    try:
-        async with asyncio.timeout(STANDBY_TIMEOUT_S):
-            for text in texts:
-                task.queue_frame(TTSSpeakFrame(text))
-                if not await recorder.outcomes.get():
-                    break
-    except TimeoutError:
-        log.warning("bot %s: standby clips took over %.0f s", bot.name, STANDBY_TIMEOUT_S)
-    finally:
-        task.cancel("standby clips made")
-        await runner
-    return recorder.clips
-
-
-class _ClipRecorder(FrameProcessor):
-    """The tail of the standby-clip call: keeps each sentence's audio, and tells whether each
-    sentence was spoken (True) or failed (False: an error or the call's end)."""
-
-    __slots__ = ("_audio", "_rate", "clips", "outcomes")
-
-    def __init__(self) -> None:
-        super().__init__(name="standby-clips")
-        self.clips: dict[str, tuple[bytes, int]] = {}
-        self.outcomes: asyncio.Queue[bool] = asyncio.Queue()
-        self._audio = bytearray()
-        self._rate = 0
-
-    async def process_frame(self, frame: Frame, direction: Direction) -> None:
-        if isinstance(frame, OutputAudioFrame):
-            self._audio += frame.audio
-            self._rate = frame.sample_rate
-        elif isinstance(frame, TTSStoppedFrame):
-            self.clips[frame.text] = (bytes(self._audio), self._rate)
-            self._audio.clear()
-            self.outcomes.put_nowait(True)
-        elif isinstance(frame, ErrorFrame | CancelFrame):
-            self.outcomes.put_nowait(False)
-        await self.push_frame(frame, direction)
 
 
 class LocalTTSSettings(CachedTTSSettings):
@@ -356,21 +111,21 @@ class LocalTTSSettings(CachedTTSSettings):
         ``max_calls: auto`` times at start); the job returns ``(pcm16, rate)``."""
         raise NotImplementedError
 
-    async def prepare_engine(self, bot: Bot) -> None:
+    async def prepare_engine(self, ctx: BotContext) -> None:
         from voxpipe.models.shared import load_model
 
         engine = self.engine()
-        await load_model(bot, engine, self.sample_job)
-        bot.shared[f"tts:{id(self)}"] = engine.key
+        await load_model(ctx, engine, self.sample_job)
+        ctx.shared[f"tts:{id(self)}"] = engine.key
 
-    def models(self, bot: Bot) -> tuple[ModelPool, str]:
+    def models(self, ctx: BotContext) -> tuple[ModelPool, str]:
         """The bot's model pool and the key of this voice's engine in it."""
         from voxpipe.models.shared import models_of
 
-        key = bot.shared.get(f"tts:{id(self)}")
+        key = ctx.shared.get(f"tts:{id(self)}")
         if key is None:
             raise RuntimeError("the TTS was not prepared (call bot.prepare() first)")
-        return models_of(bot), str(key)
+        return models_of(ctx), str(key)
 
 
 class TTSProcessor(QueuedProcessor):
@@ -386,6 +141,10 @@ class TTSProcessor(QueuedProcessor):
         self._text = ""
         self._cache = cache
         self._reply_lost = False
+
+    async def push_error(self, error: str, *, fatal: bool = False, kind: str = "") -> None:
+        """A voice's errors cost the sentence it was speaking (``SPEECH_LOST``)."""
+        await super().push_error(error, fatal=fatal, kind=kind or SPEECH_LOST)
 
     async def process_frame(self, frame: Frame, direction: Direction) -> None:
         # Frames going upstream (the transport's bot started/stopped speaking, errors) never
@@ -468,7 +227,7 @@ class TTSProcessor(QueuedProcessor):
         frames = cut_frames(resample_pcm16(audio, rate, self.sample_rate), self.sample_rate)
         utterance = Utterance(text, frames_total=len(frames))
         if reply:
-            self.call.data.setdefault("utterances", []).append(utterance)
+            self.call.speech.sent(utterance)
         await self.push_frame(TTSStartedFrame(text=text))
         for chunk in frames:
             await self.push_frame(OutputAudioFrame(chunk, self.sample_rate, utterance=utterance))

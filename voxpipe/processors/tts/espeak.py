@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field
 
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
+from voxpipe.processors.tts.base import CachedTTSSettings, TTSProcessor
+from voxpipe.processors.tts.cache import PhraseCache
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
     from voxpipe.pipelines.processor import FrameProcessor
 
 
@@ -73,7 +74,7 @@ class EspeakSettings(CachedTTSSettings):
     def _args(self) -> list[str]:
         return ["-v", self.voice, "-s", str(self.rate_wpm), "-p", str(self.pitch)]
 
-    async def prepare_engine(self, bot: Bot) -> None:
+    async def prepare_engine(self, ctx: BotContext) -> None:
         binary = shutil.which(self.binary)
         if binary is None:
             raise ProviderError(
@@ -83,14 +84,14 @@ class EspeakSettings(CachedTTSSettings):
         audio, _rate = await run_espeak(binary, self._args(), "ready")
         if not audio:
             raise ProviderError(f"espeak: voice {self.voice!r} produced no audio")
-        bot.shared[f"espeak:{self.binary}"] = binary
+        ctx.shared[f"espeak:{self.binary}"] = binary
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         return EspeakTTS(
-            bot.shared[f"espeak:{self.binary}"],
+            ctx.shared[f"espeak:{self.binary}"],
             self._args(),
             sample_rate=call.sample_rate,
-            cache=self.phrase_cache(bot),
+            cache=self.phrase_cache(ctx),
         )
 
 

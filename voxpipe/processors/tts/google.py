@@ -16,12 +16,13 @@ from pydantic import Field
 
 from voxpipe import events
 from voxpipe.pipelines.settings import ProviderError
-from voxpipe.processors.stt.google import GoogleConnection, describe, is_provider_failure
-from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
+from voxpipe.processors.google import GoogleConnection, describe, is_provider_failure
+from voxpipe.processors.tts.base import CachedTTSSettings, TTSProcessor
+from voxpipe.processors.tts.cache import PhraseCache
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
     from voxpipe.pipelines.processor import FrameProcessor
 
 
@@ -50,9 +51,9 @@ class GoogleTTSSettings(CachedTTSSettings, GoogleConnection):
         """The voice's language: ``language``, or the first two parts of the voice name."""
         return self.language or "-".join(self.voice.split("-")[:2])
 
-    async def prepare_engine(self, bot: Bot) -> None:
+    async def prepare_engine(self, ctx: BotContext) -> None:
         key = self.client_key("tts")
-        if key in bot.shared:
+        if key in ctx.shared:
             return
         try:
             from google.cloud import texttospeech_v1
@@ -64,18 +65,18 @@ class GoogleTTSSettings(CachedTTSSettings, GoogleConnection):
                 "google text-to-speech: google-cloud-texttospeech is not installed "
                 "(pip install 'voxpipe[google]')"
             ) from exc
-        bot.shared[key] = await self.connect(
+        ctx.shared[key] = await self.connect(
             "google text-to-speech",
             texttospeech_v1.TextToSpeechAsyncClient,
             TextToSpeechGrpcAsyncIOTransport,
         )
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         return GoogleTTS(
-            bot.shared[self.client_key("tts")],
+            ctx.shared[self.client_key("tts")],
             self,
             sample_rate=call.sample_rate,
-            cache=self.phrase_cache(bot),
+            cache=self.phrase_cache(ctx),
         )
 
 

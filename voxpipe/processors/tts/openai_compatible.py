@@ -21,11 +21,12 @@ from voxpipe.processors.openai_speech import (
     describe,
     is_provider_failure,
 )
-from voxpipe.processors.tts.base import CachedTTSSettings, PhraseCache, TTSProcessor
+from voxpipe.processors.tts.base import CachedTTSSettings, TTSProcessor
+from voxpipe.processors.tts.cache import PhraseCache
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
     from voxpipe.pipelines.processor import FrameProcessor
 
 
@@ -59,13 +60,13 @@ class OpenAICompatibleTTSSettings(CachedTTSSettings, OpenAISpeechConnection):
         "chunks) before the request is retried.",
     )
 
-    async def prepare_engine(self, bot: Bot) -> None:
-        self.connect(bot, "openai_compatible text-to-speech")
+    async def prepare_engine(self, ctx: BotContext) -> None:
+        self.connect(ctx, "openai_compatible text-to-speech")
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
-        client = self.connect(bot, "openai_compatible text-to-speech")
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
+        client = self.connect(ctx, "openai_compatible text-to-speech")
         return OpenAICompatibleTTS(
-            client, self, sample_rate=call.sample_rate, cache=self.phrase_cache(bot)
+            client, self, sample_rate=call.sample_rate, cache=self.phrase_cache(ctx)
         )
 
 

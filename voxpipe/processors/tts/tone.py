@@ -15,8 +15,8 @@ from pydantic import Field
 from voxpipe.processors.tts.base import TTSProcessor, TTSProviderSettings
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import BotContext
     from voxpipe.pipelines.processor import FrameProcessor
 
 
@@ -39,7 +39,7 @@ class ToneSettings(TTSProviderSettings):
         0, ge=0, le=10000, description="Pretend synthesis time per sentence (to test latency)."
     )
 
-    def create(self, call: Call, bot: Bot) -> FrameProcessor:
+    def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         return ToneTTS(self, sample_rate=call.sample_rate)
 
 

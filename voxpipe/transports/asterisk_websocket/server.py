@@ -44,8 +44,8 @@ from voxpipe.transports.asterisk_websocket.transport import (
 from voxpipe.transports.audiosocket.server import CallHook
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import CallHost
     from voxpipe.pipelines.task import PipelineTask
 
 log = logging.getLogger("voxpipe.asterisk_websocket")
@@ -78,22 +78,38 @@ def call_id_of(start: MediaStart, query: dict[str, str]) -> str:
     return start.channel_id
 
 
-class AsteriskWebSocketServer:
-    """Accepts chan_websocket connections (and makes them, ``connect``) and runs the bot."""
+class MediaListener:
+    """What every chan_websocket server does before a call runs: accept Asterisk's connections
+    (and make them, ``connect``), refuse before the upgrade, read ``MEDIA_START``, find the
+    call's id. ``_run_call`` runs the call: a voxpipe bot's chain (``AsteriskWebSocketServer``)
+    or a Pipecat pipeline (``voxpipe.interop.pipecat.ChanWebSocketListener``)."""
 
-    def __init__(self, bot: Bot, settings: AsteriskWebSocketSettings | None = None) -> None:
-        found = settings or bot.config.transport.asterisk_websocket
-        if found is None:
-            raise ValueError(f"bot {bot.name!r} has no transport.asterisk_websocket")
-        self.bot = bot
-        self.settings = found
-        self.calls: dict[str, ActiveCall] = {}
-        self.on_call_start: list[CallHook] = []
+    def __init__(self, settings: AsteriskWebSocketSettings) -> None:
+        self.settings = settings
         self.draining = False
-        self._networks = [ipaddress.ip_network(n, strict=False) for n in found.allow_from]
+        self._networks = [ipaddress.ip_network(n, strict=False) for n in settings.allow_from]
         self._server: Any = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._taken = 0
+
+    def _running(self, call_id: str) -> bool:
+        """Whether call ``call_id`` is in progress (a second connection for it is refused)."""
+        raise NotImplementedError
+
+    async def _hang_up_all(self, reason: str) -> None:
+        """Hang up every call in progress."""
+        raise NotImplementedError
+
+    async def _run_call(
+        self,
+        socket: MediaSocket,
+        start: MediaStart,
+        call_id: str,
+        peer: str,
+        query: dict[str, str],
+    ) -> None:
+        """Run one call until either side hangs up."""
+        raise NotImplementedError
 
     @property
     def port(self) -> int:
@@ -151,9 +167,7 @@ class AsteriskWebSocketServer:
             self._server.close(close_connections=False)
         if self._handlers and drain_s > 0:
             await asyncio.wait(set(self._handlers), timeout=drain_s)
-        for active in list(self.calls.values()):
-            active.call.log.info("hanging up: server shutting down")
-            active.task.cancel("server shutting down")
+        await self._hang_up_all("server shutting down")
         if self._handlers:
             await asyncio.wait(set(self._handlers), timeout=CLOSE_GRACE_S + 1)
         if self._server is not None:
@@ -236,12 +250,30 @@ class AsteriskWebSocketServer:
             await _close(socket, INVALID_DATA, str(exc))
             return
         call_id = call_id_of(start, query)
-        if call_id in self.calls:
+        if self._running(call_id):
             log.warning("chan_websocket from %s dropped: call %s is running", peer, call_id)
             events.emit.call_rejected("duplicate call id")
             await _close(socket, INVALID_DATA, "duplicate call id")
             return
         await self._run_call(socket, start, call_id, peer, query)
+
+
+class AsteriskWebSocketServer(MediaListener):
+    """Accepts chan_websocket connections (and makes them, ``connect``) and runs the bot."""
+
+    def __init__(self, bot: CallHost, settings: AsteriskWebSocketSettings) -> None:
+        super().__init__(settings)
+        self.bot = bot
+        self.calls: dict[str, ActiveCall] = {}
+        self.on_call_start: list[CallHook] = []
+
+    def _running(self, call_id: str) -> bool:
+        return call_id in self.calls
+
+    async def _hang_up_all(self, reason: str) -> None:
+        for active in list(self.calls.values()):
+            active.call.log.info("hanging up: %s", reason)
+            active.task.cancel(reason)
 
     async def _run_call(
         self,
@@ -269,7 +301,7 @@ class AsteriskWebSocketServer:
                 return
         connection = MediaConnection(socket, call, start)
         transport = AsteriskWebSocketTransport(connection, settings)
-        task = bot.create_task(call, head=[transport.input()], tail=[transport.output()])
+        task = bot.create_pipeline(call, head=[transport.input()], tail=[transport.output()])
         self.calls[call_id] = ActiveCall(call, task, connection, peer=peer)
         writer = asyncio.create_task(connection.run_writer(), name=f"{call_id}:chan-ws-writer")
         loop = asyncio.get_running_loop()

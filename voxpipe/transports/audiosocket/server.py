@@ -32,9 +32,9 @@ from voxpipe.transports.audiosocket.settings import AudioSocketSettings
 from voxpipe.transports.audiosocket.transport import AudioSocketTransport, Connection
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.models.capacity import Capacity
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import CallHost
     from voxpipe.pipelines.task import PipelineTask
 
 log = logging.getLogger("voxpipe.audiosocket")
@@ -69,9 +69,9 @@ class ActiveCall:
 class AudioSocketServer:
     """Accepts Asterisk's AudioSocket connections and runs the bot for each call."""
 
-    def __init__(self, bot: Bot, settings: AudioSocketSettings | None = None) -> None:
+    def __init__(self, bot: CallHost, settings: AudioSocketSettings) -> None:
         self.bot = bot
-        self.settings = settings or bot.config.transport.audiosocket
+        self.settings = settings
         self.calls: dict[str, ActiveCall] = {}
         self.on_call_start: list[CallHook] = []
         self.draining = False
@@ -109,9 +109,12 @@ class AudioSocketServer:
             "load": round(self._connections / self.max_calls, 3) if self.max_calls else 0.0,
             "full": self._connections >= self.max_calls,
         }
-        models = self.bot.shared.get("models")
-        if models is not None:
-            load["models"] = models.pool.stats()
+        if "models" in self.bot.shared:
+            from voxpipe.models.shared import pool_started
+
+            pool = pool_started(self.bot)
+            if pool is not None:
+                load["models"] = pool.stats()
         return load
 
     async def start(self) -> None:
@@ -122,7 +125,7 @@ class AudioSocketServer:
         if self.settings.max_calls == "auto":
             from voxpipe.models.capacity import calibrate
 
-            self.capacity = await calibrate(self.bot)
+            self.capacity = await calibrate(self.bot, self.bot.speech_stop_s)
             self.max_calls = self.capacity.max_calls
 
         self._server = await asyncio.start_server(
@@ -246,7 +249,7 @@ class AudioSocketServer:
                 return
         connection = Connection(reader, writer)
         transport = AudioSocketTransport(connection, self.settings)
-        task = self.bot.create_task(call, head=[transport.input()], tail=[transport.output()])
+        task = self.bot.create_pipeline(call, head=[transport.input()], tail=[transport.output()])
         self.calls[call_id] = ActiveCall(call, task, connection, peer=peer)
         loop = asyncio.get_running_loop()
         max_s = self.settings.max_call_s

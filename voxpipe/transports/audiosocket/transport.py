@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from voxpipe import events
 from voxpipe.frames import (
     UPSTREAM,
-    BotSpokeFrame,
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
     CancelFrame,
@@ -621,8 +620,6 @@ class AudioSocketOutput(FrameProcessor):
     def _count_played(self, marks: list[Utterance]) -> None:
         for utterance in marks:
             utterance.frames_played += 1
-            if utterance.finished:
-                self._announce(BotSpokeFrame(text=utterance.text))
 
     def _announce(self, frame: Frame) -> None:
         """Tell the processors upstream (from the ticker, which must not wait)."""

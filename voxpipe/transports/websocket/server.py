@@ -40,8 +40,8 @@ from voxpipe.transports.websocket.transport import (
 )
 
 if TYPE_CHECKING:
-    from voxpipe.bots.bot import Bot
     from voxpipe.pipelines.call import Call
+    from voxpipe.pipelines.context import CallHost
     from voxpipe.pipelines.task import PipelineTask
     from voxpipe.transports.websocket.settings import WebSocketSettings
 
@@ -69,12 +69,9 @@ class CallApi(events.Observer):
     """Runs the bot for each call API connection; subscribe it to ``voxpipe.events`` so that
     clients get each turn's latency (``turn_latency``)."""
 
-    def __init__(self, bot: Bot, settings: WebSocketSettings | None = None) -> None:
-        found = settings or bot.config.transport.websocket
-        if found is None:
-            raise ValueError(f"bot {bot.name!r} has no transport.websocket")
+    def __init__(self, bot: CallHost, settings: WebSocketSettings) -> None:
         self.bot = bot
-        self.settings = found
+        self.settings = settings
         self.calls: dict[str, ActiveCall] = {}
         self.on_call_start: list[CallHook] = []
         self.draining = False
@@ -183,7 +180,7 @@ class CallApi(events.Observer):
         )
         connection = CallConnection(socket, call, accepted)
         transport = WebSocketTransport(connection, settings, start.sample_rate)
-        task = bot.create_task(call, head=[transport.input()], tail=[transport.output()])
+        task = bot.create_pipeline(call, head=[transport.input()], tail=[transport.output()])
         self.calls[call.call_id] = ActiveCall(call, task, connection, peer=peer)
         writer = asyncio.create_task(connection.run_writer(), name=f"{call.call_id}:ws-writer")
         loop = asyncio.get_running_loop()
