@@ -398,7 +398,10 @@ async def test_outbound_audio_is_paced_at_one_message_per_20ms() -> None:
     window_counts = [
         int(np.searchsorted(voiced, t + 0.01) - np.searchsorted(voiced, t)) for t in voiced
     ]
-    assert max(window_counts) <= 3, "a burst of messages left within 10 ms"
+    # A 5 s reply sent at once would be 250 messages in a burst. After a stall (a busy machine)
+    # an output catches up at most 100 ms, five slots; otherwise messages leave one per slot.
+    assert max(window_counts) <= 6, "a burst of messages left within 10 ms"
+    assert np.percentile(window_counts, 95) <= 2, "messages left in bursts"
 
 
 async def test_resampled_speech_plays_whole_and_is_reported_spoken() -> None:

@@ -98,6 +98,36 @@ async def test_keys_are_delivered_after_the_timeout_and_the_terminator_alone_is_
     assert users(c.call) == ["[pressed 42]", "[pressed #]"]
 
 
+async def test_a_key_of_at_once_pressed_first_is_answered_without_waiting_the_timeout() -> None:
+    # The timeout is a minute: an answer within seconds can only come from at_once.
+    step = '  - dtmf: {terminator: "#", timeout_ms: 60000, at_once: "0*"}'
+    async with await converse(KEYS_DESK.format(dtmf=step)) as c:
+        await c.replies(1)
+        await press(c, "0")
+        said = await c.replies(2, timeout_s=15)
+        assert users(c.call) == ["[pressed 0]"]
+        # After other keys, a key of at_once is gathered as usual (an order number with a 0).
+        await press(c, "1230#")
+        said = await c.replies(3, timeout_s=15)
+        await press(c, "*")
+        said = await c.replies(4, timeout_s=15)
+    assert said[1:] == ["Operator.", "Number 1230.", "Other."]
+    assert users(c.call) == ["[pressed 0]", "[pressed 1230]", "[pressed *]"]
+
+
+async def test_without_at_once_a_single_key_waits_for_the_timeout() -> None:
+    step = '  - dtmf: {terminator: "#", timeout_ms: 60000}'
+    async with await converse(KEYS_DESK.format(dtmf=step)) as c:
+        await c.replies(1)
+        await press(c, "0")
+        await asyncio.sleep(1.0)
+        assert users(c.call) == [], "still gathering: nothing says 0 is a whole input"
+        await press(c, "#")
+        said = await c.replies(2, timeout_s=15)
+    assert said[1] == "Operator."
+    assert users(c.call) == ["[pressed 0]"]
+
+
 def test_bad_dtmf_settings_are_reported_with_file_line_and_column() -> None:
     text = KEYS_DESK.format(dtmf='  - dtmf: {terminator: "##", max_digits: 0}')
     text = text.replace('{dtmf: "0", reply', '{dtmf: "0x", reply')
@@ -109,6 +139,12 @@ def test_bad_dtmf_settings_are_reported_with_file_line_and_column() -> None:
     )
     assert any("max_digits" in p and "greater than or equal to 1" in p for p in problems)
     assert any("intents[0]" in p and "`dtmf` is keys" in p for p in problems), problems
+    text = KEYS_DESK.format(dtmf='  - dtmf: {at_once: "0x?"}')
+    with pytest.raises(ConfigError) as caught:
+        parse_bot(text, "keys.yaml")
+    (problem,) = [str(p) for p in caught.value.problems]
+    assert problem.startswith("keys.yaml:5:") and "at_once" in problem, problem
+    assert "at_once lists keys 0-9, *, # or A-D (got '?X')" in problem, problem
 
 
 async def test_an_llm_provider_sees_the_keys_as_the_callers_input() -> None:

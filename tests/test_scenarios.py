@@ -8,11 +8,15 @@ the runner's offline transcription of what the caller heard is what is judged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -268,11 +272,123 @@ async def test_the_runner_calls_a_bot_that_is_already_running() -> None:
 # --- the command ---------------------------------------------------------------------------------
 
 
-def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     return subprocess.run(
-        [str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env
+        [str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=environ
     )
+
+
+@contextlib.contextmanager
+def served(bot: Path) -> Iterator[tuple[str, str]]:
+    """``run-pipeline serve BOT`` in a process of its own; (AudioSocket HOST:PORT, API URL)."""
+    proc = subprocess.Popen(
+        [str(SCRIPT), "serve", str(bot), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "test call:" in line:
+                break
+        text = "".join(lines)
+        api = re.search(r"HTTP API on (http://\S+)", text)
+        connect = re.search(r"--connect (\S+)", text)
+        assert api is not None and connect is not None, text
+        yield connect.group(1), api.group(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+
+
+API_SCENARIOS = """\
+- name: transferred
+  steps:
+    - bot_says: "welcome"
+    - dtmf: "0"
+    - outcome: transfer,desk,200
+- name: hung up on
+  steps:
+    - bot_says: "welcome"
+    - dtmf: "9"
+    - outcome: hangup
+- name: caller hangs up
+  steps:
+    - bot_says: "welcome"
+    - hang_up
+    - outcome: caller
+- name: expected a transfer
+  steps:
+    - bot_says: "welcome"
+    - dtmf: "9"
+    - outcome: transfer,desk,200
+"""
+
+
+def test_over_connect_the_outcome_is_asked_of_the_running_bots_api(tmp_path: Path) -> None:
+    bot = tmp_path / "keys.yaml"
+    bot.write_text(
+        KEYS_BOT.replace("BARGE", "true") + 'http: {listen: "127.0.0.1:0", token: "s3cret"}\n'
+    )
+    scenarios = tmp_path / "api.test.yaml"
+    scenarios.write_text(API_SCENARIOS)
+    with served(bot) as (connect, api):
+        # The token from the environment; every outcome told apart by the API.
+        result = run(
+            "test",
+            str(bot),
+            str(scenarios),
+            "--connect",
+            connect,
+            "--api",
+            api,
+            "--concurrency",
+            "4",
+            "--json",
+            VOXPIPE_API_TOKEN="s3cret",
+        )
+        report = json.loads(result.stdout)
+        scenarios_run = {s["name"]: s for s in report["scenarios"]}
+        assert result.returncode == 1, result.stderr
+        assert f"(outcomes from {api})" in result.stderr
+        for name in ("transferred", "hung up on", "caller hangs up"):
+            assert scenarios_run[name]["passed"], result.stderr
+        assert scenarios_run["transferred"]["outcome"] == "transfer,desk,200,1"
+        assert scenarios_run["hung up on"]["outcome"] == "hangup"
+        wrong = scenarios_run["expected a transfer"]
+        assert not wrong["passed"]
+        assert (
+            wrong["steps"][2]["message"] == "expected transfer,desk,200, the call ended with hangup"
+        )
+
+        # Without --api a transfer expectation is not checkable: it fails, and says why.
+        only = tmp_path / "transfer.test.yaml"
+        only.write_text(API_SCENARIOS.split("- name: hung up on")[0])
+        result = run("test", str(bot), str(only), "--connect", connect)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "FAIL [3] outcome: transfer,desk,200" in result.stdout
+        assert "not checkable: over --connect a transfer cannot be told from a hang-up" in (
+            result.stdout
+        )
+
+        # A wrong token is reported as such, not as a wrong outcome.
+        result = run(
+            "test", str(bot), str(only), "--connect", connect, "--api", api, "--token", "wrong"
+        )
+        assert result.returncode == 1
+        assert "refused the token (401)" in result.stdout, result.stdout
+
+
+def test_api_goes_with_connect() -> None:
+    result = run("test", "configs/echo.yaml", "--api", "http://127.0.0.1:1")
+    assert result.returncode == 2
+    assert "--api goes with --connect" in result.stderr
 
 
 def test_the_command_reports_each_step_and_writes_junit_and_json(tmp_path: Path) -> None:

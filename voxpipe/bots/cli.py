@@ -71,6 +71,14 @@ def cmd_test(args: argparse.Namespace) -> int:
     """Run conversation tests (see ``voxpipe.scenarios.cli``)."""
     from voxpipe.scenarios.cli import run_test_command
 
+    wrong = None
+    if args.api and not args.connect:
+        wrong = "--api goes with --connect (served in-process, the outcome is known)"
+    elif args.api and not str(args.api).startswith(("http://", "https://")):
+        wrong = f"--api takes the API's URL, http://HOST:PORT (got {args.api!r})"
+    if wrong is not None:
+        print(f"run-pipeline test: error: {wrong}", file=sys.stderr)
+        return 2
     if args.junit:  # a place it cannot write to fails now, not after the calls
         try:
             Path(args.junit).open("a").close()
@@ -345,6 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--concurrency", type=_positive, default=1, metavar="N", help="N calls at a time"
+    )
+    p.add_argument(
+        "--api",
+        metavar="URL",
+        help="with --connect: the running bot's HTTP API (http://HOST:PORT), asked how each "
+        "call ended, so that `outcome: transfer,...` can be checked",
+    )
+    p.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="the API's bearer token (http.token; default: $VOXPIPE_API_TOKEN)",
     )
     p.add_argument("--junit", metavar="OUT.xml", help="write a JUnit XML report")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

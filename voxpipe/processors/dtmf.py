@@ -4,7 +4,9 @@ Keys are gathered until the ``terminator`` (``#``; it is not part of the input),
 keys, or ``timeout_ms`` after the last key; then one ``DTMFInputFrame`` goes downstream, which
 the LLM takes as the caller's turn ``[pressed 12345]``. Each key still travels on as a
 ``DTMFFrame`` (marked ``collected``), so the silence timer, barge-in and call records see it.
-The terminator pressed alone is an input of its own (``[pressed #]``). Keys gathered when the
+The terminator pressed alone is an input of its own (``[pressed #]``), and so is a key of
+``at_once`` pressed first (a one-key menu choice, "press 0 for an operator", answered without
+waiting ``timeout_ms``; pressed after other keys it is gathered as usual). Keys gathered when the
 call ends are delivered first. Without this step, each key is an input of its own.
 """
 
@@ -36,12 +38,20 @@ if TYPE_CHECKING:
 class DTMFCollector(FrameProcessor):
     """Gathers keys into one ``DTMFInputFrame``."""
 
-    __slots__ = ("_digits", "_timer", "max_digits", "terminator", "timeout_s")
+    __slots__ = ("_digits", "_timer", "at_once", "max_digits", "terminator", "timeout_s")
 
-    def __init__(self, *, max_digits: int | None, terminator: str | None, timeout_ms: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_digits: int | None,
+        terminator: str | None,
+        timeout_ms: int,
+        at_once: str = "",
+    ) -> None:
         super().__init__(name="dtmf")
         self.max_digits = max_digits
         self.terminator = terminator
+        self.at_once = at_once
         self.timeout_s = timeout_ms / 1000
         self._digits = ""
         self._timer: asyncio.TimerHandle | None = None
@@ -63,6 +73,10 @@ class DTMFCollector(FrameProcessor):
         if digit == self.terminator:
             if not self._digits:
                 self._digits = digit
+            await self._deliver()
+            return
+        if not self._digits and digit in self.at_once:
+            self._digits = digit
             await self._deliver()
             return
         self._digits += digit
@@ -112,6 +126,21 @@ class DTMFSettings(ProcessorSettings):
         description="Deliver what was entered this long after the last key, in ms.",
     )
 
+    at_once: str = Field(
+        "",
+        description="Keys that, pressed first, are a whole input at once (a one-key menu "
+        'choice: "0" for an operator), without waiting timeout_ms; after other keys they are '
+        'gathered as usual. E.g. "0*".',
+    )
+
+    @field_validator("at_once")
+    @classmethod
+    def _keys(cls, value: str) -> str:
+        bad = sorted({k for k in value.upper() if k not in "0123456789*#ABCD"})
+        if bad:
+            raise ValueError(f"at_once lists keys 0-9, *, # or A-D (got {''.join(bad)!r})")
+        return value.upper()
+
     @field_validator("terminator")
     @classmethod
     def _one_key(cls, value: str | None) -> str | None:
@@ -121,5 +150,8 @@ class DTMFSettings(ProcessorSettings):
 
     def create(self, call: Call, ctx: BotContext) -> FrameProcessor:
         return DTMFCollector(
-            max_digits=self.max_digits, terminator=self.terminator, timeout_ms=self.timeout_ms
+            max_digits=self.max_digits,
+            terminator=self.terminator,
+            timeout_ms=self.timeout_ms,
+            at_once=self.at_once,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -109,6 +110,12 @@ def run_test_command(args: argparse.Namespace) -> int:
     if args.connect:
         host, _, port = str(args.connect).rpartition(":")
         connect = (host.strip("[]"), int(port))
+    api = None
+    if getattr(args, "api", None):
+        from voxpipe.scenarios.api import OutcomeApi
+
+        token = getattr(args, "token", None) or os.environ.get("VOXPIPE_API_TOKEN") or None
+        api = OutcomeApi(args.api, token)
     out = sys.stderr if args.json else sys.stdout
     count = len(jobs)
     done: list[ScenarioResult] = []
@@ -119,6 +126,8 @@ def run_test_command(args: argparse.Namespace) -> int:
         print("\n".join(iter_lines(result)), file=out, flush=True)
 
     where = f"{args.connect}" if connect else f"{args.bot} served in-process"
+    if api is not None:
+        where += f" (outcomes from {api.url})"
     print(
         f"run-pipeline test: {count} scenario{'s' * (count != 1)} against {where}, "
         f"{args.concurrency} at a time",
@@ -130,7 +139,12 @@ def run_test_command(args: argparse.Namespace) -> int:
     async def main() -> list[ScenarioResult]:
         try:
             return await run_jobs(
-                jobs, bot=bot, connect=connect, concurrency=args.concurrency, on_done=report
+                jobs,
+                bot=bot,
+                connect=connect,
+                concurrency=args.concurrency,
+                on_done=report,
+                api=api,
             )
         finally:
             if bot is not None:

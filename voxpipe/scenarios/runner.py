@@ -13,8 +13,10 @@ its calls are watched too) or one already running (``connect``). Steps run in or
   to the bot's first audio; ``within`` bounds it.
 * ``bot_silent``: no bot audio for that long. ``outcome``: waits for the end of the call and
   compares how it ended (in-process: the call's settled outcome, as the HTTP API gives it to
-  the dialplan; over ``connect``: who hung up). ``bot_stops_within``: the bot's audio stopped
-  within that many ms of the caller's first voiced frame of the ``barge_in``.
+  the dialplan; over ``connect`` with ``api``: the same line, asked of the running bot's HTTP
+  API; over ``connect`` alone: who hung up, so a transfer cannot be checked and fails).
+  ``bot_stops_within``: the bot's audio stopped within that many ms of the caller's first
+  voiced frame of the ``barge_in``.
 
 A step that fails ends its scenario (the remaining steps are reported as skipped).
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from voxpipe.bots.call import running_bot
+from voxpipe.scenarios.api import OutcomeApi
 from voxpipe.scenarios.model import Scenario, Step
 from voxpipe.transports.audiosocket.caller import (
     CallLine,
@@ -213,6 +216,7 @@ class _Player:
         ears: Ears,
         side: BotSide | None,
         result: ScenarioResult,
+        api: OutcomeApi | None = None,
     ) -> None:
         self.scenario = scenario
         self.base = base
@@ -221,6 +225,7 @@ class _Player:
         self.ears = ears
         self.side = side
         self.result = result
+        self.api = api
         self.rate = scenario.rate
         self.turn_t = 0.0  # the start of the current turn (end of the caller's last input)
         self.turn_offset = 0  # bytes of bot audio received at that moment
@@ -435,17 +440,24 @@ class _Player:
             from voxpipe.sessions.outcomes import outcome_of
 
             actual = (outcome_of(side.call) if side.call is not None else None) or "error"
+        elif self.api is not None:
+            actual = await self.api.outcome(self.result.call_id)
         else:
             actual = "caller" if self.hung_up else "hangup"
         self.result.outcome = actual
         record.heard = actual
+        guessed = side is None and self.api is None
         wanted = expected if expected.count(",") != 2 else expected + ","
-        if actual == expected or (expected.startswith("transfer,") and actual.startswith(wanted)):
-            return self._pass(record)
-        if side is None and expected.startswith("transfer,"):
+        if guessed and expected.startswith("transfer,"):
             return self._fail(
-                record, "over --connect a transfer cannot be told from a hang-up (serve in-process)"
+                record,
+                "not checkable: over --connect a transfer cannot be told from a hang-up "
+                "(give --api URL, the bot's HTTP API, or serve it in-process)",
             )
+        if actual == expected or (expected.startswith("transfer,") and actual.startswith(wanted)):
+            if guessed and actual == "hangup":
+                record.message = "the bot closed the line (a hang-up, or a transfer: --api tells)"
+            return self._pass(record)
         return self._fail(record, f"expected {expected}, the call ended with {actual}")
 
 
@@ -478,6 +490,7 @@ async def play_scenario(
     voice: Voice,
     ears: Ears,
     watch: Callable[[str], BotSide] | None = None,
+    api: OutcomeApi | None = None,
 ) -> ScenarioResult:
     """Place one call and play one scenario on it."""
     import uuid
@@ -489,7 +502,8 @@ async def play_scenario(
     try:
         async with asyncio.timeout(scenario.max_duration_s):
             async with open_call(host, port, rate=scenario.rate, call_id=result.call_id) as line:
-                player = _Player(scenario, Path(job.file).parent, line, voice, ears, side, result)
+                base = Path(job.file).parent
+                player = _Player(scenario, base, line, voice, ears, side, result, api)
                 await player.play()
     except TimeoutError:
         result.error = f"the scenario took more than {scenario.max_duration_s:g} s"
@@ -506,15 +520,17 @@ async def run_jobs(
     connect: tuple[str, int] | None = None,
     concurrency: int = 1,
     on_done: Callable[[ScenarioResult], Awaitable[None] | None] | None = None,
+    api: OutcomeApi | None = None,
 ) -> list[ScenarioResult]:
     """Play every scenario, ``concurrency`` calls at a time, against ``bot`` served in this
-    process or the bot at ``connect``; results in the order of ``jobs``."""
+    process or the bot at ``connect`` (whose HTTP API ``api``, if given, tells how its calls
+    ended); results in the order of ``jobs``."""
     voice, ears = Voice(), Ears()
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def one(job: Job, host: str, port: int, watch: Any) -> ScenarioResult:
         async with gate:
-            result = await play_scenario(job, host, port, voice, ears, watch)
+            result = await play_scenario(job, host, port, voice, ears, watch, api)
         if on_done is not None:
             done = on_done(result)
             if done is not None:
