@@ -17,9 +17,6 @@ that the output (called from the ticker, which must not wait) never awaits the s
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 from voxpipe import events
@@ -47,11 +44,10 @@ from voxpipe.transports.audiosocket.resample import Quality, Resampler
 from voxpipe.transports.audiosocket.settings import AudioSocketSettings
 from voxpipe.transports.audiosocket.transport import (
     LIVE_MESSAGES,
-    MAX_SEND_BACKLOG,
     STOP_AFTER_S,
     AudioSocketOutput,
-    Connection,
 )
+from voxpipe.transports.outbox import NORMAL, MessageLine
 
 if TYPE_CHECKING:
     from voxpipe.pipelines.call import Call
@@ -63,8 +59,7 @@ _NO_KEEPALIVE_S = 1e9
 # A MARK_MEDIA goes out after at most this many messages carrying the end of a sentence's
 # pieces (and whenever the output's queue is empty): 100 ms of precision in what was heard.
 MARK_EVERY = 5
-# WebSocket close codes (RFC 6455).
-NORMAL = 1000
+# WebSocket close code (RFC 6455).
 INVALID_DATA = 1007
 
 
@@ -81,7 +76,7 @@ class MediaSocket(Protocol):
         """Close the connection."""
 
 
-class MediaConnection(Connection):
+class MediaConnection(MessageLine):
     """One chan_websocket connection, shared by the call's input and output.
 
     To the AudioSocket output it is a ``Connection``: ``send`` takes an AudioSocket message
@@ -89,38 +84,14 @@ class MediaConnection(Connection):
     message; the hang-up message becomes ``HANGUP``. ``paused`` is ``MEDIA_XOFF``.
     """
 
-    __slots__ = (
-        "_backlog",
-        "_closing",
-        "_outbox",
-        "_wake",
-        "buffering",
-        "call",
-        "close_code",
-        "close_reason",
-        "paused",
-        "socket",
-        "start",
-    )
+    __slots__ = ("buffering", "paused", "start")
 
     def __init__(self, socket: MediaSocket, call: Call, start: MediaStart) -> None:
-        # Not Connection.__init__: there is no stream reader or writer here.
-        self.socket = socket
-        self.call = call
+        super().__init__(socket, call)
         self.start = start
-        self.caller_rate: int | None = start.rate
-        self.live = 0
-        self.closed = False
-        self.closed_by = ""
-        self.messages_sent = 0
+        self.caller_rate = start.rate
         self.paused = False
         self.buffering = False
-        self.close_code = NORMAL
-        self.close_reason = ""
-        self._outbox: collections.deque[str | bytes] = collections.deque()
-        self._backlog = 0
-        self._wake = asyncio.Event()
-        self._closing = False
 
     # --- what the AudioSocket output calls ----------------------------------------------------
 
@@ -140,13 +111,6 @@ class MediaConnection(Connection):
         self.messages_sent += 1
         return self._put(g711.encode(pcm, law) if law else pcm)
 
-    def close(self, by: str) -> None:
-        """Send what is queued, then close the WebSocket."""
-        self.expect_close(by)
-        self.closed = True
-        self._closing = True
-        self._wake.set()
-
     # --- chan_websocket's own messages ---------------------------------------------------------
 
     def command(self, name: str, argument: str = "") -> bool:
@@ -160,13 +124,11 @@ class MediaConnection(Connection):
         if self.closed:
             return
         # ANSWER and HANGUP stay; marks and buffering commands of the dropped audio go.
-        kept = [m for m in self._outbox if isinstance(m, str) and "MEDIA" not in m]
-        self._outbox.clear()
-        self._outbox.append(command("FLUSH_MEDIA", self.start.json))
-        self._outbox.extend(kept)
-        self._backlog = sum(len(m) for m in self._outbox)
+        kept: list[str | bytes] = [
+            m for m in self._outbox if isinstance(m, str) and "MEDIA" not in m
+        ]
         self.buffering = False  # FLUSH_MEDIA ends buffering too
-        self._wake.set()
+        self.replace_queued(command("FLUSH_MEDIA", self.start.json), kept)
 
     def fail(self, reason: str) -> None:
         """Asterisk sent what chan_websocket never sends: close with 1007 (the call ends)."""
@@ -174,50 +136,6 @@ class MediaConnection(Connection):
             return
         self.close_code, self.close_reason = INVALID_DATA, reason[:120]
         self.close("bot")
-
-    # --- the writer ----------------------------------------------------------------------------
-
-    def _put(self, message: str | bytes) -> bool:
-        self._outbox.append(message)
-        self._backlog += len(message)
-        if self._backlog > MAX_SEND_BACKLOG:
-            # Asterisk stopped reading: the call cannot go on, and its audio must not pile up.
-            self.expect_close("peer stopped reading")
-            self.closed = True
-            self._closing = True
-            self._outbox.clear()
-            self._wake.set()
-            return False
-        self._wake.set()
-        return True
-
-    async def run_writer(self) -> None:
-        """Write the outbox in order until the connection is closed; then close the socket."""
-        outbox, socket = self._outbox, self.socket
-        try:
-            while True:
-                while outbox:
-                    message = outbox.popleft()
-                    self._backlog -= len(message)
-                    await socket.send(message)
-                if self._closing:
-                    break
-                self._wake.clear()
-                await self._wake.wait()
-            await socket.close(self.close_code, self.close_reason)
-        except Exception:  # Asterisk is gone (ConnectionClosed, OSError)
-            self.closed = True
-            outbox.clear()
-
-    async def drained(self, timeout_s: float, writer: asyncio.Task[None]) -> None:
-        """Wait for ``writer`` to finish what is queued (at most ``timeout_s``)."""
-        if not self._closing:
-            self.close("bot")
-        done, _ = await asyncio.wait({writer}, timeout=timeout_s)
-        if not done:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
 
 
 class AsteriskWebSocketInput(FrameProcessor):

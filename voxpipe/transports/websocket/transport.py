@@ -14,9 +14,6 @@ that the output (called from the ticker, which must not wait) never awaits the s
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 from typing import TYPE_CHECKING, Any, Protocol
 
 from voxpipe import events
@@ -38,10 +35,9 @@ from voxpipe.transports.audiosocket.resample import Quality, Resampler
 from voxpipe.transports.audiosocket.settings import AudioSocketSettings
 from voxpipe.transports.audiosocket.transport import (
     LIVE_MESSAGES,
-    MAX_SEND_BACKLOG,
     AudioSocketOutput,
-    Connection,
 )
+from voxpipe.transports.outbox import MessageLine
 from voxpipe.transports.websocket.protocol import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -79,7 +75,7 @@ _HANGUP = int(Kind.HANGUP)
 _NO_KEEPALIVE_S = 1e9
 
 
-class CallConnection(Connection):
+class CallConnection(MessageLine):
     """One call API connection, shared by the call's input and output.
 
     To the AudioSocket output it is a ``Connection``: ``send`` takes an AudioSocket message
@@ -88,36 +84,14 @@ class CallConnection(Connection):
     then closes the WebSocket with ``close_code``.
     """
 
-    __slots__ = (
-        "_backlog",
-        "_closing",
-        "_outbox",
-        "_wake",
-        "accept_message",
-        "accepted",
-        "call",
-        "close_code",
-        "close_reason",
-        "socket",
-    )
+    __slots__ = ("accept_message", "accepted")
+
+    PEER_GONE = (OSError, EOFError, RuntimeError)  # the client is gone
 
     def __init__(self, socket: MessageSocket, call: Call, accept_message: str) -> None:
-        # Not Connection.__init__: there is no stream reader or writer here.
-        self.socket = socket
-        self.call = call
+        super().__init__(socket, call)
         self.accept_message = accept_message
-        self.caller_rate: int | None = None
-        self.live = 0
-        self.closed = False
-        self.closed_by = ""
-        self.messages_sent = 0
         self.accepted = False
-        self.close_code = NORMAL
-        self.close_reason = ""
-        self._outbox: collections.deque[str | bytes] = collections.deque()
-        self._backlog = 0
-        self._wake = asyncio.Event()
-        self._closing = False
 
     # --- what the AudioSocket output calls ----------------------------------------------------
 
@@ -129,13 +103,6 @@ class CallConnection(Connection):
             return self._put(terminated_event(self.call))
         self.messages_sent += 1
         return self._put(data[3:])
-
-    def close(self, by: str) -> None:
-        """Send what is queued, then close the WebSocket."""
-        self.expect_close(by)
-        self.closed = True
-        self._closing = True
-        self._wake.set()
 
     # --- the call API's own messages -----------------------------------------------------------
 
@@ -154,12 +121,7 @@ class CallConnection(Connection):
         """Barge-in: drop the audio not yet written and tell the client to drop its own."""
         if not self.accepted or self.closed:
             return
-        kept = [m for m in self._outbox if isinstance(m, str)]
-        self._outbox.clear()
-        self._outbox.append(STOP_AUDIO)
-        self._outbox.extend(kept)
-        self._backlog = sum(len(m) for m in self._outbox)
-        self._wake.set()
+        self.replace_queued(STOP_AUDIO, [m for m in self._outbox if isinstance(m, str)])
 
     def fail(self, error: ProtocolError) -> None:
         """The client sent what the call API cannot take: say why, then close."""
@@ -180,49 +142,11 @@ class CallConnection(Connection):
 
     # --- the writer ----------------------------------------------------------------------------
 
-    def _put(self, message: str | bytes) -> bool:
-        self._outbox.append(message)
-        self._backlog += len(message)
-        if self._backlog > MAX_SEND_BACKLOG:
-            # The client stopped reading: the call cannot go on, and its audio must not pile up.
-            self.expect_close("peer stopped reading")
-            self.closed = True
-            self._closing = True
-            self._outbox.clear()
-            self._wake.set()
-            return False
-        self._wake.set()
-        return True
-
-    async def run_writer(self) -> None:
-        """Write the outbox in order until the connection is closed; then close the socket
-        (once the call was accepted: before that, the call API answers ``call_failed``)."""
-        outbox, socket = self._outbox, self.socket
-        try:
-            while True:
-                while outbox:
-                    message = outbox.popleft()
-                    self._backlog -= len(message)
-                    await socket.send(message)
-                if self._closing:
-                    break
-                self._wake.clear()
-                await self._wake.wait()
-            if self.accepted and self.closed_by != "peer stopped reading":
-                await socket.close(self.close_code, self.close_reason)
-        except (OSError, EOFError, RuntimeError):  # the client is gone
-            self.closed = True
-            outbox.clear()
-
-    async def drained(self, timeout_s: float, writer: asyncio.Task[None]) -> None:
-        """Wait for ``writer`` to finish what is queued (at most ``timeout_s``)."""
-        if not self._closing:
-            self.close("bot")
-        done, _ = await asyncio.wait({writer}, timeout=timeout_s)
-        if not done:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+    async def close_socket(self) -> None:
+        """Close the socket once the call was accepted (before, the call API answers
+        ``call_failed``), and not when the client stopped reading."""
+        if self.accepted and self.closed_by != "peer stopped reading":
+            await super().close_socket()
 
 
 def terminated_event(call: Call) -> str:
